@@ -1,0 +1,5 @@
+import sys
+
+from dockercomp.cli import main
+
+sys.exit(main())

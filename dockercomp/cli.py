@@ -1,0 +1,209 @@
+"""``dockercomp``: one entry point, a subcommand per task. Parse, build settings, call the
+library; exit 0 on success, 1 when the operation failed, 2 on bad usage or bad input."""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from dockercomp.protocol.errors import ProtocolError
+from dockercomp.scientist import MasterError, Scientist, default_server, read_jobfile
+
+log = logging.getLogger("dockercomp")
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.run(args) or 0
+    except (UsageError, ProtocolError) as exc:
+        print(f"dockercomp: {exc}", file=sys.stderr)
+        return 2
+    except MasterError as exc:
+        print(f"dockercomp: {exc}", file=sys.stderr)
+        return 2 if exc.bad_input else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dockercomp", description="Volunteer computing on Docker.")
+    parser.add_argument("--log-level", default=os.environ.get("DOCKERCOMP_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int | None], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(run=run)
+        return p
+
+    p = command("server", cmd_server, "run the master")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free one)")
+    p.add_argument("--data-dir", help="where the embedded store and blobs live")
+    p.add_argument("--store", help="sqlite:///PATH (default) or mongodb://HOST/DB")
+    p.add_argument("--config", help="settings file (TOML, a [server] table)")
+    p.add_argument("--enroll-key", help="require this key from clients that register")
+    p.add_argument("--max-body", help="largest request body accepted, e.g. 64MiB")
+    p.add_argument("--heartbeat-timeout", type=float, help="seconds of silence before a client loses its leases")
+    p.add_argument("--lease-slack", type=float, help="seconds added to a job's timeout for a lease's deadline")
+    p.add_argument("--reap-interval", type=float, help="seconds between looks for expired leases")
+
+    p = command("submit", cmd_submit, "submit a job: chunk and upload the input, create the job")
+    p.add_argument("jobfile")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    _server_arg(p)
+    p.add_argument("--wait", action="store_true", help="wait until the job ends, with a progress bar")
+    p.add_argument("--json", action="store_true", help='print {"job": ID} (and the final state with --wait)')
+    p.add_argument("--chunk-on-master", action="store_true", help="send inputs whole; the master chunks them")
+
+    p = command("status", cmd_status, "show a job's state and its units per state")
+    p.add_argument("job")
+    _server_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = command("results", cmd_results, "download a job's result")
+    p.add_argument("job")
+    p.add_argument("-o", "--output", required=True, help="file to write ('-' for standard output)")
+    p.add_argument("--partial", action="store_true", help="what is done so far, even if the job is not")
+    _server_arg(p)
+
+    p = command("jobs", cmd_jobs, "list jobs, newest first")
+    _server_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = command("clients", cmd_clients, "list volunteer clients")
+    _server_arg(p)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _server_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server", default=None, help="master URL (default http://$DC_HOST:$DC_PORT or http://127.0.0.1:8080)"
+    )
+
+
+def _scientist(args: argparse.Namespace) -> Scientist:
+    return Scientist(args.server or default_server())
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from dockercomp.server.app import serve
+    from dockercomp.server.settings import ServerSettings
+    from dockercomp.settings import load_settings
+
+    flags = {
+        "host": args.host, "port": args.port, "data_dir": args.data_dir, "store": args.store,
+        "enroll_key": args.enroll_key, "max_body": args.max_body, "heartbeat_timeout": args.heartbeat_timeout,
+        "lease_slack": args.lease_slack, "reap_interval": args.reap_interval,
+    }  # fmt: skip
+    settings = load_settings(ServerSettings, "server", args.config, flags)
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        print(f"dockercomp: cannot start the master: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec = read_jobfile(args.jobfile)
+    for path in args.inputs:
+        if not os.path.isfile(path):
+            raise UsageError(f"input {path} is not a readable file")
+    scientist = _scientist(args)
+    show = sys.stderr.isatty()
+    if args.chunk_on_master:
+        chunks = scientist.chunk_on_master(spec, args.inputs)
+    else:
+        chunks = scientist.upload_chunks(spec, args.inputs, progress=show)
+    job_id = scientist.create_job(spec, chunks)
+    if not args.wait:
+        _print(args, {"job": job_id}, f"job {job_id}: {len(chunks)} units")
+        return 0
+    if not args.json:
+        print(f"job {job_id}: {len(chunks)} units", file=sys.stderr)
+    status = scientist.wait(job_id, progress=show)
+    _print(args, {"job": job_id, "state": status["state"], "units": status["units"]}, _status_line(status))
+    return 0 if status["state"] == "done" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _scientist(args).status(args.job)
+    _print(args, {"job": status["job"], "state": status["state"], "units": status["units"]}, _status_line(status))
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    chunks = _scientist(args).results(args.job, args.partial)
+    first = next(chunks, b"")  # the request runs (and may fail) before anything is written
+    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
+    try:
+        out.write(first)
+        for chunk in chunks:
+            out.write(chunk)
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    jobs = _scientist(args).jobs()
+    rows = [(j["id"], j["name"], j["state"], str(j["units"])) for j in jobs]
+    _print(args, {"jobs": jobs}, _table(("JOB", "NAME", "STATE", "UNITS"), rows))
+    return 0
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    clients = _scientist(args).clients()
+    rows = [
+        (c["id"], c["name"], "online" if c["online"] else "offline", f"{c['busy']}/{c['slots']}",
+         str(c["valid"]), str(c["errors"]), f"{c['reliability']:.2f}")
+        for c in clients
+    ]  # fmt: skip
+    _print(
+        args, {"clients": clients}, _table(("CLIENT", "NAME", "STATE", "BUSY", "VALID", "ERRORS", "RELIABILITY"), rows)
+    )
+    return 0
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data) if getattr(args, "json", False) else text)
+
+
+def _status_line(status: dict[str, Any]) -> str:
+    units = ", ".join(f"{n} {state}" for state, n in status["units"].items() if n)
+    return f"job {status['job']} ({status.get('name', '')}): {status['state']}; units: {units or 'none'}"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The scientist's side of the master's API: upload inputs, create jobs, follow them, fetch
+results. Used by the CLI; usable from Python as it is."""
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+import requests
+
+from dockercomp.protocol.chunking import chunk_inputs
+from dockercomp.protocol.errors import ProtocolError
+from dockercomp.protocol.integrity import digest
+from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
+
+TERMINAL_JOB = ("done", "failed", "cancelled")
+
+
+class MasterError(Exception):
+    """The master refused or failed a request; ``bad_input`` when the fault is the caller's."""
+
+    def __init__(self, message: str, bad_input: bool = False) -> None:
+        super().__init__(message)
+        self.bad_input = bad_input
+
+
+def default_server() -> str:
+    host, port = os.environ.get("DC_HOST"), os.environ.get("DC_PORT")
+    if host and port:
+        return f"http://{host}:{port}"
+    return "http://127.0.0.1:8080"
+
+
+def read_jobfile(path: str) -> JobSpec:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise ProtocolError(f"cannot read job file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ProtocolError(f"job file {path} is not valid JSON: {exc}") from None
+    return parse_jobfile(data)
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent when the stream is not one."""
+
+    def __init__(self, label: str, total: int, unit: str = "", stream: IO[str] = sys.stderr) -> None:
+        self.label, self.total, self.unit, self.stream = label, max(total, 1), unit, stream
+        self.enabled = stream.isatty()
+        self.done = 0
+
+    def update(self, done: int, note: str = "") -> None:
+        self.done = done
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * min(done, self.total) / self.total)
+        bar = "#" * filled + "-" * (width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total}{self.unit} {note}".ljust(79)[:120])
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+class Scientist:
+    """A session with one master."""
+
+    def __init__(self, server: str, timeout: float = 60.0) -> None:
+        self.server = server.rstrip("/")
+        self.http = requests.Session()
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        url = f"{self.server}/api/v1{path}"
+        try:
+            response = self.http.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise MasterError(f"cannot reach the master at {self.server}: {exc.__class__.__name__}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("error", response.text)
+            except ValueError:
+                message = response.text.strip() or response.reason
+            raise MasterError(
+                f"{message} (HTTP {response.status_code})", bad_input=response.status_code in (400, 404, 413, 422)
+            )
+        return response
+
+    def has_blob(self, blob: str) -> bool:
+        try:
+            self._call("HEAD", f"/blobs/{blob}")
+        except MasterError as exc:
+            if exc.bad_input:  # 404: not there yet
+                return False
+            raise
+        return True
+
+    def upload_chunks(self, spec: JobSpec, paths: list[str], progress: bool = True) -> list[str]:
+        """Chunk the inputs locally and upload each chunk the master does not have yet."""
+        total = sum(os.path.getsize(p) for p in paths)
+        bar = Progress("uploading", total // 1024 or 1, " KiB") if progress else None
+        hashes, sent = [], 0
+        for chunk in chunk_inputs(paths, spec.chunking):
+            blob = digest(chunk)
+            if not self.has_blob(blob):
+                self._call("PUT", f"/blobs/{blob}", data=chunk)
+            hashes.append(blob)
+            sent += len(chunk)
+            if bar:
+                bar.update(min(sent, total) // 1024, f"{len(hashes)} chunks")
+        if bar:
+            bar.close()
+        if not hashes:
+            raise ProtocolError("the input is empty; there is nothing to compute")
+        return hashes
+
+    def chunk_on_master(self, spec: JobSpec, paths: list[str]) -> list[str]:
+        """Send each input whole and let the master chunk it (bytes, lines or records)."""
+        params = {"by": spec.chunking.by, "separator": spec.chunking.separator}
+        params["size"] = str(spec.chunking.size) if spec.chunking.size_unit == "count" else f"{spec.chunking.size}B"
+        hashes = []
+        for path in paths:
+            with open(path, "rb") as f:
+                reply = self._call("POST", "/chunks", params=params, data=f.read()).json()
+            hashes.extend(c["hash"] for c in reply["chunks"])
+        return hashes
+
+    def create_job(self, spec: JobSpec, chunks: list[str]) -> str:
+        return self._call("POST", "/jobs", json={"job": spec.to_dict(), "chunks": chunks}).json()["job"]
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/jobs/{job_id}").json()
+
+    def wait(self, job_id: str, progress: bool = True, poll: float = 1.0) -> dict[str, Any]:
+        status = self.status(job_id)
+        total = sum(status["units"].values())
+        bar = Progress("computing", total, " units") if progress else None
+        while status["state"] not in TERMINAL_JOB:
+            if bar:
+                units = status["units"]
+                bar.total = max(sum(units.values()), 1)
+                bar.update(units["done"], f"running {units['running']} failed {units['failed']}")
+            time.sleep(poll)
+            status = self.status(job_id)
+        if bar:
+            bar.update(status["units"]["done"], status["state"])
+            bar.close()
+        return status
+
+    def results(self, job_id: str, partial: bool = False) -> Iterator[bytes]:
+        response = self._call("GET", f"/jobs/{job_id}/results", params={"partial": int(partial)}, stream=True)
+        yield from response.iter_content(1 << 20)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/jobs").json()["jobs"]
+
+    def clients(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/clients").json()["clients"]

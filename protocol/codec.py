@@ -1,0 +1,45 @@
+"""Wire encoding: msgpack for daemons, JSON for people and browsers, one decode path each."""
+
+import json
+from typing import Any
+
+import msgpack
+
+from .errors import ProtocolError
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    """Decode one msgpack object; anything malformed becomes a ProtocolError."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises a zoo of types for bad input
+        raise ProtocolError(f"body is not valid msgpack: {exc}") from None
+
+
+def dump_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def load_json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"body is not valid JSON: {exc}") from None
+
+
+def decode(data: bytes, content_type: str | None) -> Any:
+    """Decode a request body by its content type: msgpack when it says so, else JSON."""
+    if content_type and content_type.split(";")[0].strip().lower() == MSGPACK:
+        return unpack(data)
+    return load_json(data)
+
+
+def encode(obj: Any, content_type: str) -> bytes:
+    return pack(obj) if content_type == MSGPACK else dump_json(obj)

@@ -1,0 +1,233 @@
+"""The job file a scientist writes, validated into a frozen JobSpec.
+
+    {"name": "wordfreq", "image": "dockercomp/wordfreq", "command": ["python3", "/app/map.py"],
+     "chunking": {"by": "lines", "size": "1MiB"},
+     "redundancy": {"replicas": 1, "quorum": 1, "max_attempts": 3},
+     "resources": {"cpus": 1, "memory": "256MiB", "timeout": "5m"},
+     "reduce": {"command": ["python3", "/app/reduce.py"]}}
+
+Everything but name and image has a default. The same parser runs in the CLI (exit code 2)
+and in the master (HTTP 400), so a bad job file is refused before anything is created.
+"""
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ProtocolError
+from .quantities import parse_duration, parse_size
+
+CHUNK_MODES = ("bytes", "lines", "records", "files")
+EXEC_MODES = ("batch",)
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+_IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._\-/:@]{0,254}")
+_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How inputs become units. ``size`` is bytes when ``size_unit`` is "bytes", else a count
+    of lines, records or files per unit."""
+
+    by: str = "lines"
+    size: int = 1 << 20
+    size_unit: str = "bytes"
+    separator: str = ">"
+
+
+@dataclass(frozen=True)
+class Redundancy:
+    """BOINC-style replication: issue ``replicas`` attempts on distinct clients; a unit is done
+    when ``quorum`` successes agree on the output hash; give up after ``max_attempts``."""
+
+    replicas: int = 1
+    quorum: int = 1
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 1.0
+    memory: int = 256 << 20
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    image: str
+    command: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    chunking: Chunking = field(default_factory=Chunking)
+    redundancy: Redundancy = field(default_factory=Redundancy)
+    resources: Resources = field(default_factory=Resources)
+    reduce_command: tuple[str, ...] | None = None
+    priority: int = 0
+    mode: str = "batch"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical job file for this spec (parse_jobfile(spec.to_dict()) == spec)."""
+        d = asdict(self)
+        chunking = d["chunking"]
+        if chunking.pop("size_unit") == "bytes":
+            chunking["size"] = f"{chunking['size']}B"
+        d["command"] = list(self.command) or None  # None: the image's own entrypoint
+        d["env"] = dict(self.env)
+        reduce_command = d.pop("reduce_command")
+        if reduce_command is not None:
+            d["reduce"] = {"command": list(reduce_command)}
+        return d
+
+
+_TOP_KEYS = {
+    "name",
+    "image",
+    "command",
+    "env",
+    "chunking",
+    "redundancy",
+    "resources",
+    "reduce",
+    "priority",
+    "mode",
+    "description",
+}
+
+
+def parse_jobfile(data: object) -> JobSpec:
+    """Validate a decoded job file; raise ProtocolError saying what to fix."""
+    if not isinstance(data, dict):
+        raise ProtocolError("a job file must be a JSON object with at least name and image")
+    _no_unknown(data, _TOP_KEYS, "job file")
+    name = _string(data, "name", required=True)
+    if not _NAME_RE.fullmatch(name):
+        raise ProtocolError("name must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    image = _string(data, "image", required=True)
+    if not _IMAGE_RE.fullmatch(image):
+        raise ProtocolError(
+            f"image {image!r:.80} is not a valid Docker image reference (lowercase, e.g. dockercomp/wordfreq)"
+        )
+    mode = _string(data, "mode") or "batch"
+    if mode not in EXEC_MODES:
+        raise ProtocolError(f"mode must be one of {', '.join(EXEC_MODES)}, got {mode!r:.40}")
+    priority = data.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
+        raise ProtocolError("priority must be an integer from -1000 to 1000")
+    reduce_command = None
+    if data.get("reduce") is not None:
+        reduce = _section(data, "reduce", {"command"})
+        reduce_command = _command(reduce.get("command"), "reduce.command", required=True)
+    return JobSpec(
+        name=name,
+        image=image,
+        command=_command(data.get("command"), "command"),
+        env=_env(data.get("env")),
+        chunking=_chunking(_section(data, "chunking", {"by", "size", "separator"})),
+        redundancy=_redundancy(_section(data, "redundancy", {"replicas", "quorum", "max_attempts"})),
+        resources=_resources(_section(data, "resources", {"cpus", "memory", "timeout"})),
+        reduce_command=reduce_command,
+        priority=priority,
+        mode=mode,
+    )
+
+
+def _chunking(d: dict[str, Any]) -> Chunking:
+    by = d.get("by", "lines")
+    if by not in CHUNK_MODES:
+        raise ProtocolError(f"chunking.by must be one of {', '.join(CHUNK_MODES)}, got {by!r:.40}")
+    raw = d.get("size", "1MiB")
+    if isinstance(raw, int) and not isinstance(raw, bool) and by != "bytes":
+        size, unit = raw, "count"
+    else:
+        size, unit = parse_size(raw, "chunking.size"), "bytes"
+    if size <= 0:
+        raise ProtocolError("chunking.size must be greater than zero")
+    separator = d.get("separator", ">")
+    if not isinstance(separator, str) or not separator or "\n" in separator or len(separator) > 64:
+        raise ProtocolError("chunking.separator must be a non-empty string without newlines (e.g. '>')")
+    return Chunking(by=by, size=size, size_unit=unit, separator=separator)
+
+
+def _redundancy(d: dict[str, Any]) -> Redundancy:
+    replicas = _int(d, "replicas", 1, "redundancy", 1, 16)
+    quorum = _int(d, "quorum", replicas // 2 + 1, "redundancy", 1, 16)  # a majority by default
+    max_attempts = _int(d, "max_attempts", max(3, replicas + 2), "redundancy", 1, 100)
+    if quorum > replicas:
+        raise ProtocolError(f"redundancy.quorum ({quorum}) cannot exceed redundancy.replicas ({replicas})")
+    if max_attempts < replicas:
+        raise ProtocolError(f"redundancy.max_attempts ({max_attempts}) must be at least replicas ({replicas})")
+    return Redundancy(replicas=replicas, quorum=quorum, max_attempts=max_attempts)
+
+
+def _resources(d: dict[str, Any]) -> Resources:
+    cpus = d.get("cpus", 1)
+    if isinstance(cpus, bool) or not isinstance(cpus, int | float) or not 0 < cpus <= 256:
+        raise ProtocolError("resources.cpus must be a number greater than 0 (e.g. 1 or 0.5)")
+    memory = parse_size(d.get("memory", "256MiB"), "resources.memory")
+    if memory < 6 << 20:
+        raise ProtocolError("resources.memory must be at least 6MiB (Docker's minimum)")
+    timeout = parse_duration(d.get("timeout", "5m"), "resources.timeout")
+    if not 0 < timeout <= 7 * 86400:
+        raise ProtocolError("resources.timeout must be more than 0 and at most 7d")
+    return Resources(cpus=float(cpus), memory=memory, timeout=timeout)
+
+
+def _section(data: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{key} must be an object with keys {', '.join(sorted(allowed))}")
+    _no_unknown(value, allowed, key)
+    return value
+
+
+def _no_unknown(d: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(d) - allowed
+    if unknown:
+        raise ProtocolError(
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))[:100]}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _string(d: dict[str, Any], key: str, required: bool = False) -> str:
+    value = d.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"{key} is required and must be a non-empty string")
+    return value
+
+
+def _int(d: dict[str, Any], key: str, default: int, where: str, low: int, high: int) -> int:
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ProtocolError(f"{where}.{key} must be an integer from {low} to {high}, got {value!r:.40}")
+    return value
+
+
+def _command(value: object, what: str, required: bool = False) -> tuple[str, ...]:
+    if value is None and not required:
+        return ()
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(value) > 1000
+        or not all(isinstance(a, str) and "\0" not in a for a in value)
+    ):
+        raise ProtocolError(f'{what} must be a non-empty list of strings, e.g. ["python3", "/app/run.py"]')
+    return tuple(value)
+
+
+def _env(value: object) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or len(value) > 256:
+        raise ProtocolError('env must be an object of strings, e.g. {"LANG": "C.UTF-8"}')
+    for key, val in value.items():
+        if not isinstance(key, str) or not _ENV_RE.fullmatch(key):
+            raise ProtocolError(f"env name {key!r:.40} must be letters, digits and '_', not starting with a digit")
+        if not isinstance(val, str) or "\0" in val:
+            raise ProtocolError(f"env {key} must be a string")
+    return tuple(sorted(value.items()))

@@ -1,0 +1,289 @@
+"""The messages between client daemons and the master, as dataclasses.
+
+Every message knows how to turn itself into plain data (``to_wire``) and how to be built
+from untrusted plain data (``from_wire``), which checks every field's type against the
+annotations and raises ProtocolError naming the field to fix.
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, Self, get_type_hints
+
+from .errors import ProtocolError
+
+API = "/api/v1"
+
+
+class ErrorKind(StrEnum):
+    """Why an attempt did not produce a result; each is reported and counted on its own."""
+
+    IMAGE_MISSING = "image_missing"  # the image is not on the client and cannot be built/pulled
+    EXIT_NONZERO = "exit_nonzero"  # the container exited with a non-zero code
+    OOM = "oom"  # the container was killed for exceeding its memory limit
+    TIMEOUT = "timeout"  # the container ran past the job's timeout and was killed
+    INTEGRITY = "integrity"  # an input blob did not match its hash, even after a new download
+    DOCKER_UNAVAILABLE = "docker_unavailable"  # the client's Docker engine did not answer
+    ABORTED = "aborted"  # the client stopped the container (shutdown or an abort command)
+    CLIENT = "client"  # any other failure inside the client daemon
+
+
+class Message:
+    """Base of all wire messages: typed construction from untrusted data."""
+
+    _hints: ClassVar[dict[type, dict[str, Any]]] = {}
+
+    @classmethod
+    def from_wire(cls, data: object, where: str = "") -> Self:
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{where or cls.__name__} must be a map, got {_kind(data)}")
+        hints = Message._hints.get(cls)
+        if hints is None:
+            hints = Message._hints[cls] = get_type_hints(cls)
+        known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - set(known)
+        if unknown:
+            names = ", ".join(sorted(map(str, unknown)))[:120]
+            raise ProtocolError(f"{where or cls.__name__}: unknown field(s) {names}")
+        values = {}
+        for name, f in known.items():
+            path = f"{where}.{name}" if where else name
+            if name in data:
+                values[name] = _coerce(data[name], hints[name], path)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ProtocolError(f"missing field {path}")
+        return cls(**values)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Message):
+        return value.to_wire()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, path)
+            except ProtocolError as exc:
+                errors.append(str(exc))
+        raise ProtocolError(errors[0] if len(errors) == 1 else f"{path} has the wrong type ({_kind(value)})")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ProtocolError(f"{path} must be a list, got {_kind(value)}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{path} must be a map, got {_kind(value)}")
+        key_t, val_t = typing.get_args(hint)
+        return {_coerce(k, key_t, f"{path} key"): _coerce(v, val_t, f"{path}[{k!r}]") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if isinstance(hint, type) and issubclass(hint, Message):
+        return hint.from_wire(value, path)
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        try:
+            return hint(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in hint)
+            raise ProtocolError(f"{path} must be one of {choices}, got {value!r:.40}") from None
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+            return float(value)
+        raise ProtocolError(f"{path} must be a number, got {_kind(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ProtocolError(f"{path} must be an integer, got {_kind(value)}")
+    if hint in (str, bytes, bool):
+        if type(value) is hint:
+            return value
+        raise ProtocolError(f"{path} must be {hint.__name__}, got {_kind(value)}")
+    raise TypeError(f"no wire rule for {hint!r} at {path}")  # a bug in a message definition
+
+
+# -- registration and heartbeat ---------------------------------------------------------
+
+
+@dataclass
+class HostFacts(Message):
+    """What a volunteer's machine offers, shown to operators."""
+
+    cores: int = 0
+    memory: int = 0
+    os: str = ""
+    arch: str = ""
+    docker: str = ""
+
+
+@dataclass
+class RegisterRequest(Message):
+    name: str
+    enroll_key: str = ""
+    slots: int = 1
+    host: HostFacts = field(default_factory=HostFacts)
+
+
+@dataclass
+class RegisterReply(Message):
+    client: str
+    token: str
+    heartbeat_interval: float
+
+
+@dataclass
+class ContainerInfo(Message):
+    """One container a client runs for us, as `docker ps` would show it."""
+
+    container: str  # the 12-character short id
+    attempt: str
+    unit: str
+    job: str
+    image: str
+    cpus: float
+    memory: int
+    state: str = "running"
+    started_at: float = 0.0
+    cpu_percent: float | None = None
+    memory_usage: int | None = None
+
+
+@dataclass
+class Heartbeat(Message):
+    slots: int
+    busy: int = 0
+    containers: list[ContainerInfo] = field(default_factory=list)
+
+
+@dataclass
+class Command(Message):
+    """An order carried by a heartbeat reply, such as ``abort`` an attempt."""
+
+    action: str
+    attempt: str = ""
+
+
+@dataclass
+class HeartbeatReply(Message):
+    commands: list[Command] = field(default_factory=list)
+    interval: float = 10.0
+
+
+# -- leases -------------------------------------------------------------------------------
+
+
+@dataclass
+class LeaseRequest(Message):
+    max_units: int
+    cpus: float = 1.0
+    memory: int = 1 << 40
+    images: list[str] = field(default_factory=list)
+
+
+@dataclass
+class InputRef(Message):
+    """One input file of a unit: placed at /input/<name>, fetched from <url>, verified by hash."""
+
+    name: str
+    hash: str
+    size: int
+    url: str
+
+
+@dataclass
+class Grant(Message):
+    """One leased attempt: everything a client needs to run one unit."""
+
+    attempt: str
+    job: str
+    unit: str
+    kind: str
+    image: str
+    command: list[str]
+    env: dict[str, str]
+    cpus: float
+    memory: int
+    timeout: float
+    deadline: float
+    inputs: list[InputRef]
+    mode: str = "batch"
+
+
+@dataclass
+class LeaseReply(Message):
+    attempts: list[Grant]
+    retry_after: float = 0.0
+
+
+# -- results and release --------------------------------------------------------------------
+
+
+@dataclass
+class ResultReport(Message):
+    """The outcome of one attempt. A success carries its output hash, and the output bytes
+    inline unless they were uploaded as a blob first."""
+
+    attempt: str
+    status: str  # "succeeded" or "errored"
+    error: ErrorKind | None = None
+    exit_code: int | None = None
+    output_hash: str | None = None
+    output: bytes | None = None
+    output_size: int | None = None
+    stderr_tail: str = ""
+    runtime: float = 0.0
+    peak_memory: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in ("succeeded", "errored"):
+            raise ProtocolError(f"status of attempt {self.attempt!r:.40} must be succeeded or errored")
+        if self.status == "succeeded" and self.output_hash is None:
+            raise ProtocolError(f"a succeeded result needs output_hash (attempt {self.attempt!r:.40})")
+        if self.status == "errored" and self.error is None:
+            raise ProtocolError(f"an errored result needs error (attempt {self.attempt!r:.40})")
+
+
+@dataclass
+class ResultBatch(Message):
+    results: list[ResultReport]
+
+
+@dataclass
+class Ack(Message):
+    """The master's answer to one result or release: taken, or refused with the reason."""
+
+    attempt: str
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass
+class AckBatch(Message):
+    acks: list[Ack]
+
+
+@dataclass
+class ReleaseRequest(Message):
+    attempts: list[str]

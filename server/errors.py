@@ -1,0 +1,39 @@
+"""The master's exception tree. Each error carries its HTTP status; the base handler turns
+any of them (and the protocol's errors) into a reply with a message, never a traceback."""
+
+
+class ServerError(Exception):
+    status = 500
+    """HTTP status for this error."""
+
+
+class BadRequest(ServerError):
+    status = 400
+
+
+class Unauthorized(ServerError):
+    status = 401
+
+
+class NotFound(ServerError):
+    status = 404
+
+
+class Conflict(ServerError):
+    """The request is well formed but contradicts the state (a decided unit, a repeated id)."""
+
+    status = 409
+
+
+class TooLarge(ServerError):
+    status = 413
+
+
+class InvalidTransition(ServerError):
+    """A move the lifecycle table forbids; a bug in a caller, reported as a conflict."""
+
+    status = 409
+
+
+class StoreUnavailable(ServerError):
+    status = 503

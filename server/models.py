@@ -1,0 +1,114 @@
+"""What the master keeps: Job (the definition), Unit (one chunk of it), Attempt (one lease of a
+unit to one client, with its outcome) and Client (a volunteer's daemon). Plain records; the
+rules that move them live in lifecycle.py."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dockercomp.protocol.jobfile import JobSpec
+from dockercomp.protocol.messages import HostFacts
+
+from .lifecycle import AttemptState, JobState, UnitState, Validity, reliability
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input of a unit, found at /input/<name> inside the container."""
+
+    name: str
+    hash: str
+    size: int
+
+
+@dataclass
+class Job:
+    id: str
+    spec: JobSpec
+    state: JobState
+    created_at: float
+    finished_at: float | None = None
+    n_map: int = 0  # map units (the reduce unit, if any, comes after them)
+    done_map: int = 0
+    failed_map: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.spec.name,
+            "image": self.spec.image,
+            "state": self.state.value,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "units": self.n_map,
+            "reduce": self.spec.reduce_command is not None,
+            "priority": self.spec.priority,
+        }
+
+
+@dataclass
+class Unit:
+    id: str
+    job: str
+    idx: int
+    kind: str  # "map" or "reduce"
+    state: UnitState
+    wanted: int
+    inputs: list[InputFile]
+    canonical_hash: str | None = None
+    canonical_size: int | None = None
+
+
+@dataclass
+class Attempt:
+    id: str
+    unit: str
+    job: str
+    client: str
+    state: AttemptState
+    leased_at: float
+    deadline: float
+    finished_at: float | None = None
+    output_hash: str | None = None
+    output_size: int | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    stderr_tail: str = ""
+    runtime: float | None = None
+    peak_memory: int | None = None
+    validity: Validity | None = None
+
+
+@dataclass
+class Client:
+    id: str
+    name: str
+    registered_at: float
+    last_seen: float
+    slots: int = 1
+    busy: int = 0
+    host: HostFacts = field(default_factory=HostFacts)
+    containers: list[dict[str, Any]] = field(default_factory=list)
+    valid: int = 0  # results that agreed with the quorum
+    invalid: int = 0  # results that disagreed with it
+    errors: int = 0  # attempts that errored or timed out
+
+    @property
+    def reliability(self) -> float:
+        return reliability(self.valid, self.invalid)
+
+    def to_json(self, online_after: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "online": self.last_seen >= online_after,
+            "registered_at": self.registered_at,
+            "last_seen": self.last_seen,
+            "slots": self.slots,
+            "busy": self.busy,
+            "host": self.host.to_wire(),
+            "containers": self.containers,
+            "valid": self.valid,
+            "invalid": self.invalid,
+            "errors": self.errors,
+            "reliability": round(self.reliability, 4),
+        }

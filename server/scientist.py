@@ -1,0 +1,150 @@
+"""The scientist's API under /api/v1/ (JSON, or msgpack when asked): create jobs, chunk and
+upload input, follow progress, download results, list jobs and clients."""
+
+import io
+from typing import Any
+
+from dockercomp.protocol.chunking import chunk_stream
+from dockercomp.protocol.errors import ProtocolError
+from dockercomp.protocol.integrity import check_hash
+from dockercomp.protocol.jobfile import parse_jobfile
+
+from .errors import BadRequest, Conflict
+from .handlers import BaseHandler
+from .lifecycle import JobState
+from .store.base import map_inputs
+
+MAX_UNITS = 1_000_000
+SLICE = 1 << 20
+
+
+class JobsHandler(BaseHandler):
+    async def get(self) -> None:
+        limit = self._int_arg("limit", 100, 1, 10_000)
+        jobs = await self.master.store.list_jobs(limit)
+        self.reply({"jobs": [job.to_json() for job in jobs]})
+
+    async def post(self) -> None:
+        """Create a job from ``{"job": JOBFILE, "chunks": [HASH, ...]}``; every chunk must have
+        been uploaded first. All units are created at once, or nothing is."""
+        payload = self.payload()
+        if not isinstance(payload, dict) or set(payload) - {"job", "chunks"}:
+            raise BadRequest('body must be {"job": {...job file...}, "chunks": ["<hash>", ...]}')
+        spec = parse_jobfile(payload.get("job"))
+        chunks = payload.get("chunks")
+        if not isinstance(chunks, list) or not chunks:
+            raise BadRequest("chunks must be a non-empty list of uploaded chunk hashes; is the input empty?")
+        if len(chunks) > MAX_UNITS:
+            raise BadRequest(f"at most {MAX_UNITS} chunks per job; use a larger chunking.size")
+        sizes = []
+        missing = []
+        for i, chunk in enumerate(chunks):
+            size = await self.master.blobs.size(check_hash(chunk, f"chunks[{i}]"))
+            if size is None:
+                missing.append(chunk)
+            sizes.append((chunk, size or 0))
+        if missing:
+            raise BadRequest(
+                f"{len(missing)} chunk(s) not uploaded, e.g. {missing[0]}; PUT each to /api/v1/blobs/HASH first"
+            )
+        job = await self.master.store.create_job(spec, [map_inputs([s]) for s in sizes], self.master.now())
+        self.reply({"job": job.id}, status=201)
+
+    def _int_arg(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.get_query_argument(name, str(default))
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise BadRequest(f"{name} must be an integer from {low} to {high}")
+        return int(raw)
+
+
+class JobHandler(JobsHandler):
+    async def get(self, job_id: str) -> None:
+        store = self.master.store
+        job = await store.get_job(job_id)
+        self.reply(job.to_json() | {"job": job.id, "units": await store.unit_counts(job_id)})
+
+
+class UnitsHandler(JobsHandler):
+    async def get(self, job_id: str) -> None:
+        store = self.master.store
+        units = await store.list_units(
+            job_id, self._int_arg("offset", 0, 0, 10**9), self._int_arg("limit", 100, 1, 1000)
+        )
+        self.reply({"units": [await self._unit_json(u) for u in units]})
+
+    async def _unit_json(self, unit: Any) -> dict[str, Any]:
+        attempts = await self.master.store.list_attempts(unit.id)
+        return {
+            "id": unit.id,
+            "index": unit.idx,
+            "kind": unit.kind,
+            "state": unit.state.value,
+            "output": unit.canonical_hash,
+            "attempts": [
+                {
+                    "id": a.id, "client": a.client, "state": a.state.value, "leased_at": a.leased_at,
+                    "finished_at": a.finished_at, "error": a.error, "exit_code": a.exit_code,
+                    "output": a.output_hash, "validity": a.validity.value if a.validity else None,
+                    "runtime": a.runtime,
+                }
+                for a in attempts
+            ],
+        }  # fmt: skip
+
+
+class ResultsDownloadHandler(JobsHandler):
+    """The job's result: the reduce output when it has a reduce step, else every canonical
+    map output concatenated in unit order. ``?partial=1`` gives what is done so far."""
+
+    async def get(self, job_id: str) -> None:
+        store = self.master.store
+        job = await store.get_job(job_id)
+        partial = self.get_query_argument("partial", "0") in ("1", "true", "yes")
+        if job.state != JobState.DONE and not partial:
+            counts = await store.unit_counts(job_id)
+            raise Conflict(
+                f"job {job_id} is {job.state} ({counts['done']} units done, {counts['failed']} failed); "
+                "wait for it, or ask for ?partial=1"
+            )
+        units = await store.list_units(job_id, 0, job.n_map + 1)
+        reduce = [u for u in units if u.kind == "reduce"]
+        outputs = [reduce[0]] if reduce and reduce[0].canonical_hash else [u for u in units if u.kind == "map"]
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Disposition", f'attachment; filename="{job_id}.out"')
+        for unit in outputs:
+            if unit.canonical_hash is None:
+                continue
+            size = unit.canonical_size or 0
+            for offset in range(0, max(size, 1), SLICE):
+                self.write(await self.master.blobs.read(unit.canonical_hash, offset, offset + SLICE))
+                await self.flush()
+        self.finish()
+
+
+class ClientsHandler(BaseHandler):
+    async def get(self) -> None:
+        clients = await self.master.store.list_clients()
+        online_after = self.master.now() - self.master.settings.online_window
+        self.reply({"clients": [c.to_json(online_after) for c in clients]})
+
+
+class ChunkHandler(JobsHandler):
+    """Chunk a raw upload on the master: ``POST /api/v1/chunks?by=lines&size=1MiB`` with the
+    file as body stores every chunk and answers their hashes, ready for a job's "chunks"."""
+
+    async def post(self) -> None:
+        args = {k: self.get_query_argument(k) for k in ("by", "size", "separator") if self.get_query_argument(k, None)}
+        if "size" in args and args["size"].isdigit():
+            args["size"] = int(args["size"])  # type: ignore[assignment]
+        try:
+            chunking = parse_jobfile({"name": "chunking", "image": "none", "chunking": args}).chunking
+        except ProtocolError as exc:
+            raise BadRequest(str(exc)) from None
+        if chunking.by == "files":
+            raise BadRequest("chunking by files happens on the scientist's side; upload each file's chunk")
+        chunks = []
+        for data in chunk_stream(io.BytesIO(self.body), chunking):
+            chunks.append({"hash": await self.master.blobs.put(data), "size": len(data)})
+        if not chunks:
+            raise BadRequest("the upload is empty; there is nothing to chunk")
+        self.reply({"chunks": chunks}, status=201)

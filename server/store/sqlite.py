@@ -1,0 +1,450 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+Every write is one ``BEGIN IMMEDIATE`` transaction, so several master processes can share
+the file: SQLite serialises the writers, and each unit change is a compare-and-set on its
+state. Calls are short and run on the event loop's thread; batching (many units per lease
+or result request) keeps the number of transactions low.
+"""
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
+from dockercomp.protocol.messages import Ack, Grant, Heartbeat, HostFacts, LeaseRequest, ResultReport
+
+from ..errors import Conflict, NotFound, ServerError, StoreUnavailable
+from ..lifecycle import (
+    REDUCE,
+    TERMINAL_UNIT,
+    AttemptState,
+    AttemptView,
+    JobState,
+    LeasePolicy,
+    UnitState,
+    Validity,
+    decide,
+    job_step,
+    judge_result,
+    transition,
+)
+from ..models import Attempt, Client, InputFile, Job, Unit
+from .base import ZERO_COUNTS, Store, fits, grant, new_id, reduce_inputs
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
+    finished_at REAL, n_map INTEGER NOT NULL, done_map INTEGER NOT NULL DEFAULT 0,
+    failed_map INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS units (
+    id TEXT PRIMARY KEY, job_id TEXT NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL,
+    state TEXT NOT NULL, wanted INTEGER NOT NULL, priority INTEGER NOT NULL,
+    job_created REAL NOT NULL, inputs TEXT NOT NULL, canonical_hash TEXT, canonical_size INTEGER);
+CREATE UNIQUE INDEX IF NOT EXISTS units_by_job ON units (job_id, idx);
+CREATE INDEX IF NOT EXISTS units_open ON units (priority DESC, job_created, job_id, idx) WHERE wanted > 0;
+CREATE TABLE IF NOT EXISTS attempts (
+    id TEXT PRIMARY KEY, unit_id TEXT NOT NULL, job_id TEXT NOT NULL, client_id TEXT NOT NULL,
+    state TEXT NOT NULL, leased_at REAL NOT NULL, deadline REAL NOT NULL, finished_at REAL,
+    output_hash TEXT, output_size INTEGER, exit_code INTEGER, error TEXT, stderr_tail TEXT NOT NULL DEFAULT '',
+    runtime REAL, peak_memory INTEGER, validity TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS attempts_by_unit ON attempts (unit_id, client_id);
+CREATE INDEX IF NOT EXISTS attempts_leased ON attempts (deadline) WHERE state = 'leased';
+CREATE INDEX IF NOT EXISTS attempts_leased_by_client ON attempts (client_id) WHERE state = 'leased';
+CREATE TABLE IF NOT EXISTS clients (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, registered_at REAL NOT NULL, last_seen REAL NOT NULL,
+    slots INTEGER NOT NULL, busy INTEGER NOT NULL DEFAULT 0, host TEXT NOT NULL,
+    containers TEXT NOT NULL DEFAULT '[]', valid INTEGER NOT NULL DEFAULT 0,
+    invalid INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0);
+"""
+
+_LEASABLE = """
+SELECT id, job_id, idx, kind, state, wanted, inputs FROM units AS u INDEXED BY units_open
+WHERE wanted > 0 AND state IN ('ready', 'running')
+  AND NOT EXISTS (SELECT 1 FROM attempts AS a WHERE a.unit_id = u.id AND a.client_id = ?)
+ORDER BY priority DESC, job_created, job_id, idx LIMIT ?
+"""
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._specs: dict[str, JobSpec] = {}  # job specs never change, so caching them is safe
+
+    # -- life ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA busy_timeout = 30000")
+        db.executescript(SCHEMA)  # idempotent; a master racing another one waits on busy_timeout
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self._db is None:
+            raise StoreUnavailable("the store is not open")
+        with _transaction(self._db) as db:
+            yield db
+
+    async def secret(self) -> bytes:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (os.urandom(32),))
+            return db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()[0]
+
+    # -- jobs ---------------------------------------------------------------------------
+    async def create_job(self, spec: JobSpec, units: list[list[InputFile]], now: float) -> Job:
+        job = Job(id=new_id(), spec=spec, state=JobState.RUNNING, created_at=now, n_map=len(units))
+        wanted = spec.redundancy.replicas
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs (id, spec, state, created_at, n_map) VALUES (?, ?, ?, ?, ?)",
+                (job.id, json.dumps(spec.to_dict()), job.state, now, job.n_map),
+            )
+            db.executemany(
+                "INSERT INTO units (id, job_id, idx, kind, state, wanted, priority, job_created, inputs)"
+                " VALUES (?, ?, ?, 'map', 'ready', ?, ?, ?, ?)",
+                (
+                    (f"{job.id}.{i}", job.id, i, wanted, spec.priority, now, _dump_inputs(inputs))
+                    for i, inputs in enumerate(units)
+                ),
+            )
+        self._specs[job.id] = spec
+        return job
+
+    async def get_job(self, job_id: str) -> Job:
+        with self._tx() as db:
+            return self._job(db, job_id)
+
+    async def list_jobs(self, limit: int = 100) -> list[Job]:
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+            return [self._job_from(row) for row in rows]
+
+    async def unit_counts(self, job_id: str) -> dict[str, int]:
+        with self._tx() as db:
+            self._job(db, job_id)
+            rows = db.execute("SELECT state, COUNT(*) FROM units WHERE job_id = ? GROUP BY state", (job_id,))
+            return ZERO_COUNTS | {state: n for state, n in rows}
+
+    async def list_units(self, job_id: str, offset: int = 0, limit: int = 100) -> list[Unit]:
+        with self._tx() as db:
+            self._job(db, job_id)
+            rows = db.execute(
+                "SELECT * FROM units WHERE job_id = ? ORDER BY idx LIMIT ? OFFSET ?", (job_id, limit, offset)
+            ).fetchall()
+            return [_unit_from(row) for row in rows]
+
+    async def list_attempts(self, unit_id: str) -> list[Attempt]:
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM attempts WHERE unit_id = ? ORDER BY leased_at", (unit_id,))
+            return [_attempt_from(row) for row in rows]
+
+    # -- clients -------------------------------------------------------------------------
+    async def register_client(self, name: str, slots: int, host: HostFacts, now: float) -> Client:
+        client = Client(id=new_id(8), name=name, registered_at=now, last_seen=now, slots=slots, host=host)
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO clients (id, name, registered_at, last_seen, slots, host) VALUES (?, ?, ?, ?, ?, ?)",
+                (client.id, name, now, now, slots, json.dumps(host.to_wire())),
+            )
+        return client
+
+    async def get_client(self, client_id: str) -> Client:
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM clients WHERE id = ?", (client_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no client {client_id!r:.40}; register again")
+        return _client_from(row)
+
+    async def list_clients(self) -> list[Client]:
+        with self._tx() as db:
+            return [_client_from(row) for row in db.execute("SELECT * FROM clients ORDER BY name, id")]
+
+    async def heartbeat(self, client_id: str, beat: Heartbeat, now: float) -> list[str]:
+        containers = [c.to_wire() for c in beat.containers]
+        with self._tx() as db:
+            updated = db.execute(
+                "UPDATE clients SET last_seen = ?, slots = ?, busy = ?, containers = ? WHERE id = ?",
+                (now, beat.slots, beat.busy, json.dumps(containers), client_id),
+            ).rowcount
+            if not updated:
+                raise NotFound(f"no client {client_id!r:.40}; register again")
+            abort = []
+            for container in beat.containers:
+                row = db.execute(
+                    "SELECT a.state, a.client_id, u.state AS unit_state FROM attempts AS a"
+                    " JOIN units AS u ON u.id = a.unit_id WHERE a.id = ?",
+                    (container.attempt,),
+                ).fetchone()
+                if (
+                    row is None
+                    or row["client_id"] != client_id
+                    or row["state"] not in (AttemptState.LEASED, AttemptState.TIMED_OUT)
+                    or row["unit_state"] in TERMINAL_UNIT
+                ):
+                    abort.append(container.attempt)
+            return abort
+
+    # -- attempts ------------------------------------------------------------------------
+    async def lease(self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy) -> list[Grant]:
+        grants: list[Grant] = []
+        if request.max_units <= 0:
+            return grants
+        cpus, memory = request.cpus, request.memory
+        with self._tx() as db:
+            self._touch(db, client_id, now)
+            rows = db.execute(_LEASABLE, (client_id, request.max_units * 4 + 16)).fetchall()
+            for row in rows:
+                if len(grants) >= request.max_units:
+                    break
+                spec = self._spec(db, row["job_id"])
+                if not fits(spec, cpus, memory):
+                    continue
+                unit = _unit_from(row)
+                transition(unit.state, UnitState.RUNNING)
+                attempt_id = new_id(8)
+                deadline = policy.deadline(now, spec.resources.timeout)
+                db.execute(
+                    "INSERT INTO attempts (id, unit_id, job_id, client_id, state, leased_at, deadline)"
+                    " VALUES (?, ?, ?, ?, 'leased', ?, ?)",
+                    (attempt_id, unit.id, unit.job, client_id, now, deadline),
+                )
+                db.execute(
+                    "UPDATE units SET wanted = wanted - 1, state = 'running' WHERE id = ? AND state = ?",
+                    (unit.id, unit.state),
+                )
+                cpus -= spec.resources.cpus
+                memory -= spec.resources.memory
+                grants.append(grant(unit.job, spec, unit, attempt_id, deadline))
+        return grants
+
+    async def record_results(self, client_id: str, reports: list[ResultReport], now: float) -> list[Ack]:
+        acks = []
+        with self._tx() as db:
+            self._touch(db, client_id, now)
+            for report in reports:
+                try:
+                    acks.append(self._record(db, client_id, report, now))
+                except ServerError as exc:
+                    acks.append(Ack(report.attempt, False, str(exc)))
+        return acks
+
+    async def release(self, client_id: str, attempt_ids: list[str], now: float) -> list[Ack]:
+        acks = []
+        with self._tx() as db:
+            self._touch(db, client_id, now)
+            for attempt_id in attempt_ids:
+                try:
+                    acks.append(self._release(db, client_id, attempt_id, now))
+                except ServerError as exc:
+                    acks.append(Ack(attempt_id, False, str(exc)))
+        return acks
+
+    async def expire(self, now: float, policy: LeasePolicy) -> int:
+        with self._tx() as db:
+            late = db.execute(
+                "SELECT id, unit_id, client_id FROM attempts WHERE state = 'leased' AND deadline < ?", (now,)
+            ).fetchall()
+            silent = db.execute(
+                "SELECT a.id, a.unit_id, a.client_id FROM clients AS c JOIN attempts AS a"
+                " ON a.client_id = c.id AND a.state = 'leased' WHERE c.last_seen < ?",
+                (now - policy.heartbeat_timeout,),
+            ).fetchall()
+            expired = {row["id"]: row for row in [*late, *silent]}
+            for row in expired.values():
+                self._move_attempt(db, row["id"], AttemptState.LEASED, AttemptState.TIMED_OUT, now)
+                db.execute("UPDATE clients SET errors = errors + 1 WHERE id = ?", (row["client_id"],))
+                self._decide(db, row["unit_id"], now)
+            return len(expired)
+
+    # -- inside a transaction --------------------------------------------------------------
+    def _record(self, db: sqlite3.Connection, client_id: str, report: ResultReport, now: float) -> Ack:
+        row = self._own_attempt(db, client_id, report.attempt)
+        unit_state = db.execute("SELECT state FROM units WHERE id = ?", (row["unit_id"],)).fetchone()[0]
+        old = AttemptState(row["state"])
+        if not judge_result(old, row["output_hash"], UnitState(unit_state), report):
+            return Ack(report.attempt, True, "duplicate")
+        succeeded = report.status == "succeeded"
+        new = transition(old, AttemptState.SUCCEEDED if succeeded else AttemptState.ERRORED)
+        db.execute(
+            "UPDATE attempts SET state = ?, finished_at = ?, output_hash = ?, output_size = ?, exit_code = ?,"
+            " error = ?, stderr_tail = ?, runtime = ?, peak_memory = ? WHERE id = ? AND state = ?",
+            (
+                new, now, report.output_hash if succeeded else None, report.output_size if succeeded else None,
+                report.exit_code, report.error, report.stderr_tail[-4096:], report.runtime, report.peak_memory,
+                report.attempt, old,
+            ),
+        )  # fmt: skip
+        if not succeeded:
+            db.execute("UPDATE clients SET errors = errors + 1 WHERE id = ?", (client_id,))
+        self._decide(db, row["unit_id"], now)
+        return Ack(report.attempt, True)
+
+    def _release(self, db: sqlite3.Connection, client_id: str, attempt_id: str, now: float) -> Ack:
+        row = self._own_attempt(db, client_id, attempt_id)
+        state = AttemptState(row["state"])
+        if state == AttemptState.RELEASED:
+            return Ack(attempt_id, True, "already released")
+        if state != AttemptState.LEASED:
+            raise Conflict(f"attempt {attempt_id} is already {state}")
+        self._move_attempt(db, attempt_id, state, AttemptState.RELEASED, now)
+        self._decide(db, row["unit_id"], now)
+        return Ack(attempt_id, True)
+
+    def _decide(self, db: sqlite3.Connection, unit_id: str, now: float) -> None:
+        """Re-run the quorum decision for one unit and write what follows from it."""
+        unit = _unit_from(db.execute("SELECT * FROM units WHERE id = ?", (unit_id,)).fetchone())
+        spec = self._spec(db, unit.job)
+        attempts = db.execute(
+            "SELECT id, state, output_hash, output_size, client_id FROM attempts WHERE unit_id = ?",
+            (unit_id,),
+        ).fetchall()
+        views = [AttemptView(a["id"], AttemptState(a["state"]), a["output_hash"]) for a in attempts]
+        decision = decide(spec.redundancy, views)
+        state = transition(unit.state, decision.state)
+        size = next((a["output_size"] for a in attempts if a["id"] in decision.valid), None)
+        db.execute(
+            "UPDATE units SET state = ?, wanted = ?, canonical_hash = ?, canonical_size = ? WHERE id = ? AND state = ?",
+            (state, decision.wanted, decision.canonical, size, unit_id, unit.state),
+        )
+        for validity, ids, counter in (
+            (Validity.VALID, decision.valid, "valid"),
+            (Validity.INVALID, decision.invalid, "invalid"),
+        ):
+            for a in attempts:
+                if a["id"] in ids:
+                    db.execute("UPDATE attempts SET validity = ? WHERE id = ?", (validity, a["id"]))
+                    db.execute(f"UPDATE clients SET {counter} = {counter} + 1 WHERE id = ?", (a["client_id"],))
+        for attempt_id in decision.abandon:
+            self._move_attempt(db, attempt_id, AttemptState.LEASED, AttemptState.RELEASED, now)
+        if state in TERMINAL_UNIT and unit.state not in TERMINAL_UNIT:
+            self._unit_ended(db, unit, state, now)
+
+    def _unit_ended(self, db: sqlite3.Connection, unit: Unit, state: UnitState, now: float) -> None:
+        if unit.kind == "map":
+            column = "done_map" if state == UnitState.DONE else "failed_map"
+            db.execute(f"UPDATE jobs SET {column} = {column} + 1 WHERE id = ?", (unit.job,))
+        job = self._job(db, unit.job)
+        reduce_row = db.execute("SELECT state FROM units WHERE job_id = ? AND kind = 'reduce'", (job.id,)).fetchone()
+        step = job_step(
+            job.n_map, job.done_map, job.failed_map, job.spec.reduce_command is not None,
+            UnitState(reduce_row[0]) if reduce_row else None,
+        )  # fmt: skip
+        if step == REDUCE:
+            maps = [_unit_from(r) for r in db.execute("SELECT * FROM units WHERE job_id = ? ORDER BY idx", (job.id,))]
+            db.execute(
+                "INSERT INTO units (id, job_id, idx, kind, state, wanted, priority, job_created, inputs)"
+                " VALUES (?, ?, ?, 'reduce', 'ready', ?, ?, ?, ?)",
+                (
+                    f"{job.id}.{job.n_map}", job.id, job.n_map, job.spec.redundancy.replicas,
+                    job.spec.priority, job.created_at, _dump_inputs(reduce_inputs(maps)),
+                ),
+            )  # fmt: skip
+        elif isinstance(step, JobState):
+            transition(job.state, step)
+            db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ? WHERE id = ? AND state = ?",
+                (step, now, job.id, job.state),
+            )
+
+    def _move_attempt(
+        self, db: sqlite3.Connection, attempt_id: str, old: AttemptState, new: AttemptState, now: float
+    ) -> None:
+        transition(old, new)
+        db.execute(
+            "UPDATE attempts SET state = ?, finished_at = ? WHERE id = ? AND state = ?",
+            (new, now, attempt_id, old),
+        )
+
+    def _own_attempt(self, db: sqlite3.Connection, client_id: str, attempt_id: str) -> sqlite3.Row:
+        row = db.execute(
+            "SELECT id, state, output_hash, client_id, unit_id FROM attempts WHERE id = ?", (attempt_id,)
+        ).fetchone()
+        if row is None or row["client_id"] != client_id:
+            raise NotFound(f"attempt {attempt_id!r:.40} is unknown or was leased to another client")
+        return row
+
+    def _touch(self, db: sqlite3.Connection, client_id: str, now: float) -> None:
+        if not db.execute("UPDATE clients SET last_seen = ? WHERE id = ?", (now, client_id)).rowcount:
+            raise NotFound(f"no client {client_id!r:.40}; register again")
+
+    def _job(self, db: sqlite3.Connection, job_id: str) -> Job:
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id!r:.40}")
+        return self._job_from(row)
+
+    def _spec(self, db: sqlite3.Connection, job_id: str) -> JobSpec:
+        spec = self._specs.get(job_id)
+        if spec is None:
+            spec = self._specs[job_id] = self._job(db, job_id).spec
+        return spec
+
+    def _job_from(self, row: sqlite3.Row) -> Job:
+        spec = self._specs.get(row["id"])
+        if spec is None:
+            spec = self._specs[row["id"]] = parse_jobfile(json.loads(row["spec"]))
+        return Job(
+            id=row["id"], spec=spec, state=JobState(row["state"]), created_at=row["created_at"],
+            finished_at=row["finished_at"], n_map=row["n_map"], done_map=row["done_map"],
+            failed_map=row["failed_map"],
+        )  # fmt: skip
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailable(f"the database is busy, try again: {exc}") from None
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    else:
+        db.execute("COMMIT")
+
+
+def _dump_inputs(inputs: list[InputFile]) -> str:
+    return json.dumps([[f.name, f.hash, f.size] for f in inputs])
+
+
+def _unit_from(row: sqlite3.Row) -> Unit:
+    keys = row.keys()
+    return Unit(
+        id=row["id"], job=row["job_id"], idx=row["idx"], kind=row["kind"], state=UnitState(row["state"]),
+        wanted=row["wanted"], inputs=[InputFile(*f) for f in json.loads(row["inputs"])],
+        canonical_hash=row["canonical_hash"] if "canonical_hash" in keys else None,
+        canonical_size=row["canonical_size"] if "canonical_size" in keys else None,
+    )  # fmt: skip
+
+
+def _attempt_from(row: sqlite3.Row) -> Attempt:
+    return Attempt(
+        id=row["id"], unit=row["unit_id"], job=row["job_id"], client=row["client_id"],
+        state=AttemptState(row["state"]), leased_at=row["leased_at"], deadline=row["deadline"],
+        finished_at=row["finished_at"], output_hash=row["output_hash"], output_size=row["output_size"],
+        exit_code=row["exit_code"], error=row["error"], stderr_tail=row["stderr_tail"], runtime=row["runtime"],
+        peak_memory=row["peak_memory"], validity=Validity(row["validity"]) if row["validity"] else None,
+    )  # fmt: skip
+
+
+def _client_from(row: sqlite3.Row) -> Client:
+    return Client(
+        id=row["id"], name=row["name"], registered_at=row["registered_at"], last_seen=row["last_seen"],
+        slots=row["slots"], busy=row["busy"], host=HostFacts.from_wire(json.loads(row["host"])),
+        containers=json.loads(row["containers"]), valid=row["valid"], invalid=row["invalid"], errors=row["errors"],
+    )  # fmt: skip
