@@ -123,7 +123,7 @@ class Scientist:
         """Send each input whole and let the master chunk it (bytes, lines or records)."""
         params = {"by": spec.chunking.by, "separator": spec.chunking.separator}
         params["size"] = str(spec.chunking.size) if spec.chunking.size_unit == "count" else f"{spec.chunking.size}B"
-        hashes = []
+        hashes: list[str] = []
         for path in paths:
             with open(path, "rb") as f:
                 reply = self._call("POST", "/chunks", params=params, data=f.read()).json()

@@ -7,6 +7,7 @@ the file and environment are converted to the field's type and checked by the cl
 """
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -30,12 +31,15 @@ def load_settings(cls: type[T], role: str, path: str | None = None, flags: Mappi
                 data = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SettingsError(f"cannot read settings file {path}: {exc}") from None
-        values.update(data.get(role, data))
+        section = data.get(role, data)
+        if not isinstance(section, dict):
+            raise SettingsError(f"settings file {path}: {role} must be a table of settings")
+        values.update(section)
     prefix = f"DOCKERCOMP_{role.upper()}_"
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        env = os.environ.get(prefix + f.name.upper())
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        env = os.environ.get(prefix + field.name.upper())
         if env is not None:
-            values[f.name] = env
+            values[field.name] = env
     values.update({k: v for k, v in (flags or {}).items() if v is not None})
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -52,19 +56,26 @@ def load_settings(cls: type[T], role: str, path: str | None = None, flags: Mappi
 
 def _convert(name: str, value: Any, hint: Any) -> Any:
     target = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-    if (
-        value is None
-        or (isinstance(value, target) and not isinstance(value, bool))
-        or (target is bool and isinstance(value, bool))
-    ):
+    if value is None:
         return value
     try:
+        # only scalars: a bool is no number, a float with a fraction no int, NaN or inf no
+        # setting, and a table, array or date is nothing str() should flatten
+        if not isinstance(value, str | int | float) or (isinstance(value, bool) and target is not bool):
+            raise ValueError(value)
         if target is bool:
+            if isinstance(value, bool):
+                return value
             if str(value).lower() in ("1", "true", "yes", "on"):
                 return True
             if str(value).lower() in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(value)
-        return target(value)
-    except (TypeError, ValueError):
+        if target is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        converted = target(value)
+        if isinstance(converted, float) and not math.isfinite(converted):
+            raise ValueError(value)
+        return converted
+    except (TypeError, ValueError, OverflowError):
         raise SettingsError(f"setting {name} must be {target.__name__}, got {value!r:.60}") from None

@@ -26,9 +26,21 @@ def chunk_stream(stream: BinaryIO, chunking: Chunking) -> Iterator[bytes]:
     raise ProtocolError(f"chunking by {chunking.by} takes a list of files, not one stream")
 
 
+_BLOCK = 1 << 20
+
+
 def chunk_bytes(stream: BinaryIO, size: int) -> Iterator[bytes]:
-    while piece := stream.read(size):
-        yield piece
+    """Chunks of exactly ``size`` bytes (the last one shorter), read in blocks: a file's
+    read(size) allocates ``size`` bytes up front, and a pipe may return fewer."""
+    while True:
+        pieces: list[bytes] = []
+        want = size
+        while want and (piece := stream.read(min(want, _BLOCK))):
+            pieces.append(piece)
+            want -= len(piece)
+        if not pieces:
+            return
+        yield b"".join(pieces)
 
 
 def records(stream: BinaryIO, separator: bytes) -> Iterator[bytes]:

@@ -32,6 +32,8 @@ def load_json(data: bytes) -> Any:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # deeply nested arrays or objects
+        raise ProtocolError("body is not valid JSON: nested too deeply") from None
 
 
 def decode(data: bytes, content_type: str | None) -> Any:

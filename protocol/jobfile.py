@@ -166,6 +166,8 @@ def _resources(d: dict[str, Any]) -> Resources:
     memory = parse_size(d.get("memory", "256MiB"), "resources.memory")
     if memory < 6 << 20:
         raise ProtocolError("resources.memory must be at least 6MiB (Docker's minimum)")
+    if memory >= 1 << 63:  # Docker and msgpack take a signed 64-bit integer
+        raise ProtocolError("resources.memory must be less than 8EiB")
     timeout = parse_duration(d.get("timeout", "5m"), "resources.timeout")
     if not 0 < timeout <= 7 * 86400:
         raise ProtocolError("resources.timeout must be more than 0 and at most 7d")

@@ -54,7 +54,12 @@ class Message:
                 values[name] = _coerce(data[name], hints[name], path)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ProtocolError(f"missing field {path}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ProtocolError as exc:  # a rule across fields (__post_init__): say where, if nested
+            if not where:
+                raise
+            raise ProtocolError(f"{where}: {exc}") from None
 
     def to_wire(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]

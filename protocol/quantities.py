@@ -1,5 +1,6 @@
 """Sizes ("256MiB") and durations ("5m") as people write them in job files and flags."""
 
+import math
 import re
 
 from .errors import ProtocolError
@@ -34,7 +35,10 @@ def parse_size(value: object, what: str = "size") -> int:
     factor = _SIZE_UNITS.get(unit.lower())
     if factor is None:
         raise ProtocolError(f"{what}: unknown size unit {unit!r}; use B, KiB, MiB, GiB, KB, MB or GB")
-    return int(number * factor)
+    try:
+        return int(number * factor)  # exact for whole numbers, however large
+    except OverflowError:
+        raise ProtocolError(f"{what} is too large, got {value!r:.60}") from None
 
 
 def parse_duration(value: object, what: str = "duration") -> float:
@@ -43,7 +47,13 @@ def parse_duration(value: object, what: str = "duration") -> float:
     factor = _DURATION_UNITS.get(unit.lower())
     if factor is None:
         raise ProtocolError(f"{what}: unknown duration unit {unit!r}; use ms, s, m, h or d")
-    return number * factor
+    try:
+        seconds = float(number * factor)
+    except OverflowError:
+        seconds = math.inf
+    if math.isinf(seconds):
+        raise ProtocolError(f"{what} is too large, got {value!r:.60}")
+    return seconds
 
 
 def format_size(n: int) -> str:
@@ -53,15 +63,20 @@ def format_size(n: int) -> str:
     return f"{n}B"
 
 
-def _split(value: object, what: str, example: str) -> tuple[float, str]:
+def _split(value: object, what: str, example: str) -> tuple[int | float, str]:
+    """The number (an int when written without a fraction, so large sizes stay exact) and unit."""
     if isinstance(value, bool):
         raise ProtocolError(f"{what} must be {example}, got {value!r}")
     if isinstance(value, int | float):
         if value < 0 or value != value or value in (float("inf"),):
             raise ProtocolError(f"{what} must not be negative, got {value!r}")
-        return float(value), ""
+        return value, ""
     if isinstance(value, str):
         match = _NUMBER_UNIT.fullmatch(value)
         if match:
-            return float(match.group(1)), match.group(2)
+            number = match.group(1)
+            try:
+                return (float(number) if "." in number else int(number)), match.group(2)
+            except ValueError:  # more digits than int() converts
+                raise ProtocolError(f"{what} is too large, got {value!r:.60}") from None
     raise ProtocolError(f"{what} must be {example}, got {value!r:.60}")

@@ -97,9 +97,10 @@ class ResultsHandler(BaseHandler):
             await self.master.blobs.put(report.output)
             size = len(report.output)
         else:
-            size = await self.master.blobs.size(output_hash)
-            if size is None:
+            stored = await self.master.blobs.size(output_hash)
+            if stored is None:
                 raise ProtocolError(f"output {output_hash} was not uploaded; PUT it to /api/v1/blobs/{output_hash}")
+            size = stored
         report.output = None
         report.output_size = size
         return report

@@ -7,11 +7,13 @@ import logging
 import time
 from typing import Any, TypeVar
 
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
 from dockercomp.protocol import codec
 from dockercomp.protocol.errors import IntegrityError, ProtocolError
 from dockercomp.protocol.messages import Message
-from tornado import httputil
-from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from .blobs import BlobStore
 from .errors import ServerError, TooLarge, Unauthorized
@@ -76,7 +78,9 @@ class BaseHandler(RequestHandler):
         if length is not None and length.isdigit() and int(length) > limit:
             raise TooLarge(f"request body of {length} bytes exceeds the limit of {limit}; send smaller chunks")
         # a chunked body past the limit is cut off by Tornado itself (400, connection closed)
-        self.request.connection.set_max_body_size(limit)
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            connection.set_max_body_size(limit)
 
     def data_received(self, chunk: bytes) -> None:
         self._chunks.append(chunk)

@@ -84,7 +84,11 @@ MOVES: dict[type[StrEnum], dict[StrEnum, frozenset[StrEnum]]] = {
 
 
 def can_move(old: S, new: S) -> bool:
-    """Staying in a state is always allowed; anything else must be in MOVES."""
+    """Staying in a state is always allowed; anything else must be in MOVES. The states are
+    str enums, so a state of another machine with the same value would compare equal: refuse
+    it by type."""
+    if type(new) is not type(old):
+        return False
     return old == new or new in MOVES[type(old)][old]
 
 

@@ -18,7 +18,15 @@ MAX_UNITS = 1_000_000
 SLICE = 1 << 20
 
 
-class JobsHandler(BaseHandler):
+class ScientistHandler(BaseHandler):
+    def _int_arg(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.get_query_argument(name, str(default))
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise BadRequest(f"{name} must be an integer from {low} to {high}")
+        return int(raw)
+
+
+class JobsHandler(ScientistHandler):
     async def get(self) -> None:
         limit = self._int_arg("limit", 100, 1, 10_000)
         jobs = await self.master.store.list_jobs(limit)
@@ -50,21 +58,15 @@ class JobsHandler(BaseHandler):
         job = await self.master.store.create_job(spec, [map_inputs([s]) for s in sizes], self.master.now())
         self.reply({"job": job.id}, status=201)
 
-    def _int_arg(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.get_query_argument(name, str(default))
-        if not raw.isdigit() or not low <= int(raw) <= high:
-            raise BadRequest(f"{name} must be an integer from {low} to {high}")
-        return int(raw)
 
-
-class JobHandler(JobsHandler):
+class JobHandler(ScientistHandler):
     async def get(self, job_id: str) -> None:
         store = self.master.store
         job = await store.get_job(job_id)
         self.reply(job.to_json() | {"job": job.id, "units": await store.unit_counts(job_id)})
 
 
-class UnitsHandler(JobsHandler):
+class UnitsHandler(ScientistHandler):
     async def get(self, job_id: str) -> None:
         store = self.master.store
         units = await store.list_units(
@@ -92,7 +94,7 @@ class UnitsHandler(JobsHandler):
         }  # fmt: skip
 
 
-class ResultsDownloadHandler(JobsHandler):
+class ResultsDownloadHandler(ScientistHandler):
     """The job's result: the reduce output when it has a reduce step, else every canonical
     map output concatenated in unit order. ``?partial=1`` gives what is done so far."""
 
@@ -128,7 +130,7 @@ class ClientsHandler(BaseHandler):
         self.reply({"clients": [c.to_json(online_after) for c in clients]})
 
 
-class ChunkHandler(JobsHandler):
+class ChunkHandler(ScientistHandler):
     """Chunk a raw upload on the master: ``POST /api/v1/chunks?by=lines&size=1MiB`` with the
     file as body stores every chunk and answers their hashes, ready for a job's "chunks"."""
 

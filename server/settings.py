@@ -3,8 +3,8 @@
 import os
 from dataclasses import dataclass
 
+from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.quantities import parse_size
-
 from dockercomp.settings import SettingsError
 
 from .lifecycle import LeasePolicy
@@ -50,7 +50,11 @@ class ServerSettings:
             raise SettingsError(f"port must be 0-65535, got {self.port}")
         if not self.store_url.startswith(("sqlite://", "mongodb://", "mongodb+srv://")):
             raise SettingsError("store must be sqlite:///PATH or mongodb://HOST/DB")
-        if self.max_body_bytes < 1024:
+        try:
+            max_body = self.max_body_bytes
+        except ProtocolError as exc:  # parse_size's message names max_body
+            raise SettingsError(str(exc)) from None
+        if max_body < 1024:
             raise SettingsError("max_body must be at least 1KiB")
         for name in ("heartbeat_interval", "heartbeat_timeout", "reap_interval", "online_window"):
             if getattr(self, name) <= 0:

@@ -1,0 +1,556 @@
+"""The scale-out store: MongoDB through PyMongo's async API, chunk bytes in GridFS.
+
+Several stateless masters share one database. A unit document embeds its attempts, so every
+change of a unit (lease, result, release, expiry) is one single-document compare-and-set on
+its ``version``: read the unit, ask lifecycle.py what follows, write it back only if nobody
+changed it meanwhile, else read again and retry. A lease also requires ``wanted > 0`` and the
+client's absence from the unit's ``clients`` list, so two masters leasing at once never
+issue more attempts than wanted, nor two attempts of one unit to one client.
+
+What follows a unit's change in other documents (client counters, job counters, the reduce
+unit, the job's final state) is written after the unit's compare-and-set succeeded, with
+``$inc`` and conditional updates; only the master whose ``$inc`` completes a job's map units
+creates the reduce unit, and a unique (job_id, idx) index makes that happen once.
+
+Blobs: PyMongo's ``AsyncGridFSBucket`` accepts nothing but a real ``AsyncDatabase``, so the
+blob store writes the GridFS layout itself (``fs.files`` and ``fs.chunks`` with the spec's
+fields, ``_id`` and filename = the xxh3-128 hash); ``mongofiles`` on a real server reads it,
+and the mongomock-motor stand-in used by the tests stores it too.
+"""
+
+import contextlib
+import functools
+import inspect
+import os
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+try:
+    from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+    from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, OperationFailure
+except ImportError as exc:  # pragma: no cover - pymongo is a dependency, but say what to install
+    raise ImportError("the mongodb store needs PyMongo 4.13 or newer: pip install 'pymongo>=4.13'") from exc
+
+from dockercomp.protocol.integrity import check_hash, digest
+from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
+from dockercomp.protocol.messages import Ack, Grant, Heartbeat, HostFacts, LeaseRequest, ResultReport
+
+from ..blobs import BlobStore
+from ..errors import Conflict, NotFound, ServerError, StoreUnavailable
+from ..lifecycle import (
+    REDUCE,
+    TERMINAL_UNIT,
+    AttemptState,
+    AttemptView,
+    JobState,
+    LeasePolicy,
+    UnitState,
+    Validity,
+    decide,
+    job_step,
+    judge_result,
+    transition,
+)
+from ..models import Attempt, Client, InputFile, Job, Unit
+from .base import ZERO_COUNTS, Store, fits, grant, new_id, reduce_inputs
+
+Doc = dict[str, Any]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+CAS_TRIES = 64  # a unit changes a handful of times in its life; this many misses means trouble
+OPEN = {"state": {"$in": [UnitState.READY.value, UnitState.RUNNING.value]}, "wanted": {"$gt": 0}}
+LEASE_ORDER = [("priority", DESCENDING), ("job_created", ASCENDING), ("job_id", ASCENDING), ("idx", ASCENDING)]
+NO_HISTORY = {"attempts": 0, "clients": 0}  # what listing and leasing units do not need
+
+
+def _guard(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Report a lost connection as StoreUnavailable (HTTP 503, "try again"), not a 500."""
+
+    @functools.wraps(method)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except ConnectionFailure as exc:
+            raise StoreUnavailable(f"MongoDB is unreachable, try again: {exc}") from None
+
+    return guarded
+
+
+def _database(target: Any, name: str) -> tuple[Any, AsyncMongoClient[Doc] | None]:
+    """The database for a URL, a client or a database (returned as is), and the client this
+    store opened itself (and must close). Classes, not instances, are asked about
+    ``get_collection``, because clients answer any attribute with a database of that name."""
+    if isinstance(target, str):
+        client: AsyncMongoClient[Doc] = AsyncMongoClient(target)
+        return client.get_default_database(name), client
+    if callable(getattr(type(target), "get_collection", None)):
+        return target, None
+    return target.get_database(name), None
+
+
+class MongoStore(Store):
+    """``target``: a ``mongodb://`` URL (database from its path, else ``database``), an
+    ``AsyncMongoClient`` or a stand-in with its API, or a database of one."""
+
+    def __init__(self, target: Any, database: str = "dockercomp") -> None:
+        self.db, self._client = _database(target, database)
+        self._meta = self.db["meta"]
+        self._jobs = self.db["jobs"]
+        self._units = self.db["units"]
+        self._clients = self.db["clients"]
+        self._specs: dict[str, JobSpec] = {}  # job specs never change, so caching them is safe
+
+    # -- life ---------------------------------------------------------------------------
+    @_guard
+    async def open(self) -> None:
+        units = self._units
+        try:  # only units that want attempts are in the leasing index
+            await units.create_index(LEASE_ORDER, name="units_open", partialFilterExpression={"wanted": {"$gt": 0}})
+        except OperationFailure:
+            await units.create_index(LEASE_ORDER, name="units_open")
+        await units.create_index([("job_id", ASCENDING), ("idx", ASCENDING)], name="units_by_job", unique=True)
+        for key in ("attempts.id", "attempts.deadline", "attempts.client"):
+            await units.create_index(key, name=key.replace(".", "_"))
+        await self._jobs.create_index([("created_at", DESCENDING)], name="jobs_by_age")
+        await self._clients.create_index([("name", ASCENDING), ("_id", ASCENDING)], name="clients_by_name")
+        await self._clients.create_index("last_seen", name="clients_last_seen")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    @_guard
+    async def secret(self) -> bytes:
+        with contextlib.suppress(DuplicateKeyError):  # another master inserted it first: theirs stands
+            await self._meta.update_one({"_id": "secret"}, {"$setOnInsert": {"value": os.urandom(32)}}, upsert=True)
+        doc = await self._meta.find_one({"_id": "secret"})
+        return bytes(doc["value"])
+
+    # -- jobs ---------------------------------------------------------------------------
+    @_guard
+    async def create_job(self, spec: JobSpec, units: list[list[InputFile]], now: float) -> Job:
+        """The job goes in first, so a unit is never leasable without its spec; should the
+        units fail to go in, both are removed again (MongoDB has no transaction here)."""
+        job = Job(id=new_id(), spec=spec, state=JobState.RUNNING, created_at=now, n_map=len(units))
+        await self._jobs.insert_one(
+            {"_id": job.id, "spec": spec.to_dict(), "state": job.state.value, "created_at": now,
+             "finished_at": None, "n_map": job.n_map, "done_map": 0, "failed_map": 0}
+        )  # fmt: skip
+        try:
+            if units:
+                await self._units.insert_many([_new_unit(job, i, "map", inputs) for i, inputs in enumerate(units)])
+        except Exception:
+            await self._units.delete_many({"job_id": job.id})
+            await self._jobs.delete_one({"_id": job.id})
+            raise
+        self._specs[job.id] = spec
+        return job
+
+    @_guard
+    async def get_job(self, job_id: str) -> Job:
+        return self._job_from(await self._job_doc(job_id))
+
+    @_guard
+    async def list_jobs(self, limit: int = 100) -> list[Job]:
+        if limit <= 0:
+            return []
+        docs = await self._jobs.find().sort("created_at", DESCENDING).limit(limit).to_list(None)
+        return [self._job_from(doc) for doc in docs]
+
+    @_guard
+    async def unit_counts(self, job_id: str) -> dict[str, int]:
+        await self._job_doc(job_id)
+        pipeline = [{"$match": {"job_id": job_id}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]
+        cursor: Any = self._units.aggregate(pipeline)
+        if inspect.isawaitable(cursor):  # PyMongo's aggregate is a coroutine; Motor-style stand-ins' is not
+            cursor = await cursor
+        return ZERO_COUNTS | {row["_id"]: row["n"] for row in await cursor.to_list(None)}
+
+    @_guard
+    async def list_units(self, job_id: str, offset: int = 0, limit: int = 100) -> list[Unit]:
+        await self._job_doc(job_id)
+        if limit <= 0:
+            return []
+        cursor = self._units.find({"job_id": job_id}, NO_HISTORY).sort("idx", ASCENDING)
+        return [_unit_from(doc) for doc in await cursor.skip(max(0, offset)).limit(limit).to_list(None)]
+
+    @_guard
+    async def list_attempts(self, unit_id: str) -> list[Attempt]:
+        doc = await self._units.find_one({"_id": unit_id}, {"job_id": 1, "attempts": 1})
+        if doc is None:
+            return []
+        return sorted((_attempt_from(a, doc) for a in doc["attempts"]), key=lambda a: a.leased_at)
+
+    # -- clients -------------------------------------------------------------------------
+    @_guard
+    async def register_client(self, name: str, slots: int, host: HostFacts, now: float) -> Client:
+        client = Client(id=new_id(8), name=name, registered_at=now, last_seen=now, slots=slots, host=host)
+        await self._clients.insert_one(
+            {"_id": client.id, "name": name, "registered_at": now, "last_seen": now, "slots": slots, "busy": 0,
+             "host": host.to_wire(), "containers": [], "valid": 0, "invalid": 0, "errors": 0}
+        )  # fmt: skip
+        return client
+
+    @_guard
+    async def get_client(self, client_id: str) -> Client:
+        doc = await self._clients.find_one({"_id": client_id})
+        if doc is None:
+            raise NotFound(f"no client {client_id!r:.40}; register again")
+        return _client_from(doc)
+
+    @_guard
+    async def list_clients(self) -> list[Client]:
+        docs = await self._clients.find().sort([("name", ASCENDING), ("_id", ASCENDING)]).to_list(None)
+        return [_client_from(doc) for doc in docs]
+
+    @_guard
+    async def heartbeat(self, client_id: str, beat: Heartbeat, now: float) -> list[str]:
+        containers = [c.to_wire() for c in beat.containers]
+        changes = {"last_seen": now, "slots": beat.slots, "busy": beat.busy, "containers": containers}
+        if not (await self._clients.update_one({"_id": client_id}, {"$set": changes})).matched_count:
+            raise NotFound(f"no client {client_id!r:.40}; register again")
+        ids = [c.attempt for c in beat.containers]
+        if not ids:
+            return []
+        units = await self._units.find({"attempts.id": {"$in": ids}}, {"state": 1, "attempts": 1}).to_list(None)
+        alive = (AttemptState.LEASED, AttemptState.TIMED_OUT)
+        keep = {  # this client's attempts that may still count: everything else is aborted
+            a["id"] for u in units if u["state"] not in TERMINAL_UNIT for a in u["attempts"]
+            if a["client"] == client_id and a["state"] in alive
+        }  # fmt: skip
+        return [attempt_id for attempt_id in ids if attempt_id not in keep]
+
+    # -- attempts ------------------------------------------------------------------------
+    @_guard
+    async def lease(self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy) -> list[Grant]:
+        grants: list[Grant] = []
+        if request.max_units <= 0:
+            return grants
+        await self._touch(client_id, now)
+        query = {**OPEN, "clients": {"$ne": client_id}}
+        cursor = self._units.find(query, NO_HISTORY).sort(LEASE_ORDER).limit(request.max_units * 4 + 16)
+        cpus, memory = request.cpus, request.memory
+        for doc in await cursor.to_list(None):
+            if len(grants) >= request.max_units:
+                break
+            spec = await self._spec(doc["job_id"])
+            if not fits(spec, cpus, memory):
+                continue
+            issued = await self._lease_one(doc, client_id, spec, now, policy.deadline(now, spec.resources.timeout))
+            if issued is not None:
+                cpus -= spec.resources.cpus
+                memory -= spec.resources.memory
+                grants.append(issued)
+        return grants
+
+    @_guard
+    async def record_results(self, client_id: str, reports: list[ResultReport], now: float) -> list[Ack]:
+        await self._touch(client_id, now)
+        return [await _ack(report.attempt, self._record(client_id, report, now)) for report in reports]
+
+    @_guard
+    async def release(self, client_id: str, attempt_ids: list[str], now: float) -> list[Ack]:
+        await self._touch(client_id, now)
+        return [await _ack(attempt_id, self._release(client_id, attempt_id, now)) for attempt_id in attempt_ids]
+
+    @_guard
+    async def expire(self, now: float, policy: LeasePolicy) -> int:
+        silent_docs = self._clients.find({"last_seen": {"$lt": now - policy.heartbeat_timeout}}, {"_id": 1})
+        silent = {doc["_id"] for doc in await silent_docs.to_list(None)}
+        late = {"state": AttemptState.LEASED.value, "deadline": {"$lt": now}}
+        docs = await self._units.find({"attempts": {"$elemMatch": late}}).to_list(None)
+        if silent:
+            lost = {"state": AttemptState.LEASED.value, "client": {"$in": sorted(silent)}}
+            docs += await self._units.find({"attempts": {"$elemMatch": lost}}).to_list(None)
+        expired, seen = 0, set()
+        for doc in docs:
+            if doc["_id"] not in seen:
+                seen.add(doc["_id"])
+                expired += await self._expire_unit(doc, now, silent)
+        return expired
+
+    # -- one unit, compare-and-set ------------------------------------------------------------
+    async def _lease_one(self, doc: Doc, client_id: str, spec: JobSpec, now: float, deadline: float) -> Grant | None:
+        """Add one attempt for this client to the unit, unless another master got there first
+        and the unit no longer wants one (or already has one on this client)."""
+        attempt_id = new_id(8)
+        attempt = {"id": attempt_id, "client": client_id, "state": AttemptState.LEASED.value, "leased_at": now,
+                   "deadline": deadline, "finished_at": None, "output_hash": None, "output_size": None,
+                   "exit_code": None, "error": None, "stderr_tail": "", "runtime": None, "peak_memory": None,
+                   "validity": None}  # fmt: skip
+        leasable = {**OPEN, "clients": {"$ne": client_id}}
+        for _ in range(CAS_TRIES):
+            unit = _unit_from(doc)
+            transition(unit.state, UnitState.RUNNING)
+            result = await self._units.update_one(
+                {"_id": unit.id, "version": doc["version"], **leasable},
+                {"$set": {"state": UnitState.RUNNING.value}, "$inc": {"wanted": -1, "version": 1},
+                 "$push": {"attempts": attempt, "clients": client_id}},
+            )  # fmt: skip
+            if result.matched_count:
+                return grant(unit.job, spec, unit, attempt_id, deadline)
+            doc = await self._units.find_one({"_id": unit.id, **leasable}, NO_HISTORY)
+            if doc is None:
+                return None
+        return None
+
+    async def _record(self, client_id: str, report: ResultReport, now: float) -> Ack:
+        doc = await self._units.find_one({"attempts.id": report.attempt})
+        for _ in range(CAS_TRIES):
+            attempt = _own_attempt(doc, client_id, report.attempt)
+            old = AttemptState(attempt["state"])
+            if not judge_result(old, attempt["output_hash"], UnitState(doc["state"]), report):
+                return Ack(report.attempt, True, "duplicate")
+            succeeded = report.status == "succeeded"
+            new = transition(old, AttemptState.SUCCEEDED if succeeded else AttemptState.ERRORED)
+            attempt.update(
+                state=new.value, finished_at=now, output_hash=report.output_hash if succeeded else None,
+                output_size=report.output_size if succeeded else None, exit_code=report.exit_code,
+                error=None if report.error is None else report.error.value, stderr_tail=report.stderr_tail[-4096:],
+                runtime=report.runtime, peak_memory=report.peak_memory,
+            )  # fmt: skip
+            if await self._write(doc, now, errors=[] if succeeded else [client_id]):
+                return Ack(report.attempt, True)
+            doc = await self._units.find_one({"_id": doc["_id"]})
+        raise StoreUnavailable(f"unit of attempt {report.attempt} is changing too often, try again")
+
+    async def _release(self, client_id: str, attempt_id: str, now: float) -> Ack:
+        doc = await self._units.find_one({"attempts.id": attempt_id})
+        for _ in range(CAS_TRIES):
+            attempt = _own_attempt(doc, client_id, attempt_id)
+            state = AttemptState(attempt["state"])
+            if state == AttemptState.RELEASED:
+                return Ack(attempt_id, True, "already released")
+            if state != AttemptState.LEASED:
+                raise Conflict(f"attempt {attempt_id} is already {state}")
+            attempt.update(state=transition(state, AttemptState.RELEASED).value, finished_at=now)
+            if await self._write(doc, now, errors=[]):
+                return Ack(attempt_id, True)
+            doc = await self._units.find_one({"_id": doc["_id"]})
+        raise StoreUnavailable(f"unit of attempt {attempt_id} is changing too often, try again")
+
+    async def _expire_unit(self, doc: Doc | None, now: float, silent: set[str]) -> int:
+        for _ in range(CAS_TRIES):
+            if doc is None:
+                return 0
+            leased = [a for a in doc["attempts"] if a["state"] == AttemptState.LEASED]
+            overdue = [a for a in leased if a["deadline"] < now or a["client"] in silent]
+            if not overdue:
+                return 0  # another master expired them first
+            for a in overdue:
+                a.update(state=transition(AttemptState.LEASED, AttemptState.TIMED_OUT).value, finished_at=now)
+            if await self._write(doc, now, errors=[a["client"] for a in overdue]):
+                return len(overdue)
+            doc = await self._units.find_one({"_id": doc["_id"]})
+        return 0  # left for the next round of the reaper
+
+    async def _write(self, doc: Doc, now: float, errors: list[str]) -> bool:
+        """Re-run the quorum decision on ``doc`` (its attempts already edited) and write the
+        unit back if its version is unchanged; then the counters and the job. False on a miss."""
+        spec = await self._spec(doc["job_id"])
+        attempts: list[Doc] = doc["attempts"]
+        old = UnitState(doc["state"])
+        views = [AttemptView(a["id"], AttemptState(a["state"]), a["output_hash"]) for a in attempts]
+        decision = decide(spec.redundancy, views)
+        state = transition(old, decision.state)
+        judged: dict[str, list[str]] = {"valid": [], "invalid": []}
+        for a in attempts:
+            if a["id"] in decision.abandon:
+                a.update(state=transition(AttemptState(a["state"]), AttemptState.RELEASED).value, finished_at=now)
+            for validity, ids in ((Validity.VALID, decision.valid), (Validity.INVALID, decision.invalid)):
+                if a["id"] in ids and a["validity"] is None:
+                    a["validity"] = validity.value
+                    judged[validity.value].append(a["client"])
+        size = next((a["output_size"] for a in attempts if a["id"] in decision.valid), None)
+        result = await self._units.update_one(
+            {"_id": doc["_id"], "version": doc["version"]},
+            {"$set": {"state": state.value, "wanted": decision.wanted, "canonical_hash": decision.canonical,
+                      "canonical_size": size, "attempts": attempts}, "$inc": {"version": 1}},
+        )  # fmt: skip
+        if not result.matched_count:
+            return False
+        # a unit has at most one attempt per client, so every list names each client once
+        for counter, client_ids in (("errors", errors), ("valid", judged["valid"]), ("invalid", judged["invalid"])):
+            if client_ids:
+                await self._clients.update_many({"_id": {"$in": client_ids}}, {"$inc": {counter: 1}})
+        if state in TERMINAL_UNIT and old not in TERMINAL_UNIT:
+            await self._unit_ended(doc, state, now)
+        return True
+
+    async def _unit_ended(self, unit: Doc, state: UnitState, now: float) -> None:
+        """Count a finished map unit in its job; create the reduce unit or end the job when
+        that was the last one. Only the master whose ``$inc`` completed the count goes on, and
+        no reduce unit exists before that, so a map unit's end never needs to look for one."""
+        reduce_state: UnitState | None = state
+        if unit["kind"] == "map":
+            counter = "done_map" if state == UnitState.DONE else "failed_map"
+            job_doc = await self._jobs.find_one_and_update(
+                {"_id": unit["job_id"]}, {"$inc": {counter: 1}}, return_document=ReturnDocument.AFTER
+            )
+            reduce_state = None
+        else:
+            job_doc = await self._jobs.find_one({"_id": unit["job_id"]})
+        if job_doc is None:
+            raise NotFound(f"no job {unit['job_id']!r:.40}")
+        job = self._job_from(job_doc)
+        step = job_step(job.n_map, job.done_map, job.failed_map, job.spec.reduce_command is not None, reduce_state)
+        if step == REDUCE:
+            maps = self._units.find({"job_id": job.id, "kind": "map"}, NO_HISTORY).sort("idx", ASCENDING)
+            inputs = reduce_inputs([_unit_from(d) for d in await maps.to_list(None)])
+            with contextlib.suppress(DuplicateKeyError):  # the unique (job_id, idx) index keeps it to one
+                await self._units.insert_one(_new_unit(job, job.n_map, "reduce", inputs))
+        elif isinstance(step, JobState):
+            transition(job.state, step)
+            await self._jobs.update_one(
+                {"_id": job.id, "state": job.state.value}, {"$set": {"state": step.value, "finished_at": now}}
+            )
+
+    # -- reads ----------------------------------------------------------------------------
+    async def _touch(self, client_id: str, now: float) -> None:
+        if not (await self._clients.update_one({"_id": client_id}, {"$set": {"last_seen": now}})).matched_count:
+            raise NotFound(f"no client {client_id!r:.40}; register again")
+
+    async def _job_doc(self, job_id: str) -> Doc:
+        doc = await self._jobs.find_one({"_id": job_id})
+        if doc is None:
+            raise NotFound(f"no job {job_id!r:.40}")
+        return doc
+
+    async def _spec(self, job_id: str) -> JobSpec:
+        spec = self._specs.get(job_id)
+        if spec is None:
+            spec = self._job_from(await self._job_doc(job_id)).spec
+        return spec
+
+    def _job_from(self, doc: Doc) -> Job:
+        spec = self._specs.get(doc["_id"])
+        if spec is None:
+            spec = self._specs[doc["_id"]] = parse_jobfile(doc["spec"])
+        return Job(
+            id=doc["_id"], spec=spec, state=JobState(doc["state"]), created_at=doc["created_at"],
+            finished_at=doc["finished_at"], n_map=doc["n_map"], done_map=doc["done_map"],
+            failed_map=doc["failed_map"],
+        )  # fmt: skip
+
+
+async def _ack(attempt_id: str, work: Awaitable[Ack]) -> Ack:
+    """One report's answer: what the work returned, or the refusal with its reason."""
+    try:
+        return await work
+    except ServerError as exc:
+        return Ack(attempt_id, False, str(exc))
+
+
+def _own_attempt(doc: Doc | None, client_id: str, attempt_id: str) -> Doc:
+    attempt = next((a for a in doc["attempts"] if a["id"] == attempt_id), None) if doc else None
+    if attempt is None or attempt["client"] != client_id:
+        raise NotFound(f"attempt {attempt_id!r:.40} is unknown or was leased to another client")
+    return attempt
+
+
+def _new_unit(job: Job, idx: int, kind: str, inputs: list[InputFile]) -> Doc:
+    return {
+        "_id": f"{job.id}.{idx}", "job_id": job.id, "idx": idx, "kind": kind, "state": UnitState.READY.value,
+        "wanted": job.spec.redundancy.replicas, "priority": job.spec.priority, "job_created": job.created_at,
+        "inputs": [{"name": f.name, "hash": f.hash, "size": f.size} for f in inputs],
+        "canonical_hash": None, "canonical_size": None, "version": 0, "clients": [], "attempts": [],
+    }  # fmt: skip
+
+
+def _unit_from(doc: Doc) -> Unit:
+    return Unit(
+        id=doc["_id"], job=doc["job_id"], idx=doc["idx"], kind=doc["kind"], state=UnitState(doc["state"]),
+        wanted=doc["wanted"], inputs=[InputFile(f["name"], f["hash"], f["size"]) for f in doc["inputs"]],
+        canonical_hash=doc.get("canonical_hash"), canonical_size=doc.get("canonical_size"),
+    )  # fmt: skip
+
+
+def _attempt_from(a: Doc, unit: Doc) -> Attempt:
+    return Attempt(
+        id=a["id"], unit=unit["_id"], job=unit["job_id"], client=a["client"], state=AttemptState(a["state"]),
+        leased_at=a["leased_at"], deadline=a["deadline"], finished_at=a["finished_at"],
+        output_hash=a["output_hash"], output_size=a["output_size"], exit_code=a["exit_code"], error=a["error"],
+        stderr_tail=a["stderr_tail"], runtime=a["runtime"], peak_memory=a["peak_memory"],
+        validity=Validity(a["validity"]) if a["validity"] else None,
+    )  # fmt: skip
+
+
+def _client_from(doc: Doc) -> Client:
+    return Client(
+        id=doc["_id"], name=doc["name"], registered_at=doc["registered_at"], last_seen=doc["last_seen"],
+        slots=doc["slots"], busy=doc["busy"], host=HostFacts.from_wire(doc["host"]), containers=doc["containers"],
+        valid=doc["valid"], invalid=doc["invalid"], errors=doc["errors"],
+    )  # fmt: skip
+
+
+# -- blobs ----------------------------------------------------------------------------------
+
+
+class GridFSBlobStore(BlobStore):
+    """Blobs as GridFS files named by their hash. Chunks go in before the file document, so a
+    blob whose file document exists is complete; two masters storing the same blob write the
+    same chunks, and the unique (files_id, n) index lets the second one's copies fall away."""
+
+    CHUNK_SIZE = 255 * 1024  # GridFS's default
+
+    def __init__(self, database: Any, bucket: str = "fs") -> None:
+        self._files = database[f"{bucket}.files"]
+        self._chunks = database[f"{bucket}.chunks"]
+        self._indexed = False
+
+    @_guard
+    async def size(self, blob: str) -> int | None:
+        doc = await self._files.find_one({"_id": check_hash(blob)}, {"length": 1})
+        return None if doc is None else doc["length"]
+
+    @_guard
+    async def put(self, data: bytes) -> str:
+        blob = digest(data)
+        if await self._files.find_one({"_id": blob}, {"_id": 1}) is not None:
+            return blob
+        if not self._indexed:  # the indexes the GridFS spec asks writers to create
+            await self._chunks.create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
+            await self._files.create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
+            self._indexed = True
+        size = self.CHUNK_SIZE
+        chunks = [{"files_id": blob, "n": i // size, "data": data[i : i + size]} for i in range(0, len(data), size)]
+        if chunks:
+            try:
+                await self._chunks.insert_many(chunks, ordered=False)
+            except BulkWriteError as exc:
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
+        with contextlib.suppress(DuplicateKeyError):  # stored by another master meanwhile
+            await self._files.insert_one(
+                {"_id": blob, "filename": blob, "length": len(data), "chunkSize": size,
+                 "uploadDate": datetime.now(UTC), "metadata": {"hash": "xxh3-128"}}
+            )  # fmt: skip
+        return blob
+
+    @_guard
+    async def read(self, blob: str, start: int = 0, end: int | None = None) -> bytes:
+        """Fetch only the chunks that hold the range."""
+        doc = await self._files.find_one({"_id": check_hash(blob)}, {"length": 1, "chunkSize": 1})
+        if doc is None:
+            raise NotFound(f"no blob {blob}")
+        length, size = doc["length"], doc["chunkSize"]
+        start, end = max(0, start), length if end is None else min(end, length)
+        if start >= end:
+            return b""
+        first, last = start // size, (end - 1) // size
+        query = {"files_id": blob, "n": {"$gte": first, "$lte": last}}
+        chunks = await self._chunks.find(query, {"n": 1, "data": 1}).sort("n", ASCENDING).to_list(None)
+        if [c["n"] for c in chunks] != list(range(first, last + 1)):
+            raise StoreUnavailable(f"blob {blob} is missing chunks in GridFS")
+        data = b"".join(bytes(c["data"]) for c in chunks)
+        return data[start - first * size : end - first * size]
+
+
+def open_mongodb(url: str) -> tuple[Store, BlobStore]:
+    """The store and GridFS blob store for a ``mongodb://host/DB`` URL (DB defaults to
+    "dockercomp"), sharing one client that the store closes."""
+    store = MongoStore(url)
+    return store, GridFSBlobStore(store.db)

@@ -1,0 +1,43 @@
+"""Raw HTTP helpers for the API tests: send msgpack or JSON, check error replies."""
+
+from typing import Any
+
+import requests
+from sim import MSGPACK, SimClient, pack, unpack
+
+
+def post_mp(url: str, path: str, body: Any, token: str | None = None) -> requests.Response:
+    """POST a msgpack body to /api/v1/PATH, with a bearer token when given."""
+    headers = {"Content-Type": MSGPACK}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return requests.post(f"{url}/api/v1{path}", data=pack(body), headers=headers, timeout=30)
+
+
+def decoded(response: requests.Response) -> Any:
+    """The reply body, decoded by its Content-Type."""
+    if response.headers.get("Content-Type", "").startswith(MSGPACK):
+        return unpack(response.content)
+    return response.json()
+
+
+def assert_error(response: requests.Response, status: int, *fragments: str) -> str:
+    """The reply is ``status`` with a body {"error": message} (msgpack when the request was
+    msgpack, else JSON) whose message contains every fragment; return the message."""
+    assert response.status_code == status, f"expected {status}, got {response.status_code}: {response.text[:500]}"
+    assert "Traceback" not in response.text
+    sent = response.request.headers.get("Content-Type") or ""
+    expected_type = MSGPACK if sent.startswith(MSGPACK) else "application/json"
+    assert response.headers.get("Content-Type", "").startswith(expected_type), response.headers
+    body = decoded(response)
+    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
+    message = body["error"]
+    for fragment in fragments:
+        assert fragment.lower() in message.lower(), f"{fragment!r} not in {message!r}"
+    return message
+
+
+def registered(url: str, name: str = "sim", **kwargs: Any) -> SimClient:
+    client = SimClient(url, name=name, **kwargs)
+    client.register()
+    return client
