@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8, help="simulated clients (default 8)")
     parser.add_argument("--batch", type=int, default=50, help="units per lease and per result upload (default 50)")
     parser.add_argument(
-        "--replicas", type=int, nargs="+", default=[1, 2], help="one scenario per value, quorum = replicas (default 1 2)"
+        "--replicas", type=int, nargs="+", default=[1, 2], help="a scenario per value; quorum = replicas (default 1 2)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario, each on a fresh master (default 3)")
     parser.add_argument("--procs", type=int, default=1, help="client processes sharing the clients (default 1)")
@@ -57,9 +57,14 @@ def main() -> int:
         "--fetch-inputs", action="store_true", help="download each unit's input blob too (off: dispatch only)"
     )
     parser.add_argument("--output", help="result file (default bench/results/dispatch-sqlite[-replicasR].json)")
+    parser.add_argument("--note", default="", help="a remark kept with the results (what was measured, and why)")
     args = parser.parse_args()
     if args.output and len(args.replicas) > 1:
         parser.error("--output names one file: give one --replicas value with it")
+    if args.units < 1 or args.clients < 1 or args.repeat < 1 or args.procs < 1 or not 1 <= args.batch <= 1000:
+        parser.error("--units, --clients, --repeat and --procs must be at least 1, --batch from 1 to 1000")
+    if not all(1 <= r <= min(16, args.clients) for r in args.replicas):
+        parser.error("each --replicas value must be from 1 to 16, and at most --clients (each needs its own client)")
 
     for replicas in args.replicas:
         params = {
@@ -81,6 +86,7 @@ def main() -> int:
             "benchmark": "dispatch",
             "store": "sqlite",
             "recorded_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "note": args.note,
             "source": _source(),
             "machine": _machine(),
             "parameters": params,
@@ -134,12 +140,10 @@ def run_once(params: dict[str, Any]) -> dict[str, Any]:
         job_id = _create_job(port, params)
         ctx = multiprocessing.get_context("spawn")
         queue = ctx.Queue()
-        go = ctx.Event()
-        shares = [params["clients"] // params["procs"] + (i < params["clients"] % params["procs"]) for i in range(params["procs"])]
+        go, abort = ctx.Event(), ctx.Event()
         procs = [
-            ctx.Process(target=client_process, args=(port, job_id, n, params, go, queue), daemon=True)
-            for n in shares
-            if n
+            ctx.Process(target=client_process, args=(port, job_id, n, params, go, abort, queue), daemon=True)
+            for n in _shares(params["clients"], params["procs"])
         ]
         for p in procs:
             p.start()
@@ -152,6 +156,9 @@ def run_once(params: dict[str, Any]) -> dict[str, Any]:
         cpu_after = _cpu_seconds(master.pid)
         for p in procs:
             p.join()
+        failed = [r["error"] for r in reports if r["error"]]
+        if failed:
+            raise RuntimeError(f"a simulated client failed: {failed[0]}")
         job = _get(port, f"{API}/jobs/{job_id}")
         return _summarise(params, job, reports, cpu_after - cpu_before)
     finally:
@@ -162,6 +169,11 @@ def run_once(params: dict[str, Any]) -> dict[str, Any]:
             master.kill()
             master.wait()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _shares(clients: int, procs: int) -> list[int]:
+    """How many clients each process runs: as even as can be, none empty."""
+    return [n for n in (clients // procs + (i < clients % procs) for i in range(procs)) if n]
 
 
 def _summarise(params: dict[str, Any], job: dict[str, Any], reports: list[dict[str, Any]], cpu: float) -> dict:
@@ -205,9 +217,10 @@ def _ms(seconds: float) -> float:
 # -- the simulated clients -------------------------------------------------------------------
 
 
-def client_process(port: int, job_id: str, n: int, params: dict[str, Any], go: Any, queue: Any) -> None:
-    """Run ``n`` clients as threads; report their samples to the parent when all are done."""
-    clients = [Client(port, job_id, f"bench-{os.getpid()}-{i}", params) for i in range(n)]
+def client_process(port: int, job_id: str, n: int, params: dict[str, Any], go: Any, abort: Any, queue: Any) -> None:
+    """Run ``n`` clients as threads; report their samples to the parent when all are done.
+    When one client fails, ``abort`` stops the others (its leases would hold the job up)."""
+    clients = [Client(port, job_id, f"bench-{os.getpid()}-{i}", params, abort) for i in range(n)]
     try:
         for c in clients:
             c.register()
@@ -223,13 +236,12 @@ def client_process(port: int, job_id: str, n: int, params: dict[str, Any], go: A
     for t in threads:
         t.join()
     errors = [c.error for c in clients if c.error]
-    if errors:
-        print(f"client failed: {errors[0]}", file=sys.stderr)
     queue.put(
         {
+            "error": errors[0] if errors else "",
             "lease": [x for c in clients for x in c.lease_latency],
             "results": [x for c in clients for x in c.results_latency],
-            "first_lease": min(c.first_lease for c in clients if c.first_lease),
+            "first_lease": min((c.first_lease for c in clients if c.first_lease), default=0.0),
             "empty_leases": sum(c.empty_leases for c in clients),
             "computed": sum(c.computed for c in clients),
             "refused": sum(c.refused for c in clients),
@@ -241,7 +253,8 @@ def client_process(port: int, job_id: str, n: int, params: dict[str, Any], go: A
 class Client:
     """One volunteer daemon reduced to its protocol: lease a batch, compute, upload, repeat."""
 
-    def __init__(self, port: int, job_id: str, name: str, params: dict[str, Any]) -> None:
+    def __init__(self, port: int, job_id: str, name: str, params: dict[str, Any], abort: Any) -> None:
+        self.abort = abort
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         self.job_id = job_id
         self.name = name
@@ -263,11 +276,11 @@ class Client:
             self._loop()
         except Exception as exc:
             self.error = repr(exc)
-            raise
+            self.abort.set()
 
     def _loop(self) -> None:
         lease = {"max_units": self.batch, "cpus": float(self.batch), "memory": 1 << 40}
-        while True:
+        while not self.abort.is_set():
             if not self.first_lease:
                 self.first_lease = time.time()
             started = time.perf_counter()
@@ -409,14 +422,18 @@ def _machine() -> dict[str, Any]:
 
 
 def _source() -> dict[str, Any]:
-    """The commit measured, and whether the tree had changes on top of it."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "server", "protocol"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()  # fmt: skip
-    except OSError:
-        return {}
-    return {"commit": commit, "server_or_protocol_modified": bool(dirty)}
+    """Where the master's code came from (PYTHONPATH may point elsewhere), and when that is
+    this repository, its commit and whether the master's code had changes on top of it."""
+    where = "import os, dockercomp.server as s; print(os.path.dirname(os.path.realpath(s.__file__)))"
+    code = subprocess.run([sys.executable, "-c", where], capture_output=True, text=True, check=True).stdout.strip()
+    source: dict[str, Any] = {"master_code": code}
+    if os.path.realpath(code).startswith(os.path.realpath(ROOT) + os.sep):
+        git = ["git", "-C", ROOT]
+        source["commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        changes = subprocess.run([*git, "status", "--porcelain", "--", "server", "protocol", "dockercomp"],
+                                 capture_output=True, text=True).stdout  # fmt: skip
+        source["uncommitted_changes"] = bool(changes.strip())
+    return source
 
 
 if __name__ == "__main__":

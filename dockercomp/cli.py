@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("clients", cmd_clients, "list volunteer clients")
     _server_arg(p)
     p.add_argument("--json", action="store_true")
+
+    p = command("workloads", cmd_workloads, "list or build the workload images")
+    p.add_argument("action", choices=["list", "build"])
+    p.add_argument("names", nargs="*", metavar="NAME", help="workloads to build (default: all)")
     return parser
 
 
@@ -155,7 +159,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     chunks = _scientist(args).results(args.job, args.partial)
     first = next(chunks, b"")  # the request runs (and may fail) before anything is written
-    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
+    try:
+        out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
     try:
         out.write(first)
         for chunk in chunks:
@@ -183,6 +190,26 @@ def cmd_clients(args: argparse.Namespace) -> int:
     _print(
         args, {"clients": clients}, _table(("CLIENT", "NAME", "STATE", "BUSY", "VALID", "ERRORS", "RELIABILITY"), rows)
     )
+    return 0
+
+
+def cmd_workloads(args: argparse.Namespace) -> int:
+    from dockercomp.client import images
+
+    names = images.list_workloads()
+    if args.action == "list":
+        print("\n".join(f"{name}\t{images.workload_tag(name)}" for name in names))
+        return 0
+    unknown = [n for n in args.names if n not in names]
+    if unknown:
+        raise UsageError(f"no workload named {', '.join(unknown)}; known: {', '.join(names) or 'none'}")
+    try:
+        docker_client = images.connect()
+        for name in args.names or names:
+            print(images.build_workload(docker_client, name))
+    except images.ImageError as exc:
+        print(f"dockercomp: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -79,6 +79,9 @@ class Scientist:
         url = f"{self.server}/api/v1{path}"
         try:
             response = self.http.request(method, url, timeout=self.timeout, **kwargs)
+        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL):
+            message = f"{self.server} is not a master URL such as http://127.0.0.1:8080"
+            raise MasterError(message, bad_input=True) from None
         except requests.RequestException as exc:
             raise MasterError(f"cannot reach the master at {self.server}: {exc.__class__.__name__}") from None
         if response.status_code >= 400:
@@ -154,7 +157,10 @@ class Scientist:
 
     def results(self, job_id: str, partial: bool = False) -> Iterator[bytes]:
         response = self._call("GET", f"/jobs/{job_id}/results", params={"partial": int(partial)}, stream=True)
-        yield from response.iter_content(1 << 20)
+        try:
+            yield from response.iter_content(1 << 20)
+        except requests.RequestException as exc:
+            raise MasterError(f"the download from {self.server} broke off: {exc.__class__.__name__}") from None
 
     def jobs(self) -> list[dict[str, Any]]:
         return self._call("GET", "/jobs").json()["jobs"]

@@ -1,6 +1,7 @@
 """Wire encoding: msgpack for daemons, JSON for people and browsers, one decode path each."""
 
 import json
+import re
 from typing import Any
 
 import msgpack
@@ -29,11 +30,34 @@ def dump_json(obj: Any) -> bytes:
 
 def load_json(data: bytes) -> Any:
     try:
-        return json.loads(data)
+        obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"body is not valid JSON: {exc}") from None
     except RecursionError:  # deeply nested arrays or objects
         raise ProtocolError("body is not valid JSON: nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(data):
+        _refuse_lone_surrogates(obj)
+    return obj
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_lone_surrogates(obj: Any) -> None:
+    """JSON can escape half of a UTF-16 pair (\\ud800) on its own; that is not text: it could
+    be neither stored nor sent back as UTF-8. (Whole pairs decode to one character.)"""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise ProtocolError("body is not valid JSON: a string holds an unpaired surrogate (\\ud800-\\udfff)")
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def decode(data: bytes, content_type: str | None) -> Any:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Self, get_type_hints
 from .errors import ProtocolError
 
 API = "/api/v1"
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what msgpack, SQLite and MongoDB all store
 
 
 class ErrorKind(StrEnum):
@@ -33,17 +34,24 @@ class ErrorKind(StrEnum):
 class Message:
     """Base of all wire messages: typed construction from untrusted data."""
 
-    _hints: ClassVar[dict[type, dict[str, Any]]] = {}
+    _tables: ClassVar[dict[type, tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]]] = {}
+
+    @classmethod
+    def _table(cls) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+        """The class's type hints and fields by name, looked up once: the introspection costs
+        more than checking a message."""
+        table = Message._tables.get(cls)
+        if table is None:
+            fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+            table = Message._tables[cls] = (get_type_hints(cls), fields)
+        return table
 
     @classmethod
     def from_wire(cls, data: object, where: str = "") -> Self:
         if not isinstance(data, dict):
             raise ProtocolError(f"{where or cls.__name__} must be a map, got {_kind(data)}")
-        hints = Message._hints.get(cls)
-        if hints is None:
-            hints = Message._hints[cls] = get_type_hints(cls)
-        known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = set(data) - set(known)
+        hints, known = cls._table()
+        unknown = data.keys() - known.keys()
         if unknown:
             names = ", ".join(sorted(map(str, unknown)))[:120]
             raise ProtocolError(f"{where or cls.__name__}: unknown field(s) {names}")
@@ -62,10 +70,15 @@ class Message:
             raise ProtocolError(f"{where}: {exc}") from None
 
     def to_wire(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {name: _plain(getattr(self, name)) for name in self._table()[1]}
+
+
+_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 def _plain(value: Any) -> Any:
+    if type(value) in _SCALARS:  # most values: skip the isinstance checks below
+        return value
     if isinstance(value, Message):
         return value.to_wire()
     if isinstance(value, list | tuple):
@@ -80,6 +93,24 @@ def _kind(value: object) -> str:
 
 
 def _coerce(value: Any, hint: Any, path: str) -> Any:
+    # plain types first: they are most fields, and need no typing introspection
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+            try:
+                return float(value)
+            except OverflowError:  # an integer past the largest float
+                raise ProtocolError(f"{path} is too large a number") from None
+        raise ProtocolError(f"{path} must be a number, got {_kind(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not INT_MIN <= value <= INT_MAX:
+                raise ProtocolError(f"{path} must be a signed 64-bit integer, got one of {value.bit_length()} bits")
+            return value
+        raise ProtocolError(f"{path} must be an integer, got {_kind(value)}")
+    if hint in (str, bytes, bool):
+        if type(value) is hint:
+            return value
+        raise ProtocolError(f"{path} must be {hint.__name__}, got {_kind(value)}")
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -114,18 +145,6 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         except ValueError:
             choices = ", ".join(m.value for m in hint)
             raise ProtocolError(f"{path} must be one of {choices}, got {value!r:.40}") from None
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
-            return float(value)
-        raise ProtocolError(f"{path} must be a number, got {_kind(value)}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ProtocolError(f"{path} must be an integer, got {_kind(value)}")
-    if hint in (str, bytes, bool):
-        if type(value) is hint:
-            return value
-        raise ProtocolError(f"{path} must be {hint.__name__}, got {_kind(value)}")
     raise TypeError(f"no wire rule for {hint!r} at {path}")  # a bug in a message definition
 
 

@@ -2,6 +2,7 @@
 release, and blobs by hash with Range and ETag."""
 
 import hmac
+import math
 import re
 
 from dockercomp.protocol.errors import IntegrityError, ProtocolError
@@ -21,7 +22,7 @@ from dockercomp.protocol.messages import (
     ResultReport,
 )
 
-from .errors import BadRequest, NotFound, Unauthorized
+from .errors import BadRequest, NotFound, RangeNotSatisfiable, Unauthorized
 from .handlers import BaseHandler
 
 MAX_BATCH = 10_000
@@ -50,6 +51,12 @@ class HeartbeatHandler(BaseHandler):
         beat = self.decode(Heartbeat)
         if not 0 <= beat.slots <= 4096 or len(beat.containers) > 4096:
             raise BadRequest("slots must be from 0 to 4096, with at most 4096 containers")
+        if not 0 <= beat.busy <= 4096:
+            raise BadRequest("busy must be from 0 to 4096")
+        for i, c in enumerate(beat.containers):
+            # shown to operators as JSON, which has no infinity
+            if not all(math.isfinite(x) and x >= 0 for x in (c.cpus, c.started_at, c.cpu_percent or 0.0)):
+                raise BadRequest(f"containers[{i}]: cpus, started_at and cpu_percent must be finite, not negative")
         abort = await self.master.store.heartbeat(client_id, beat, self.master.now())
         commands = [Command("abort", attempt) for attempt in abort]
         self.reply(HeartbeatReply(commands, self.master.settings.heartbeat_interval))
@@ -78,31 +85,35 @@ class ResultsHandler(BaseHandler):
         accepted: list[ResultReport] = []
         for i, report in enumerate(batch.results):
             try:
-                accepted.append(await self._store_output(report))
+                accepted.append(await self._check_output(report))
             except ProtocolError as exc:
                 refused[i] = Ack(report.attempt, False, str(exc))
+        # the checked inline outputs go to the blob store together; the store sees hash and size only
+        await self.master.blobs.put_many([report.output for report in accepted if report.output is not None])
+        for report in accepted:
+            report.output = None
         acks = iter(await self.master.store.record_results(client_id, accepted, self.master.now()))
         self.reply(AckBatch([refused[i] if i in refused else next(acks) for i in range(len(batch.results))]))
 
-    async def _store_output(self, report: ResultReport) -> ResultReport:
-        """Put an inline output into the blob store after checking its hash, or check that an
-        output uploaded beforehand is there; the store then sees only hash and size."""
+    async def _check_output(self, report: ResultReport) -> ResultReport:
+        """Check an inline output against its hash, or that an output uploaded beforehand is
+        there, and set the report's output_size from the bytes themselves."""
+        if not (math.isfinite(report.runtime) and report.runtime >= 0):  # shown as JSON, which has no infinity
+            raise ProtocolError(f"runtime of attempt {report.attempt!r:.40} must be finite seconds, not negative")
         if report.status != "succeeded":
+            report.output = None
             return report
         output_hash = check_hash(report.output_hash, "output_hash")
         if report.output is not None:
             actual = digest(report.output)
             if actual != output_hash:
                 raise IntegrityError(output_hash, actual, f"output of attempt {report.attempt}")
-            await self.master.blobs.put(report.output)
-            size = len(report.output)
-        else:
-            stored = await self.master.blobs.size(output_hash)
-            if stored is None:
-                raise ProtocolError(f"output {output_hash} was not uploaded; PUT it to /api/v1/blobs/{output_hash}")
-            size = stored
-        report.output = None
-        report.output_size = size
+            report.output_size = len(report.output)
+            return report
+        stored = await self.master.blobs.size(output_hash)
+        if stored is None:
+            raise ProtocolError(f"output {output_hash} was not uploaded; PUT it to /api/v1/blobs/{output_hash}")
+        report.output_size = stored
         return report
 
 
@@ -136,13 +147,8 @@ class BlobHandler(BaseHandler):
             return
         start, end = 0, size
         range_header = self.request.headers.get("Range")
-        if range_header:
-            parsed = _parse_range(range_header, size)
-            if parsed is None:
-                self.set_status(416)
-                self.set_header("Content-Range", f"bytes */{size}")
-                self.finish()
-                return
+        parsed = _parse_range(range_header, size) if range_header else None
+        if parsed is not None:
             start, end = parsed
             self.set_status(206)
             self.set_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
@@ -165,14 +171,21 @@ class BlobHandler(BaseHandler):
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """One ``bytes=`` range as (start, end-exclusive), or None when it cannot be satisfied."""
-    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    """One ``bytes=`` range as (start, end-exclusive). None for a Range this server does not
+    understand (another unit, several ranges, bad syntax): it is ignored and the whole blob
+    sent, as RFC 9110 says. RangeNotSatisfiable when the range lies past the end."""
+    match = re.fullmatch(r"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*", header)
     if not match or not (match.group(1) or match.group(2)):
         return None
     first, last = match.groups()
+    if first and last and int(last) < int(first):
+        return None
     if not first:
         length = int(last)
-        return (max(0, size - length), size) if length and size else None
+        if not length or not size:
+            raise RangeNotSatisfiable(f"range {header!r:.60} asks for no bytes of a {size}-byte blob", size)
+        return max(0, size - length), size
     start = int(first)
-    end = min(size, int(last) + 1) if last else size
-    return (start, end) if start < end else None
+    if start >= size:
+        raise RangeNotSatisfiable(f"range {header!r:.60} starts past the end of a {size}-byte blob", size)
+    return start, min(size, int(last) + 1) if last else size

@@ -9,6 +9,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from . import api, scientist
+from .errors import NotFound
 from .handlers import BaseHandler, Master
 from .settings import ServerSettings
 from .store import open_store
@@ -19,10 +20,12 @@ HASH = r"([^/]+)"
 
 
 class NotFoundHandler(BaseHandler):
-    def prepare(self) -> None:
-        from .errors import NotFound
+    """Any method on an unknown path: 404, once the body is read (so the connection lives on)."""
 
+    async def _not_found(self, *args: str, **kwargs: str) -> None:
         raise NotFound(f"no endpoint {self.request.method} {self.request.path}; see docs/protocol.md")
+
+    get = head = post = put = delete = patch = options = _not_found
 
 
 def make_app(master: Master) -> Application:
@@ -85,3 +88,4 @@ async def serve(settings: ServerSettings, ready: asyncio.Event | None = None) ->
         server.stop()
         await server.close_all_connections()
         await store.close()
+        await blobs.close()

@@ -1,10 +1,15 @@
 """The master's exception tree. Each error carries its HTTP status; the base handler turns
 any of them (and the protocol's errors) into a reply with a message, never a traceback."""
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 
 class ServerError(Exception):
     status = 500
     """HTTP status for this error."""
+    headers: Mapping[str, str] = MappingProxyType({})
+    """Headers the error reply carries besides the message."""
 
 
 class BadRequest(ServerError):
@@ -33,6 +38,16 @@ class InvalidTransition(ServerError):
     """A move the lifecycle table forbids; a bug in a caller, reported as a conflict."""
 
     status = 409
+
+
+class RangeNotSatisfiable(ServerError):
+    """A Range that lies past the end of a blob; the reply says how long the blob is."""
+
+    status = 416
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.headers = {"Content-Range": f"bytes */{size}"}
 
 
 class StoreUnavailable(ServerError):

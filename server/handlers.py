@@ -41,7 +41,7 @@ class Master:
 
     def client_of(self, token: str) -> str:
         client_id, _, _ = token.partition(".")
-        if not client_id or not hmac.compare_digest(self.token(client_id), token):
+        if not client_id or not token.isascii() or not hmac.compare_digest(self.token(client_id), token):
             raise Unauthorized("invalid client token; register again")
         return client_id
 
@@ -70,17 +70,19 @@ class BaseHandler(RequestHandler):
     def initialize(self, master: Master) -> None:
         self.master = master
         self._chunks: list[bytes] = []
+        self._prepared = False  # past prepare(), Tornado reads the whole body before the method runs
 
     # -- request body ---------------------------------------------------------------------
     def prepare(self) -> None:
         limit = self.master.settings.max_body_bytes
         length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
             raise TooLarge(f"request body of {length} bytes exceeds the limit of {limit}; send smaller chunks")
         # a chunked body past the limit is cut off by Tornado itself (400, connection closed)
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
             connection.set_max_body_size(limit)
+        self._prepared = True
 
     def data_received(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
@@ -133,6 +135,11 @@ class BaseHandler(RequestHandler):
         self._chunks = []
         self.clear()
         self.set_status(status)
+        if isinstance(exc, ServerError):
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        if not self._prepared:  # refused before its body was read: the connection cannot be reused
+            self.set_header("Connection", "close")
         ctype = codec.MSGPACK if self.wants_msgpack() else codec.JSON
         self.set_header("Content-Type", ctype)
         self.finish(codec.encode({"error": message, "status": status}, ctype))

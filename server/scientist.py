@@ -21,7 +21,7 @@ SLICE = 1 << 20
 class ScientistHandler(BaseHandler):
     def _int_arg(self, name: str, default: int, low: int, high: int) -> int:
         raw = self.get_query_argument(name, str(default))
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
             raise BadRequest(f"{name} must be an integer from {low} to {high}")
         return int(raw)
 
@@ -136,7 +136,7 @@ class ChunkHandler(ScientistHandler):
 
     async def post(self) -> None:
         args = {k: self.get_query_argument(k) for k in ("by", "size", "separator") if self.get_query_argument(k, None)}
-        if "size" in args and args["size"].isdigit():
+        if "size" in args and args["size"].isascii() and args["size"].isdigit():
             args["size"] = int(args["size"])  # type: ignore[assignment]
         try:
             chunking = parse_jobfile({"name": "chunking", "image": "none", "chunking": args}).chunking

@@ -148,7 +148,8 @@ class SimClient:
         headers = {"Content-Type": MSGPACK, "Accept": MSGPACK}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        response = self.http.request(method, f"{next(self.urls)}{API}{path}", data=pack(body), headers=headers)
+        url = f"{next(self.urls)}{API}{path}"
+        response = self.http.request(method, url, data=pack(body), headers=headers, timeout=30)
         reply = unpack(response.content) if response.content else None
         if response.status_code >= 400:
             raise ApiError(response.status_code, reply.get("error", "") if isinstance(reply, dict) else str(reply))
@@ -181,7 +182,7 @@ class SimClient:
     def fetch(self, ref: dict[str, Any]) -> bytes:
         """An input by its URL, verified against its hash; each hash is downloaded once."""
         if ref["hash"] not in self.cache:
-            response = self.http.get(f"{next(self.urls)}{ref['url']}")
+            response = self.http.get(f"{next(self.urls)}{ref['url']}", timeout=30)
             if response.status_code != 200:
                 raise ApiError(response.status_code, response.text)
             verify(response.content, ref["hash"], f"input {ref['name']}")

@@ -2,24 +2,26 @@
 
 import os
 
-from ..blobs import BlobStore, DirectoryBlobStore
+from ..blobs import BlobStore, DirectoryBlobStore, SQLiteBlobStore
 from .base import Store
 
 __all__ = ["Store", "open_store"]
 
 
 async def open_store(url: str, data_dir: str) -> tuple[Store, BlobStore]:
-    """The store and blob store for ``url``: ``sqlite:///PATH`` keeps blobs in a directory
-    beside the database; ``mongodb://…/DB`` keeps them in GridFS (needs pymongo)."""
+    """The store and blob store for ``url``: ``sqlite:///PATH`` keeps small blobs in the
+    database and the others in a directory beside it; ``mongodb://…/DB`` keeps them in GridFS
+    (needs pymongo)."""
     if url.startswith("sqlite://"):
         from .sqlite import SQLiteStore
 
         path = os.path.normpath(url.removeprefix("sqlite://") or os.path.join(data_dir, "dockercomp.db"))
         store: Store = SQLiteStore(path)
-        blobs: BlobStore = DirectoryBlobStore(os.path.join(os.path.dirname(os.path.abspath(path)), "blobs"))
-    else:
-        from .mongodb import open_mongodb
+        await store.open()  # creates the database in WAL mode, which the blob store shares
+        files = DirectoryBlobStore(os.path.join(os.path.dirname(os.path.abspath(path)), "blobs"))
+        return store, SQLiteBlobStore(path, files)
+    from .mongodb import open_mongodb
 
-        store, blobs = open_mongodb(url)
+    store, blobs = open_mongodb(url)
     await store.open()
     return store, blobs

@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS clients (
 _LEASABLE = """
 SELECT id, job_id, idx, kind, state, wanted, inputs FROM units AS u INDEXED BY units_open
 WHERE wanted > 0 AND state IN ('ready', 'running')
-  AND NOT EXISTS (SELECT 1 FROM attempts AS a WHERE a.unit_id = u.id AND a.client_id = ?)
+  AND NOT EXISTS (SELECT 1 FROM attempts AS a WHERE a.unit_id = u.id AND a.client_id = ?){passed}
 ORDER BY priority DESC, job_created, job_id, idx LIMIT ?
 """
 
@@ -205,29 +205,37 @@ class SQLiteStore(Store):
         cpus, memory = request.cpus, request.memory
         with self._tx() as db:
             self._touch(db, client_id, now)
-            rows = db.execute(_LEASABLE, (client_id, request.max_units * 4 + 16)).fetchall()
-            for row in rows:
-                if len(grants) >= request.max_units:
+            page = request.max_units * 4 + 16
+            attempts, units = [], []
+            too_big: set[str] = set()  # jobs whose units do not fit what is left (it only shrinks)
+            while len(grants) < request.max_units:
+                rows = _leasable(db, client_id, page, [u for u, _ in units], too_big)
+                for row in rows:
+                    if len(grants) >= request.max_units:
+                        break
+                    spec = self._spec(db, row["job_id"])
+                    if row["job_id"] in too_big or not fits(spec, cpus, memory):
+                        too_big.add(row["job_id"])
+                        continue
+                    unit = _unit_from(row)
+                    transition(unit.state, UnitState.RUNNING)
+                    attempt_id = new_id(8)
+                    deadline = policy.deadline(now, spec.resources.timeout)
+                    attempts.append((attempt_id, unit.id, unit.job, client_id, now, deadline))
+                    units.append((unit.id, unit.state))
+                    cpus -= spec.resources.cpus
+                    memory -= spec.resources.memory
+                    grants.append(grant(unit.job, spec, unit, attempt_id, deadline))
+                if len(rows) < page:
                     break
-                spec = self._spec(db, row["job_id"])
-                if not fits(spec, cpus, memory):
-                    continue
-                unit = _unit_from(row)
-                transition(unit.state, UnitState.RUNNING)
-                attempt_id = new_id(8)
-                deadline = policy.deadline(now, spec.resources.timeout)
-                db.execute(
-                    "INSERT INTO attempts (id, unit_id, job_id, client_id, state, leased_at, deadline)"
-                    " VALUES (?, ?, ?, ?, 'leased', ?, ?)",
-                    (attempt_id, unit.id, unit.job, client_id, now, deadline),
-                )
-                db.execute(
-                    "UPDATE units SET wanted = wanted - 1, state = 'running' WHERE id = ? AND state = ?",
-                    (unit.id, unit.state),
-                )
-                cpus -= spec.resources.cpus
-                memory -= spec.resources.memory
-                grants.append(grant(unit.job, spec, unit, attempt_id, deadline))
+            # one statement each for the whole batch: the rows were read in this transaction, and
+            # each appears once, so writing them after the loop is the same as writing them in it
+            db.executemany(
+                "INSERT INTO attempts (id, unit_id, job_id, client_id, state, leased_at, deadline)"
+                " VALUES (?, ?, ?, ?, 'leased', ?, ?)",
+                attempts,
+            )
+            db.executemany("UPDATE units SET wanted = wanted - 1, state = 'running' WHERE id = ? AND state = ?", units)
         return grants
 
     async def record_results(self, client_id: str, reports: list[ResultReport], now: float) -> list[Ack]:
@@ -272,9 +280,8 @@ class SQLiteStore(Store):
     # -- inside a transaction --------------------------------------------------------------
     def _record(self, db: sqlite3.Connection, client_id: str, report: ResultReport, now: float) -> Ack:
         row = self._own_attempt(db, client_id, report.attempt)
-        unit_state = db.execute("SELECT state FROM units WHERE id = ?", (row["unit_id"],)).fetchone()[0]
         old = AttemptState(row["state"])
-        if not judge_result(old, row["output_hash"], UnitState(unit_state), report):
+        if not judge_result(old, row["output_hash"], UnitState(row["unit_state"]), report):
             return Ack(report.attempt, True, "duplicate")
         succeeded = report.status == "succeeded"
         new = transition(old, AttemptState.SUCCEEDED if succeeded else AttemptState.ERRORED)
@@ -305,19 +312,21 @@ class SQLiteStore(Store):
 
     def _decide(self, db: sqlite3.Connection, unit_id: str, now: float) -> None:
         """Re-run the quorum decision for one unit and write what follows from it."""
-        unit = _unit_from(db.execute("SELECT * FROM units WHERE id = ?", (unit_id,)).fetchone())
-        spec = self._spec(db, unit.job)
+        # only the columns the decision needs: parsing the unit's inputs would be wasted work
+        unit = db.execute("SELECT job_id, kind, state FROM units WHERE id = ?", (unit_id,)).fetchone()
+        job_id, kind, old = unit["job_id"], unit["kind"], UnitState(unit["state"])
+        spec = self._spec(db, job_id)
         attempts = db.execute(
             "SELECT id, state, output_hash, output_size, client_id FROM attempts WHERE unit_id = ?",
             (unit_id,),
         ).fetchall()
         views = [AttemptView(a["id"], AttemptState(a["state"]), a["output_hash"]) for a in attempts]
         decision = decide(spec.redundancy, views)
-        state = transition(unit.state, decision.state)
+        state = transition(old, decision.state)
         size = next((a["output_size"] for a in attempts if a["id"] in decision.valid), None)
         db.execute(
             "UPDATE units SET state = ?, wanted = ?, canonical_hash = ?, canonical_size = ? WHERE id = ? AND state = ?",
-            (state, decision.wanted, decision.canonical, size, unit_id, unit.state),
+            (state, decision.wanted, decision.canonical, size, unit_id, old),
         )
         for validity, ids, counter in (
             (Validity.VALID, decision.valid, "valid"),
@@ -329,15 +338,25 @@ class SQLiteStore(Store):
                     db.execute(f"UPDATE clients SET {counter} = {counter} + 1 WHERE id = ?", (a["client_id"],))
         for attempt_id in decision.abandon:
             self._move_attempt(db, attempt_id, AttemptState.LEASED, AttemptState.RELEASED, now)
-        if state in TERMINAL_UNIT and unit.state not in TERMINAL_UNIT:
-            self._unit_ended(db, unit, state, now)
+        if state in TERMINAL_UNIT and old not in TERMINAL_UNIT:
+            self._unit_ended(db, job_id, kind, state, now)
 
-    def _unit_ended(self, db: sqlite3.Connection, unit: Unit, state: UnitState, now: float) -> None:
-        if unit.kind == "map":
+    def _unit_ended(self, db: sqlite3.Connection, job_id: str, kind: str, state: UnitState, now: float) -> None:
+        if kind == "map":
             column = "done_map" if state == UnitState.DONE else "failed_map"
-            db.execute(f"UPDATE jobs SET {column} = {column} + 1 WHERE id = ?", (unit.job,))
-        job = self._job(db, unit.job)
-        reduce_row = db.execute("SELECT state FROM units WHERE job_id = ? AND kind = 'reduce'", (job.id,)).fetchone()
+            # RETURNING hands back the updated job row, which would otherwise be read again
+            rows = db.execute(f"UPDATE jobs SET {column} = {column} + 1 WHERE id = ? RETURNING *", (job_id,)).fetchall()
+            if not rows:
+                raise NotFound(f"no job {job_id!r:.40}")
+            job = self._job_from(rows[0])
+        else:
+            job = self._job(db, job_id)
+        reduce_row = None
+        if job.spec.reduce_command is not None:  # only a job with a reduce step ever has a reduce unit
+            # it comes right after the map units: a point lookup
+            reduce_row = db.execute(
+                "SELECT state FROM units WHERE job_id = ? AND idx = ? AND kind = 'reduce'", (job.id, job.n_map)
+            ).fetchone()
         step = job_step(
             job.n_map, job.done_map, job.failed_map, job.spec.reduce_command is not None,
             UnitState(reduce_row[0]) if reduce_row else None,
@@ -370,7 +389,9 @@ class SQLiteStore(Store):
 
     def _own_attempt(self, db: sqlite3.Connection, client_id: str, attempt_id: str) -> sqlite3.Row:
         row = db.execute(
-            "SELECT id, state, output_hash, client_id, unit_id FROM attempts WHERE id = ?", (attempt_id,)
+            "SELECT a.id, a.state, a.output_hash, a.client_id, a.unit_id, u.state AS unit_state"
+            " FROM attempts AS a JOIN units AS u ON u.id = a.unit_id WHERE a.id = ?",
+            (attempt_id,),
         ).fetchone()
         if row is None or row["client_id"] != client_id:
             raise NotFound(f"attempt {attempt_id!r:.40} is unknown or was leased to another client")
@@ -401,6 +422,21 @@ class SQLiteStore(Store):
             finished_at=row["finished_at"], n_map=row["n_map"], done_map=row["done_map"],
             failed_map=row["failed_map"],
         )  # fmt: skip
+
+
+def _leasable(
+    db: sqlite3.Connection, client_id: str, limit: int, granted: list[str], too_big: set[str]
+) -> list[sqlite3.Row]:
+    """The next units this client may lease, in lease order, past the units granted so far in
+    this call and the jobs that do not fit: units that do not fit never hide those that do."""
+    passed, params = "", [client_id]
+    if granted:
+        passed += f" AND u.id NOT IN ({', '.join('?' * len(granted))})"
+        params += granted
+    if too_big:
+        passed += f" AND u.job_id NOT IN ({', '.join('?' * len(too_big))})"
+        params += sorted(too_big)
+    return db.execute(_LEASABLE.format(passed=passed), (*params, limit)).fetchall()
 
 
 @contextmanager

@@ -1,6 +1,8 @@
 """The client protocol under /api/v1/ (msgpack), one behaviour per test, over real HTTP
 against a real master process."""
 
+import itertools
+import math
 import time
 
 import pytest
@@ -85,7 +87,7 @@ def test_tokens_are_tied_to_the_store_not_to_a_master_process(master_factory, tm
     client = registered(first.url)
     assert first.stop() == 0
     second = master_factory(data_dir=data)
-    client.urls = iter(lambda: second.url, None)
+    client.urls = itertools.repeat(second.url)
     assert client.heartbeat()["commands"] == []
 
 
@@ -126,6 +128,14 @@ def test_heartbeat_bad_input_is_400(shared_master):
     )
     bad = {"slots": 1, "containers": [{"container": "c"}]}
     assert_error(post_mp(shared_master.url, "/clients/heartbeat", bad, client.token), 400, "containers[0]")
+    assert_error(post_mp(shared_master.url, "/clients/heartbeat", {"slots": 1, "busy": -1}, client.token), 400, "busy")
+    container = {"container": "c", "attempt": "a", "unit": "u", "job": "j", "image": "i", "memory": 1}
+    for cpus in (math.inf, -1.0):
+        bad = {"slots": 1, "containers": [dict(container, cpus=cpus)]}
+        assert_error(post_mp(shared_master.url, "/clients/heartbeat", bad, client.token), 400, "finite")
+    assert_error(
+        post_mp(shared_master.url, "/clients/heartbeat", {"slots": 1, "busy": 2**64 - 1}, client.token), 400, "64"
+    )
 
 
 # -- lease -------------------------------------------------------------------------------------
@@ -170,6 +180,15 @@ def test_lease_gives_only_what_fits_the_free_cpus_and_memory(master):
     assert client.lease(3, cpus=1.0) == []
     assert client.lease(3, cpus=8.0, memory=512 << 20) == []
     assert len(client.lease(3, cpus=4.0, memory=8 << 30)) == 2
+
+
+def test_units_that_do_not_fit_do_not_block_those_that_do(master):
+    big = create_job(master.url, job_file("big", priority=10, resources={"cpus": 64}), [b"%d\n" % i for i in range(60)])
+    small = create_job(master.url, job_file("small"), [b"small\n"])
+    client = registered(master.url)
+    (grant,) = client.lease(1, cpus=2.0)
+    assert grant["job"] == small
+    assert job_status(master.url, big)["units"]["ready"] == 60
 
 
 @pytest.mark.parametrize(
@@ -225,6 +244,18 @@ def test_results_for_foreign_or_unknown_attempts_are_refused(master):
     assert all("unknown or was leased to another client" in ack["reason"] for ack in acks)
     assert attempt_states(master.url, job) == {grant["attempt"]: "leased"}
     assert a.upload([a.report(grant)])[0]["accepted"] is True
+
+
+def test_a_result_with_an_impossible_runtime_is_refused(master):
+    create_job(master.url, job_file(), [b"a\n"])
+    client = registered(master.url)
+    (grant,) = client.lease(1)
+    for runtime in (math.inf, -1.0):
+        (ack,) = client.upload([dict(client.report(grant), runtime=runtime)])
+        assert ack["accepted"] is False and "runtime" in ack["reason"]
+    assert client.upload([client.report(grant)])[0]["accepted"] is True
+    (listed,) = requests.get(f"{master.api}/jobs").json()["jobs"]
+    assert listed["state"] == "done"
 
 
 def test_results_in_a_batch_are_acked_one_by_one_in_order(master):
@@ -398,7 +429,7 @@ def test_an_unsatisfiable_range_is_416(shared_master, header):
     assert response.headers["Content-Range"] == f"bytes */{len(DATA)}"
 
 
-@pytest.mark.parametrize("header", ["lines=1-2", "bytes=a-b", "bytes=9-3", "bytes=0-1,5-6", "bytes=-"])
+@pytest.mark.parametrize("header", ["lines=1-2", "bytes=a-b", "bytes=9-3", "bytes=0-1,5-6", "bytes=-", "bytes=\xb2-"])
 def test_a_range_that_is_not_understood_is_ignored(shared_master, header):
     blob = digest(DATA)
     requests.put(f"{shared_master.api}/blobs/{blob}", data=DATA)
