@@ -425,7 +425,10 @@ def _source() -> dict[str, Any]:
     """Where the master's code came from (PYTHONPATH may point elsewhere), and when that is
     this repository, its commit and whether the master's code had changes on top of it."""
     where = "import os, dockercomp.server as s; print(os.path.dirname(os.path.realpath(s.__file__)))"
-    code = subprocess.run([sys.executable, "-c", where], capture_output=True, text=True, check=True).stdout.strip()
+    run = subprocess.run(  # from where the master starts, not here: ./dockercomp would shadow PYTHONPATH
+        [sys.executable, "-c", where], cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True
+    )
+    code = run.stdout.strip()
     source: dict[str, Any] = {"master_code": code}
     if os.path.realpath(code).startswith(os.path.realpath(ROOT) + os.sep):
         git = ["git", "-C", ROOT]

@@ -90,6 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     _server_arg(p)
     p.add_argument("--json", action="store_true")
 
+    p = command("client", cmd_client, "run the volunteer client daemon (or: client status)")
+    p.add_argument("--server", help="master URL (default http://$DC_HOST:$DC_PORT or http://127.0.0.1:8080)")
+    p.add_argument("--slots", type=int, help="units run at once (default: the cores minus one, at least one)")
+    p.add_argument("--memory", help="memory donated to containers, e.g. 4GiB (default: half of this machine's)")
+    p.add_argument("--work-dir", help="identity, chunk cache and results (default ~/.local/share/dockercomp/client)")
+    p.add_argument("--cache-size", help="bound of the chunk cache, e.g. 2GiB (default 2GiB)")
+    p.add_argument("--name", help="the name operators see (default: the host name)")
+    p.add_argument("--enroll-key", help="the master's enrollment key, when it asks for one")
+    p.add_argument("--stop-timeout", type=float, help="seconds running units get to finish after a first stop")
+    p.add_argument("--config", help="settings file (TOML, a [client] table)")
+    actions = p.add_subparsers(dest="client_action", metavar="[status]")
+    s = actions.add_parser("status", help="show what the daemon runs now", description="show what the daemon runs now")
+    s.add_argument("--work-dir", default=argparse.SUPPRESS, help="the daemon's work directory")
+    s.add_argument("--json", action="store_true", help="print the daemon's status file as it is")
+
     p = command("workloads", cmd_workloads, "list or build the workload images")
     p.add_argument("action", choices=["list", "build"])
     p.add_argument("names", nargs="*", metavar="NAME", help="workloads to build (default: all)")
@@ -190,6 +205,49 @@ def cmd_clients(args: argparse.Namespace) -> int:
     _print(
         args, {"clients": clients}, _table(("CLIENT", "NAME", "STATE", "BUSY", "VALID", "ERRORS", "RELIABILITY"), rows)
     )
+    return 0
+
+
+def _client_settings(args: argparse.Namespace) -> Any:
+    from dockercomp.client.settings import ClientSettings
+    from dockercomp.settings import load_settings
+
+    flags = {
+        "server": args.server, "slots": args.slots, "memory": args.memory, "work_dir": args.work_dir,
+        "cache_size": args.cache_size, "name": args.name, "enroll_key": args.enroll_key,
+        "stop_timeout": args.stop_timeout,
+    }  # fmt: skip
+    return load_settings(ClientSettings, "client", args.config, flags)
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    if args.client_action == "status":
+        return cmd_client_status(args)
+    from dockercomp.client.daemon import Daemon
+    from dockercomp.client.errors import ClientError
+    from dockercomp.client.images import ImageError
+
+    settings = _client_settings(args)
+    try:
+        from dockercomp.client.docker_runner import DockerRunner
+
+        daemon = Daemon(settings, DockerRunner())
+    except (ClientError, ImageError, OSError) as exc:
+        print(f"dockercomp: cannot start the client: {exc}", file=sys.stderr)
+        return 1
+    daemon.handle_signals()
+    return daemon.run()
+
+
+def cmd_client_status(args: argparse.Namespace) -> int:
+    from dockercomp.client import status
+
+    work_dir = _client_settings(args).work_path
+    data = status.read_status(work_dir)
+    if data is None:
+        print(f"dockercomp: no client daemon has run with the work directory {work_dir}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=1) if args.json else status.render(data))
     return 0
 
 

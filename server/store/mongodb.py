@@ -12,10 +12,7 @@ unit, the job's final state) is written after the unit's compare-and-set succeed
 ``$inc`` and conditional updates; only the master whose ``$inc`` completes a job's map units
 creates the reduce unit, and a unique (job_id, idx) index makes that happen once.
 
-Blobs: PyMongo's ``AsyncGridFSBucket`` accepts nothing but a real ``AsyncDatabase``, so the
-blob store writes the GridFS layout itself (``fs.files`` and ``fs.chunks`` with the spec's
-fields, ``_id`` and filename = the xxh3-128 hash); ``mongofiles`` on a real server reads it,
-and the mongomock-motor stand-in used by the tests stores it too.
+Blobs live in GridFS through gridfs.py; ``open_mongodb`` returns both, on one client.
 """
 
 import contextlib
@@ -23,16 +20,14 @@ import functools
 import inspect
 import os
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 try:
     from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
-    from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, OperationFailure
+    from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure
 except ImportError as exc:  # pragma: no cover - pymongo is a dependency, but say what to install
     raise ImportError("the mongodb store needs PyMongo 4.13 or newer: pip install 'pymongo>=4.13'") from exc
 
-from dockercomp.protocol.integrity import check_hash, digest
 from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
 from dockercomp.protocol.messages import Ack, Grant, Heartbeat, HostFacts, LeaseRequest, ResultReport
 
@@ -63,6 +58,7 @@ CAS_TRIES = 64  # a unit changes a handful of times in its life; this many misse
 OPEN = {"state": {"$in": [UnitState.READY.value, UnitState.RUNNING.value]}, "wanted": {"$gt": 0}}
 LEASE_ORDER = [("priority", DESCENDING), ("job_created", ASCENDING), ("job_id", ASCENDING), ("idx", ASCENDING)]
 NO_HISTORY = {"attempts": 0, "clients": 0}  # what listing and leasing units do not need
+LEASE_SCAN = 4096  # units one lease looks at, at most, when many ahead in line do not fit the client
 
 
 def _guard(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -230,20 +226,30 @@ class MongoStore(Store):
         if request.max_units <= 0:
             return grants
         await self._touch(client_id, now)
-        query = {**OPEN, "clients": {"$ne": client_id}}
-        cursor = self._units.find(query, NO_HISTORY).sort(LEASE_ORDER).limit(request.max_units * 4 + 16)
         cpus, memory = request.cpus, request.memory
-        for doc in await cursor.to_list(None):
-            if len(grants) >= request.max_units:
+        page, scanned = request.max_units * 4 + 16, 0
+        passed: list[str] = []  # units tried in this call, granted or lost to another master
+        too_big: set[str] = set()  # jobs whose units do not fit what is left (it only shrinks)
+        while len(grants) < request.max_units and scanned < LEASE_SCAN:
+            limit = min(page, LEASE_SCAN - scanned)
+            docs = await self._leasable(client_id, limit, passed, too_big)
+            scanned += len(docs)
+            for doc in docs:
+                if len(grants) >= request.max_units:
+                    break
+                spec = await self._spec(doc["job_id"])
+                if doc["job_id"] in too_big or not fits(spec, cpus, memory):
+                    too_big.add(doc["job_id"])
+                    continue
+                passed.append(doc["_id"])
+                issued = await self._lease_one(doc, client_id, spec, now, policy.deadline(now, spec.resources.timeout))
+                if issued is not None:
+                    cpus -= spec.resources.cpus
+                    memory -= spec.resources.memory
+                    grants.append(issued)
+            if len(docs) < limit:
                 break
-            spec = await self._spec(doc["job_id"])
-            if not fits(spec, cpus, memory):
-                continue
-            issued = await self._lease_one(doc, client_id, spec, now, policy.deadline(now, spec.resources.timeout))
-            if issued is not None:
-                cpus -= spec.resources.cpus
-                memory -= spec.resources.memory
-                grants.append(issued)
+            page *= 2  # a long line of jobs that do not fit costs a few round trips, not one per page
         return grants
 
     @_guard
@@ -271,6 +277,17 @@ class MongoStore(Store):
                 seen.add(doc["_id"])
                 expired += await self._expire_unit(doc, now, silent)
         return expired
+
+    async def _leasable(self, client_id: str, limit: int, passed: list[str], too_big: set[str]) -> list[Doc]:
+        """The next units this client may lease, in lease order, past the units already tried in
+        this call and the jobs that do not fit: units that do not fit never hide those that do.
+        The query itself skips them, so each page brings units not seen before."""
+        query: Doc = {**OPEN, "clients": {"$ne": client_id}}
+        if passed:
+            query["_id"] = {"$nin": passed}
+        if too_big:
+            query["job_id"] = {"$nin": sorted(too_big)}
+        return await self._units.find(query, NO_HISTORY).sort(LEASE_ORDER).limit(limit).to_list(None)
 
     # -- one unit, compare-and-set ------------------------------------------------------------
     async def _lease_one(self, doc: Doc, client_id: str, spec: JobSpec, now: float, deadline: float) -> Grant | None:
@@ -486,71 +503,10 @@ def _client_from(doc: Doc) -> Client:
     )  # fmt: skip
 
 
-# -- blobs ----------------------------------------------------------------------------------
-
-
-class GridFSBlobStore(BlobStore):
-    """Blobs as GridFS files named by their hash. Chunks go in before the file document, so a
-    blob whose file document exists is complete; two masters storing the same blob write the
-    same chunks, and the unique (files_id, n) index lets the second one's copies fall away."""
-
-    CHUNK_SIZE = 255 * 1024  # GridFS's default
-
-    def __init__(self, database: Any, bucket: str = "fs") -> None:
-        self._files = database[f"{bucket}.files"]
-        self._chunks = database[f"{bucket}.chunks"]
-        self._indexed = False
-
-    @_guard
-    async def size(self, blob: str) -> int | None:
-        doc = await self._files.find_one({"_id": check_hash(blob)}, {"length": 1})
-        return None if doc is None else doc["length"]
-
-    @_guard
-    async def put(self, data: bytes) -> str:
-        blob = digest(data)
-        if await self._files.find_one({"_id": blob}, {"_id": 1}) is not None:
-            return blob
-        if not self._indexed:  # the indexes the GridFS spec asks writers to create
-            await self._chunks.create_index([("files_id", ASCENDING), ("n", ASCENDING)], unique=True)
-            await self._files.create_index([("filename", ASCENDING), ("uploadDate", ASCENDING)])
-            self._indexed = True
-        size = self.CHUNK_SIZE
-        chunks = [{"files_id": blob, "n": i // size, "data": data[i : i + size]} for i in range(0, len(data), size)]
-        if chunks:
-            try:
-                await self._chunks.insert_many(chunks, ordered=False)
-            except BulkWriteError as exc:
-                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                    raise
-        with contextlib.suppress(DuplicateKeyError):  # stored by another master meanwhile
-            await self._files.insert_one(
-                {"_id": blob, "filename": blob, "length": len(data), "chunkSize": size,
-                 "uploadDate": datetime.now(UTC), "metadata": {"hash": "xxh3-128"}}
-            )  # fmt: skip
-        return blob
-
-    @_guard
-    async def read(self, blob: str, start: int = 0, end: int | None = None) -> bytes:
-        """Fetch only the chunks that hold the range."""
-        doc = await self._files.find_one({"_id": check_hash(blob)}, {"length": 1, "chunkSize": 1})
-        if doc is None:
-            raise NotFound(f"no blob {blob}")
-        length, size = doc["length"], doc["chunkSize"]
-        start, end = max(0, start), length if end is None else min(end, length)
-        if start >= end:
-            return b""
-        first, last = start // size, (end - 1) // size
-        query = {"files_id": blob, "n": {"$gte": first, "$lte": last}}
-        chunks = await self._chunks.find(query, {"n": 1, "data": 1}).sort("n", ASCENDING).to_list(None)
-        if [c["n"] for c in chunks] != list(range(first, last + 1)):
-            raise StoreUnavailable(f"blob {blob} is missing chunks in GridFS")
-        data = b"".join(bytes(c["data"]) for c in chunks)
-        return data[start - first * size : end - first * size]
-
-
 def open_mongodb(url: str) -> tuple[Store, BlobStore]:
     """The store and GridFS blob store for a ``mongodb://host/DB`` URL (DB defaults to
     "dockercomp"), sharing one client that the store closes."""
+    from .gridfs import GridFSBlobStore  # here, not at the top: gridfs.py imports _guard from this module
+
     store = MongoStore(url)
     return store, GridFSBlobStore(store.db)

@@ -70,7 +70,8 @@ class Backend:
                 await step()
 
     async def _mongo(self) -> None:
-        from dockercomp.server.store.mongodb import GridFSBlobStore, MongoStore
+        from dockercomp.server.store.gridfs import GridFSBlobStore
+        from dockercomp.server.store.mongodb import MongoStore
 
         if MONGO_URL:
             from pymongo import AsyncMongoClient
@@ -315,6 +316,43 @@ async def test_lease_fits_cpus_and_memory(b: Backend) -> None:
     assert (await s.unit_counts(small.id))["running"] == 3
     assert [g.job for g in await lease(s, a, 5, cpus=4.0, memory=2 << 30)] == [big.id, big.id]
     assert (await s.unit_counts(big.id))["ready"] == 1
+
+
+@contract
+async def test_lease_looks_past_jobs_that_do_not_fit(b: Backend) -> None:
+    """Jobs ahead in line that the client cannot run never hide the ones it can, however many
+    units they have: here more than a page of units needing too much memory, then more than a
+    page of jobs needing too many cpus."""
+    s = b.store
+    a, c = await clients(s, 2)
+    first = await s.create_job(job_spec(priority=10), chunks(1, "f"), T0)
+    big = await s.create_job(job_spec(resources={"memory": "4GiB"}, priority=9), chunks(100, "b"), T0)
+    for i in range(30):
+        await s.create_job(job_spec(resources={"cpus": 4}, priority=5), chunks(1, f"w{i}"), T0)
+    small = await s.create_job(job_spec(resources={"cpus": 0.5, "memory": "100MiB"}), chunks(5, "s"), T0)
+    room = {"cpus": 2.0, "memory": 1 << 30}
+    assert [g.unit for g in await lease(s, a, 2, **room)] == [f"{first.id}.0", f"{small.id}.0"]
+    assert [g.unit for g in await lease(s, a, 1, **room)] == [f"{small.id}.1"]
+    assert [g.unit for g in await lease(s, a, 10, **room)] == [f"{small.id}.{i}" for i in (2, 3, 4)]
+    assert await lease(s, a, 10, **room) == []
+    assert [g.unit for g in await lease(s, c, 2, memory=8 << 30)] == [f"{big.id}.0", f"{big.id}.1"]
+    assert (await s.unit_counts(big.id))["ready"] == 98
+
+
+@contract
+async def test_lease_looks_past_units_the_client_already_had(b: Backend) -> None:
+    """A client that holds an attempt of every unit of a big job still gets the units behind
+    it, while other clients get the job's second replicas."""
+    s = b.store
+    a, c = await clients(s, 2)
+    hot = await s.create_job(job_spec(redundancy=redundancy(2, 2, 4), priority=9), chunks(100, "h"), T0)
+    cold = await s.create_job(job_spec(), chunks(3, "c"), T0)
+    for _ in range(10):
+        assert {g.job for g in await lease(s, a, 10, cpus=10.0)} == {hot.id}
+    assert all(u.wanted == 1 for u in await s.list_units(hot.id))
+    assert [g.unit for g in await lease(s, a, 1)] == [f"{cold.id}.0"]
+    assert [g.unit for g in await lease(s, a, 5, cpus=5.0)] == [f"{cold.id}.1", f"{cold.id}.2"]
+    assert [g.unit for g in await lease(s, c, 2, cpus=2.0)] == [f"{hot.id}.0", f"{hot.id}.1"]
 
 
 @contract
@@ -602,7 +640,8 @@ async def _sequence(calls: list[Awaitable[list[tuple[str, Any]]]]) -> list[list[
 
 def test_open_mongodb_takes_the_database_from_the_url() -> None:
     """No server is contacted: the client connects on first use."""
-    from dockercomp.server.store.mongodb import GridFSBlobStore, MongoStore, open_mongodb
+    from dockercomp.server.store.gridfs import GridFSBlobStore
+    from dockercomp.server.store.mongodb import MongoStore, open_mongodb
 
     async def names() -> list[str]:
         found = []

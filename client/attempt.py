@@ -1,0 +1,250 @@
+"""One attempt on this client, from its grant to a spooled result.
+
+The grant comes from the master and is data, never code for this host: names become file
+names only when they are plain, commands and environment go to the Runner as lists, and the
+output is read without following a link the container may have planted in /output.
+"""
+
+import errno
+import logging
+import os
+import re
+import shutil
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import BinaryIO
+
+from dockercomp.protocol.errors import IntegrityError, ProtocolError
+from dockercomp.protocol.integrity import check_hash
+from dockercomp.protocol.messages import ErrorKind, Grant, ResultReport
+
+from .cache import ChunkCache, Download, place
+from .errors import Cancelled, MasterError
+from .master import MasterSession
+from .runner import Runner, RunOutcome, RunSpec
+from .spool import SAFE_ID, Spool
+
+log = logging.getLogger(__name__)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+STDERR_TAIL = 4096
+
+
+class Disposition(StrEnum):
+    """What became of an attempt."""
+
+    SPOOLED = "spooled"  # its result (success or failure) waits in the spool for upload
+    RELEASE = "release"  # stopped unfinished by a shutdown: give it back to the master
+    DROP = "drop"  # the master said abort: it wants nothing more for this attempt
+
+
+Ending = tuple[Disposition, ResultReport | None]
+"""What became of an attempt, and the report spooled for it, if any."""
+
+
+@dataclass
+class Attempt:
+    """A grant this client holds, queued or running; what the heartbeat and status show."""
+
+    grant: Grant
+    leased_at: float = field(default_factory=time.time)
+    expires: float = 0.0  # the lease's deadline on this host's monotonic clock
+    release_by: float = float("inf")  # not started by then (monotonic), it goes back to the master
+    phase: str = "queued"  # queued, preparing (inputs), running (container), done
+    started_at: float = 0.0  # wall clock, when preparing began
+    cancel: threading.Event = field(default_factory=threading.Event)
+    why: str = ""  # why cancel was set: "abort" (the master's command) or "shutdown"
+
+    @property
+    def id(self) -> str:
+        return self.grant.attempt
+
+    def stop(self, why: str) -> None:
+        if not self.cancel.is_set():
+            self.why = why
+            self.cancel.set()
+
+    def __str__(self) -> str:
+        g = self.grant
+        return f"attempt {g.attempt} (job {g.job}, unit {g.unit})"
+
+
+class Executor:
+    """Runs attempts, one per worker thread at a time, each in ``root/ATTEMPT`` (0700 above
+    its ``input`` and ``output``, so only the container can reach them through its mounts)."""
+
+    def __init__(
+        self, root: str, cache: ChunkCache, master: MasterSession, runner: Runner, spool: Spool, client: str = ""
+    ) -> None:
+        self.root = root
+        self.cache = cache
+        self.master = master
+        self.runner = runner
+        self.spool = spool
+        self.client = client  # this daemon's client id, the containers' label
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        os.chmod(root, 0o700)
+
+    def execute(self, attempt: Attempt) -> Ending:
+        """Run one attempt to its end and say what became of it, with the report spooled
+        (if any). Never raises for a failure of the unit."""
+        grant = attempt.grant
+        attempt.phase, attempt.started_at = "preparing", time.time()
+        problem = check_grant(grant)
+        if problem:
+            log.error("%s: refused: %s", attempt, problem)
+            return self._errored(attempt, RunOutcome(ErrorKind.CLIENT, stderr_tail=problem))
+        workdir = os.path.join(self.root, grant.attempt)
+        pinned: list[str] = []
+        try:
+            input_dir, output_dir = _fresh_dirs(workdir)
+            for ref in grant.inputs:
+                if attempt.cancel.is_set():
+                    return self._cancelled(attempt)
+                try:
+                    path = self.cache.acquire(ref.hash, self._downloader(ref.hash, ref.url, attempt), size=ref.size)
+                except IntegrityError as exc:
+                    log.error("%s: input %s failed its integrity check: %s", attempt, ref.name, exc)
+                    return self._errored(attempt, RunOutcome(ErrorKind.INTEGRITY, stderr_tail=str(exc)))
+                except (Cancelled, MasterError) as exc:
+                    if attempt.cancel.is_set():
+                        return self._cancelled(attempt)
+                    message = f"input {ref.name} ({ref.hash}) cannot be downloaded: {exc}"
+                    log.error("%s: %s", attempt, message)
+                    return self._errored(attempt, RunOutcome(ErrorKind.CLIENT, stderr_tail=message))
+                pinned.append(ref.hash)
+                place(path, os.path.join(input_dir, ref.name))
+            if attempt.cancel.is_set():
+                return self._cancelled(attempt)
+            attempt.phase = "running"
+            try:
+                outcome = self.runner.run(self._spec(grant, input_dir, output_dir), attempt.cancel)
+            except Exception as exc:  # a runner must not raise; if one does, the unit goes elsewhere
+                log.exception("%s: the runner failed", attempt)
+                outcome = RunOutcome(ErrorKind.CLIENT, stderr_tail=f"the runner failed: {type(exc).__name__}: {exc}")
+            return self._finish(attempt, outcome, os.path.join(output_dir, "result"))
+        except OSError as exc:  # this host's disk: full, or taken away
+            log.error("%s: %s", attempt, exc)
+            return self._errored(attempt, RunOutcome(ErrorKind.CLIENT, stderr_tail=f"client file error: {exc}"))
+        finally:
+            attempt.phase = "done"
+            for blob in pinned:
+                self.cache.release(blob)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    # -- endings -----------------------------------------------------------------------------
+    def _finish(self, attempt: Attempt, outcome: RunOutcome, result_path: str) -> Ending:
+        if attempt.why == "abort":
+            log.info("%s: aborted as the master asked; nothing to report", attempt)
+            return Disposition.DROP, None
+        if outcome.error == ErrorKind.ABORTED:
+            return self._cancelled(attempt)
+        if outcome.error is not None:
+            log.info("%s: failed: %s (exit code %s)", attempt, outcome.error, outcome.exit_code)
+            return self._errored(attempt, outcome)
+        try:
+            output = _open_result(result_path)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                message = "the container exited 0 without writing /output/result"
+            elif exc.errno == errno.ELOOP:
+                message = "/output/result is a symbolic link, not the result itself"
+            else:
+                message = f"/output/result cannot be read: {exc.strerror or exc}"
+            log.warning("%s: %s", attempt, message)
+            return self._errored(attempt, RunOutcome(ErrorKind.CLIENT, 0, message, outcome.runtime))
+        with output:
+            report = ResultReport(
+                attempt.id, "succeeded", exit_code=0, output_hash="", runtime=outcome.runtime,
+                peak_memory=outcome.peak_memory, stderr_tail=outcome.stderr_tail[-STDERR_TAIL:],
+            )  # fmt: skip
+            item = self.spool.add(report, attempt.grant.job, attempt.grant.unit, output)
+        log.info("%s: succeeded in %.2fs, output %s (%d bytes)", attempt, outcome.runtime,
+                 item.report.output_hash, item.report.output_size)  # fmt: skip
+        return Disposition.SPOOLED, item.report
+
+    def _errored(self, attempt: Attempt, outcome: RunOutcome) -> Ending:
+        if not SAFE_ID.fullmatch(attempt.id):  # cannot name a spool file: give it back instead
+            return Disposition.RELEASE, None
+        report = ResultReport(
+            attempt.id, "errored", error=outcome.error or ErrorKind.CLIENT, exit_code=outcome.exit_code,
+            stderr_tail=outcome.stderr_tail[-STDERR_TAIL:], runtime=outcome.runtime, peak_memory=outcome.peak_memory,
+        )  # fmt: skip
+        self.spool.add(report, attempt.grant.job, attempt.grant.unit)
+        return Disposition.SPOOLED, report
+
+    def _cancelled(self, attempt: Attempt) -> Ending:
+        if attempt.why == "abort":
+            log.info("%s: aborted as the master asked; nothing to report", attempt)
+            return Disposition.DROP, None
+        log.info("%s: stopped unfinished; it goes back to the master", attempt)
+        return Disposition.RELEASE, None
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _downloader(self, blob: str, url: str, attempt: Attempt) -> Download:
+        def download(dest: BinaryIO) -> None:
+            self.master.download(blob, dest, url=url, cancel=attempt.cancel)
+
+        return download
+
+    def _spec(self, grant: Grant, input_dir: str, output_dir: str) -> RunSpec:
+        return RunSpec(
+            client=self.client, attempt=grant.attempt, job=grant.job, unit=grant.unit, image=grant.image,
+            command=tuple(grant.command), env=tuple(sorted(grant.env.items())), cpus=grant.cpus,
+            memory=grant.memory, timeout=grant.timeout, input_dir=input_dir, output_dir=output_dir,
+        )  # fmt: skip
+
+
+def check_grant(grant: Grant) -> str:
+    """Why this client cannot run a grant as sent, or "" when it can."""
+    if not SAFE_ID.fullmatch(grant.attempt):
+        return f"attempt id {grant.attempt!r:.40} is not a plain name"
+    if grant.mode != "batch":
+        return f"execution mode {grant.mode!r:.20} is not supported by this client (only batch)"
+    if not grant.image or "\x00" in grant.image:
+        return "the grant names no image"
+    if not (grant.cpus > 0 and grant.memory > 0 and grant.timeout > 0):
+        return "cpus, memory and timeout must be greater than 0"
+    names = set()
+    for ref in grant.inputs:
+        if not SAFE_ID.fullmatch(ref.name) or ref.name in names:
+            return f"input name {ref.name!r:.40} is not a plain, unique file name"
+        names.add(ref.name)
+        try:
+            check_hash(ref.hash, f"hash of input {ref.name}")
+        except ProtocolError as exc:
+            return str(exc)
+    if any("\x00" in arg for arg in grant.command):
+        return "the command holds a NUL character"
+    for key, value in grant.env.items():
+        if not _ENV_NAME.fullmatch(key) or "\x00" in value:
+            return f"environment variable {key!r:.40} is not a plain name with a value"
+    return ""
+
+
+def _fresh_dirs(workdir: str) -> tuple[str, str]:
+    """The attempt's private directory: input readable by the container's user, output
+    writable by it (it runs as another, unprivileged user)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.mkdir(workdir, 0o700)
+    input_dir, output_dir = os.path.join(workdir, "input"), os.path.join(workdir, "output")
+    os.mkdir(input_dir)
+    os.mkdir(output_dir)
+    os.chmod(input_dir, 0o755)
+    os.chmod(output_dir, 0o777)
+    return input_dir, output_dir
+
+
+def _open_result(path: str) -> BinaryIO:
+    """Open /output/result as written by the container: a regular file, never a link to
+    somewhere on this host, and never a pipe that would block the daemon."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "it is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

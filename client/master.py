@@ -1,0 +1,290 @@
+"""The daemon's HTTP session with the master: msgpack calls with a bearer token, retried with
+exponential backoff and jitter while the master is down or failing (connection errors,
+timeouts, 5xx, 503, 429), never when it refused the request (4xx): that answer would not change.
+
+Every call is safe to repeat: leases are only lost work, results and releases are idempotent
+on the master, blobs are content-addressed. So a call whose reply was lost is simply sent again.
+"""
+
+import email.utils
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, BinaryIO, TypeVar
+
+import requests
+
+from dockercomp.protocol import codec
+from dockercomp.protocol.errors import ProtocolError
+from dockercomp.protocol.integrity import check_hash
+from dockercomp.protocol.messages import (
+    API,
+    AckBatch,
+    Heartbeat,
+    HeartbeatReply,
+    LeaseReply,
+    LeaseRequest,
+    Message,
+    RegisterReply,
+    RegisterRequest,
+    ReleaseRequest,
+    ResultBatch,
+)
+
+from .errors import Cancelled, MasterError, MasterRefused, MasterUnavailable, NotRegistered
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
+PIECE = 64 << 10  # a download cut off mid-piece loses that piece only: the retry resumes after the last one
+# what a master that is down, restarting or overloaded looks like; anything else is an answer
+_TRANSIENT = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+class Backoff:
+    """Exponential backoff with jitter: the n-th wait is a random point in the upper half of
+    ``min(cap, base * 2**(n-1))``, so clients that lost the same master do not return in step."""
+
+    def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
+        self.base, self.cap = base, cap
+
+    def delay(self, failures: int) -> float:
+        ceiling = min(self.cap, self.base * 2 ** min(max(failures - 1, 0), 30))
+        return ceiling * random.uniform(0.5, 1.0)
+
+
+@dataclass
+class Identity:
+    """Who this daemon is to one master; kept in the work directory so a restart keeps its
+    client id (and the master its reliability record) instead of registering anew."""
+
+    server: str
+    client: str
+    token: str
+
+    @classmethod
+    def load(cls, path: str, server: str) -> "Identity | None":
+        """The identity saved for ``server``, or None (none saved, another master, unreadable)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            identity = cls(str(data["server"]), str(data["client"]), str(data["token"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring the unreadable identity file %s: %s", path, exc)
+            return None
+        return identity if identity.server == server else None
+
+    def save(self, path: str) -> None:
+        """Write atomically, readable by this user only: the token is a credential."""
+        tmp = f"{path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(asdict(self), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+class MasterSession:
+    """One master, shared by the daemon's threads (each gets its own connection pool).
+
+    ``until`` (an event) stops a call's retries when set; ``tries`` bounds them; with
+    neither, a call retries until the master answers.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 30.0, backoff: Backoff | None = None, token: str = "") -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.backoff = backoff or Backoff()
+        self.failures = 0  # consecutive failed requests, 0 once the master answers
+        self.retries = 0  # requests sent again since the start
+        self.last_error = ""
+        self.clock_offset = 0.0  # the master's clock minus ours, from its Date header
+        self._local = threading.local()
+
+    # -- the protocol ---------------------------------------------------------------------
+    def register(self, req: RegisterRequest, **kw: Any) -> RegisterReply:
+        return self.call("/clients/register", req, RegisterReply, **kw)
+
+    def heartbeat(self, beat: Heartbeat, **kw: Any) -> HeartbeatReply:
+        return self.call("/clients/heartbeat", beat, HeartbeatReply, **kw)
+
+    def lease(self, req: LeaseRequest, **kw: Any) -> LeaseReply:
+        return self.call("/lease", req, LeaseReply, **kw)
+
+    def results(self, batch: ResultBatch, **kw: Any) -> AckBatch:
+        return self.call("/results", batch, AckBatch, **kw)
+
+    def release(self, attempts: list[str], **kw: Any) -> AckBatch:
+        return self.call("/release", ReleaseRequest(attempts), AckBatch, **kw)
+
+    def call(
+        self,
+        path: str,
+        message: Message,
+        reply: type[M],
+        *,
+        until: threading.Event | None = None,
+        tries: int | None = None,
+        timeout: float | None = None,
+    ) -> M:
+        """POST a message as msgpack, decode the reply as ``reply``."""
+        body = codec.pack(message.to_wire())
+
+        def send() -> requests.Response:
+            return self._session().post(
+                self.url + API + path, data=body, headers=self._headers(codec.MSGPACK), timeout=timeout or self.timeout
+            )
+
+        response = self._retrying(path, send, until, tries)
+        try:
+            return reply.from_wire(codec.unpack(response.content))
+        except ProtocolError as exc:  # a master of another version, or not a master at all
+            raise MasterError(f"{path}: the master's reply is not understood: {exc}") from None
+
+    # -- blobs ------------------------------------------------------------------------------
+    def blob_url(self, blob: str, url: str = "") -> str:
+        """Where to fetch a blob: the grant's URL when it is a path on this master, else the
+        master's own blob endpoint. A grant never sends this daemon to another host."""
+        if url.startswith("/") and not url.startswith("//"):
+            return self.url + url
+        return f"{self.url}{API}/blobs/{check_hash(blob)}"
+
+    def download(
+        self,
+        blob: str,
+        dest: BinaryIO,
+        *,
+        url: str = "",
+        cancel: threading.Event | None = None,
+        tries: int | None = None,
+    ) -> None:
+        """Stream a blob into ``dest``; a download cut off is resumed with a Range request."""
+        where = self.blob_url(blob, url)
+        dest.seek(0)
+        dest.truncate()
+
+        def fetch() -> requests.Response:
+            offset = dest.tell()
+            headers = self._headers()
+            if offset:
+                headers["Range"] = f"bytes={offset}-"
+            with self._session().get(where, headers=headers, stream=True, timeout=self.timeout) as response:
+                if response.status_code == 200 and offset:  # the whole blob after all
+                    dest.seek(0)
+                    dest.truncate()
+                if response.status_code in (200, 206):
+                    for piece in response.iter_content(PIECE):
+                        if cancel is not None and cancel.is_set():
+                            raise Cancelled(f"download of {blob} stopped")
+                        dest.write(piece)
+                else:
+                    _ = response.content  # the error message, read before the stream closes
+                return response
+
+        self._retrying(f"/blobs/{blob}", fetch, cancel, tries)
+
+    def put_blob(self, blob: str, path: str, *, until: threading.Event | None = None) -> None:
+        """Upload a file as a blob (the master checks it against ``blob``)."""
+
+        def send() -> requests.Response:
+            with open(path, "rb") as f:
+                return self._session().put(
+                    f"{self.url}{API}/blobs/{check_hash(blob)}",
+                    data=f,
+                    headers=self._headers("application/octet-stream"),
+                    timeout=self.timeout,
+                )
+
+        self._retrying(f"/blobs/{blob}", send, until, None)
+
+    # -- the retry loop ------------------------------------------------------------------------
+    def _retrying(
+        self, path: str, send: Callable[[], requests.Response], until: threading.Event | None, tries: int | None
+    ) -> requests.Response:
+        failures = 0
+        while True:
+            retry_after = 0.0
+            try:
+                response = send()
+            except _TRANSIENT as exc:
+                problem = f"cannot reach it ({type(exc).__name__})"
+            else:
+                status = response.status_code
+                if status < 400:
+                    self._answered(response)
+                    return response
+                message = _error_message(response)
+                if status < 500 and status != 429:
+                    self._answered(response)
+                    cls = NotRegistered if status == 401 or (status == 404 and "register" in message) else MasterRefused
+                    raise cls(status, message, path)
+                problem = f"HTTP {status}: {message}"
+                retry_after = _seconds(response.headers.get("Retry-After"))
+            failures += 1
+            self.failures += 1
+            self.last_error = problem
+            if tries is not None and failures >= tries:
+                raise MasterUnavailable(f"{path}: master {self.url}: {problem}")
+            delay = min(self.backoff.cap, max(self.backoff.delay(failures), retry_after))
+            log.warning("%s: master %s: %s; retrying in %.2gs (failure %d)", path, self.url, problem, delay, failures)
+            self.retries += 1
+            if until is None:
+                time.sleep(delay)
+            elif until.wait(delay):
+                raise MasterUnavailable(f"{path}: stopped waiting for the master at {self.url}: {problem}")
+
+    def _answered(self, response: requests.Response) -> None:
+        self.failures = 0
+        date = response.headers.get("Date")
+        if date:
+            try:
+                offset = email.utils.parsedate_to_datetime(date).timestamp() - time.time()
+            except (TypeError, ValueError):
+                return
+            # the header has whole seconds: only a real difference of clocks is worth correcting
+            self.clock_offset = offset if abs(offset) > 2 else 0.0
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {"Accept": codec.MSGPACK}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
+
+def _error_message(response: requests.Response) -> str:
+    """The master's {"error": ...} text, or what there is when the reply is not from a master."""
+    try:
+        body = codec.decode(response.content, response.headers.get("Content-Type"))
+    except ProtocolError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
+    return (response.text or response.reason or "").strip()[:200]
+
+
+def _seconds(value: str | None) -> float:
+    try:
+        return max(0.0, float(value)) if value else 0.0
+    except ValueError:
+        return 0.0

@@ -1,0 +1,67 @@
+"""How the daemon runs one unit: the Runner interface. ``DockerRunner`` (client/docker_runner.py)
+is the real one; unit tests of the daemon may use a stub.
+
+A runner is called from worker threads (one per slot): ``run`` blocks until the container
+has ended, and must leave nothing behind (the container is removed, whatever happened).
+"""
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from dockercomp.protocol.messages import ContainerInfo, ErrorKind
+
+LABEL_CLIENT = "dockercomp.client"
+LABEL_JOB = "dockercomp.job"
+LABEL_UNIT = "dockercomp.unit"
+LABEL_ATTEMPT = "dockercomp.attempt"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One attempt to run: what the master granted, and where its files are on this host."""
+
+    client: str  # this daemon's client id (label dockercomp.client)
+    attempt: str
+    job: str
+    unit: str
+    image: str
+    command: tuple[str, ...]  # empty: the image's own command
+    env: tuple[tuple[str, str], ...]
+    cpus: float
+    memory: int  # bytes
+    timeout: float  # seconds; the container is killed after it
+    input_dir: str  # mounted read-only at /input
+    output_dir: str  # mounted at /output; the result is output_dir/result
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended. ``error`` is None exactly when the container exited 0."""
+
+    error: ErrorKind | None
+    exit_code: int | None = None
+    stderr_tail: str = ""
+    runtime: float = 0.0
+    peak_memory: int | None = None
+
+
+class Runner(ABC):
+    @abstractmethod
+    def run(self, spec: RunSpec, cancel: threading.Event) -> RunOutcome:
+        """Run one attempt to its end (exit, timeout, or ``cancel`` set: then ABORTED) and
+        remove its container. Never raises for a failure of the unit or of the engine: those
+        are outcomes (EXIT_NONZERO, OOM, TIMEOUT, IMAGE_MISSING, DOCKER_UNAVAILABLE, ...)."""
+
+    @abstractmethod
+    def containers(self) -> list[ContainerInfo]:
+        """The containers this runner runs now, with their limits and current use."""
+
+    @abstractmethod
+    def available_images(self) -> list[str]:
+        """Image references present locally (the master may prefer units that need no build)."""
+
+    @abstractmethod
+    def remove_leftovers(self, client: str | None = None) -> int:
+        """Remove containers an earlier run of this daemon left (found by label, never by
+        name); all of ours when ``client`` is None. Return how many."""

@@ -1,0 +1,454 @@
+"""``python -m dockercomp.demo`` (what ``./dev demo`` runs): the whole system on this machine.
+
+It checks that a Docker engine answers, builds the wordfreq image offline, starts a master
+and two volunteer client daemons (each a process of its own, with its own work directory),
+writes a sample text, submits the wordfreq job with every unit computed by both volunteers
+(replicas 2, quorum 2), follows it, downloads the result and checks it against a count made
+here in one pass without Docker. Then it shows the top words and the volunteers, stops the
+daemons (SIGTERM) and the master, and removes what it created.
+
+Exit 0 when the result is verified; 1 when any step fails (it says which, with the end of
+the logs); 130 when interrupted. Everything lives in one temporary directory, kept with
+``--keep``.
+"""
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import requests
+
+from dockercomp.protocol.errors import ProtocolError
+from dockercomp.protocol.jobfile import parse_jobfile
+from dockercomp.protocol.quantities import format_size, parse_size
+from dockercomp.scientist import TERMINAL_JOB, MasterError, Progress, Scientist
+
+WORKLOAD = "wordfreq"
+LISTENING = re.compile(r"master listening on (http://[0-9.]+:\d+)")
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 60.0
+# The master tells clients to heartbeat (and to ask again for work) every second, so the
+# job starts as soon as it is submitted.
+MASTER_CONFIG = "[server]\nheartbeat_interval = 1.0\n"
+CLIENT_CONFIG = "[client]\nbackoff_base = 0.5\nbackoff_max = 5.0\nstatus_interval = 1.0\n"
+
+
+class DemoError(Exception):
+    """A step failed; the message says which and why."""
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived."""
+
+
+def step(text: str) -> None:
+    print(f"==> {text}", flush=True)
+
+
+def say(text: str) -> None:
+    print(f"    {text}", flush=True)
+
+
+class Service:
+    """A ``dockercomp`` process started by the demo, its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKERCOMP_SERVER_", "DOCKERCOMP_CLIENT_"))}
+        with open(log_path, "wb") as log:
+            # a session of its own: Ctrl-C reaches the demo, which then stops it in order
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dockercomp", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join(f"      {line}" for line in self.log().splitlines()[-lines:])
+
+    def stop(self, timeout: float) -> int | None:
+        """SIGTERM and wait: the exit code, or None when it had to be killed."""
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return None
+        return self.proc.returncode
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.root = Path(tempfile.mkdtemp(prefix="dockercomp-demo-"))
+        self.master: Service | None = None
+        self.daemons: list[Service] = []
+        self.url = ""
+        self.client_ids: list[str] = []
+
+    # -- the steps ---------------------------------------------------------------------------
+    def run(self) -> None:
+        docker_client = self.check_engine()
+        try:
+            self.build_image(docker_client)
+            self.start_master()
+            self.start_daemons()
+            sample = self.write_sample()
+            job = self.submit(sample)
+            self.follow(job)
+            self.verify(job, sample)
+            self.show_clients(job)
+            self.stop_all()
+            self.check_no_containers(docker_client)
+        finally:
+            docker_client.close()
+
+    def check_engine(self) -> Any:
+        from dockercomp.client import images
+
+        step("checking the Docker engine")
+        try:
+            client = images.connect()
+        except images.ImageError as exc:
+            raise DemoError(
+                f"{exc}\n    (./dev demo runs scripts/ensure-docker first, which starts one as root)"
+            ) from None
+        version = client.version()
+        say(f"Docker {version.get('Version', '?')} (API {version.get('ApiVersion', '?')}) answers")
+        return client
+
+    def build_image(self, docker_client: Any) -> None:
+        from dockercomp.client import images
+
+        step(f"building the {WORKLOAD} image offline")
+        if not images.image_exists(docker_client, images.BASE_IMAGE):
+            say(f"{images.BASE_IMAGE} is not here: building it with debootstrap (about a minute, once per machine)")
+        started = time.monotonic()
+        try:
+            tag = images.build_workload(docker_client, WORKLOAD)
+        except images.ImageError as exc:
+            raise DemoError(str(exc)) from None
+        say(f"{tag} ready in {time.monotonic() - started:.1f}s")
+
+    def start_master(self) -> None:
+        step("starting the master")
+        config = self.root / "master.toml"
+        config.write_text(MASTER_CONFIG)
+        data = self.root / "master"
+        args = ["server", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data), "--config", str(config)]
+        self.master = Service("master", args, self.root / "master.log")
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.url:
+            match = LISTENING.search(self.master.log())
+            if match:
+                self.url = match.group(1)
+            elif not self.master.alive:
+                raise DemoError(f"the master exited with {self.master.proc.returncode} at start")
+            elif time.monotonic() > deadline:
+                raise DemoError(f"the master did not start within {START_TIMEOUT:.0f}s")
+            else:
+                time.sleep(0.05)
+        self.scientist = Scientist(self.url, timeout=30)
+        wait_until(lambda: self._answers(), START_TIMEOUT, "the master to answer")
+        say(f"master at {self.url} (data in {data})")
+
+    def _answers(self) -> bool:
+        try:
+            self.scientist.jobs()
+        except MasterError:
+            return False
+        return True
+
+    def start_daemons(self) -> None:
+        step("starting two volunteer client daemons (1 slot each)")
+        config = self.root / "client.toml"
+        config.write_text(CLIENT_CONFIG)
+        for n in (1, 2):
+            name = f"volunteer-{n}"
+            args = ["client", "--server", self.url, "--work-dir", str(self.root / name), "--slots", "1"]
+            args += ["--name", name, "--memory", "1GiB", "--config", str(config)]
+            self.daemons.append(Service(name, args, self.root / f"{name}.log"))
+
+        def registered() -> list[dict[str, Any]] | None:
+            for daemon in self.daemons:
+                if not daemon.alive:
+                    raise DemoError(f"{daemon.name} exited with {daemon.proc.returncode} at start")
+            found = [c for c in self.scientist.clients() if c["online"]]
+            return found if len(found) == len(self.daemons) else None
+
+        found = wait_until(registered, START_TIMEOUT, "both volunteers to register")
+        self.client_ids = [c["id"] for c in found]
+        for client in sorted(found, key=lambda c: c["name"]):
+            say(f"{client['name']}: client {client['id']}, {client['slots']} slot")
+
+    def write_sample(self) -> Path:
+        from dockercomp.client import images
+
+        step(f"writing {format_size(self.args.size)} of sample text")
+        script = images.workloads_dir() / WORKLOAD / "sample.py"
+        sample = self.root / "sample.txt"
+        with open(sample, "wb") as out:
+            done = subprocess.run([sys.executable, str(script), "--size", str(self.args.size)], stdout=out, check=False)
+        if done.returncode != 0:
+            raise DemoError(f"{script} failed with exit code {done.returncode}")
+        lines = sample.read_bytes().count(b"\n")
+        say(f"{sample}: {lines} lines")
+        return sample
+
+    def submit(self, sample: Path) -> str:
+        from dockercomp.client import images
+
+        step("submitting the wordfreq job: every unit computed by both volunteers, kept when both agree")
+        jobfile = json.loads((images.workloads_dir() / WORKLOAD / "job.json").read_text())
+        jobfile["chunking"] = {"by": "lines", "size": f"{self.args.chunk}B"}
+        jobfile["redundancy"] = {"replicas": 2, "quorum": 2, "max_attempts": 4}
+        spec = parse_jobfile(jobfile)
+        chunks = self.scientist.upload_chunks(spec, [str(sample)], progress=True)
+        job = self.scientist.create_job(spec, chunks)
+        say(f"job {job}: {len(chunks)} map units of at most {format_size(self.args.chunk)}, then a reduce unit")
+        say("replicas 2, quorum 2: each unit runs on both volunteers and counts when their outputs agree")
+        return job
+
+    def follow(self, job: str) -> None:
+        step("computing")
+        deadline = time.monotonic() + self.args.timeout
+        status = self.scientist.status(job)
+        bar = Progress("    units", sum(status["units"].values()), stream=sys.stdout)
+        shown = ""
+        while True:
+            units = status["units"]
+            total = sum(units.values())
+            line = f"{units['done']}/{total} units done, {units['running']} running, {units['failed']} failed"
+            if bar.enabled:
+                bar.total = max(total, 1)
+                bar.update(units["done"], f"running {units['running']}")
+            elif line != shown:
+                say(line)
+            shown = line
+            if status["state"] in TERMINAL_JOB:
+                break
+            for service in [self.master, *self.daemons]:
+                if service is not None and not service.alive:
+                    raise DemoError(f"{service.name} exited with {service.proc.returncode} while the job ran")
+            if time.monotonic() > deadline:
+                raise DemoError(f"the job did not end within {self.args.timeout:.0f}s ({line})")
+            time.sleep(0.5)
+            status = self.scientist.status(job)
+        bar.close()
+        if status["state"] != "done":
+            raise DemoError(f"job {job} ended {status['state']}: {self._errors(job)}")
+        say(f"job {job} done: {shown}")
+
+    def _units(self, job: str) -> list[dict[str, Any]]:
+        units: list[dict[str, Any]] = []
+        while True:
+            response = requests.get(f"{self.url}/api/v1/jobs/{job}/units", params={"offset": len(units)}, timeout=30)
+            response.raise_for_status()
+            page = response.json()["units"]
+            if not page:
+                return units
+            units += page
+
+    def _errors(self, job: str) -> str:
+        errors = Counter(a["error"] for u in self._units(job) for a in u["attempts"] if a["error"])
+        return ", ".join(f"{n} attempt(s) {error}" for error, n in errors.items()) or "no attempt reported an error"
+
+    def verify(self, job: str, sample: Path) -> None:
+        step("downloading the result and checking it against a count made here, without Docker")
+        result = b"".join(self.scientist.results(job))
+        counts = word_counts(sample)
+        expected = "".join(f"{w}\t{n}\n" for w, n in ranked(counts)).encode()
+        if result != expected:
+            got = result.decode(errors="replace").splitlines()
+            want = expected.decode().splitlines()
+            line = next(
+                (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want))
+            )
+            seen = got[line] if line < len(got) else "nothing"
+            wanted = want[line] if line < len(want) else "nothing"
+            raise DemoError(
+                f"the result differs from the independent count at line {line + 1}: {seen!r}, not {wanted!r}"
+            )
+        say(f"{len(result)} bytes: {len(counts)} distinct words, {sum(counts.values())} words in all")
+        say("top words:")
+        for rank, (word, count) in enumerate(ranked(counts)[:10], 1):
+            say(f"  {rank:>2}. {word:<16} {count}")
+        units = self._units(job)
+        agreed = sum(
+            1
+            for u in units
+            if len({a["client"] for a in u["attempts"] if a["validity"] == "valid"}) == 2 and u["state"] == "done"
+        )
+        say(f"{agreed} of {len(units)} units computed by both volunteers with identical outputs")
+        print("result verified: the job's output is the word count computed here", flush=True)
+
+    def show_clients(self, job: str) -> None:
+        step("volunteers (as `dockercomp clients` shows them)")
+        rows = [("CLIENT", "NAME", "STATE", "BUSY", "VALID", "ERRORS", "RELIABILITY")]
+        for c in self.scientist.clients():
+            state = "online" if c["online"] else "offline"
+            rows.append((c["id"], c["name"], state, f"{c['busy']}/{c['slots']}", str(c["valid"]), str(c["errors"]),
+                         f"{c['reliability']:.2f}"))  # fmt: skip
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            say("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+    def stop_all(self) -> None:
+        step("stopping the volunteers (SIGTERM) and the master")
+        problems = []
+        for daemon in self.daemons:
+            code = daemon.stop(STOP_TIMEOUT)
+            if code != 0:
+                problems.append(f"{daemon.name} exited with {code}")
+            else:
+                say(f"{daemon.name} stopped (exit 0)")
+        if self.master is not None:
+            code = self.master.stop(STOP_TIMEOUT)
+            if code != 0:
+                problems.append(f"the master exited with {code}")
+            else:
+                say("master stopped (exit 0)")
+        if problems:
+            raise DemoError("; ".join(problems))
+
+    def check_no_containers(self, docker_client: Any) -> None:
+        from dockercomp.client.runner import LABEL_CLIENT
+
+        left = [
+            c.name
+            for client in self.client_ids
+            for c in docker_client.containers.list(all=True, filters={"label": f"{LABEL_CLIENT}={client}"})
+        ]
+        if left:
+            raise DemoError(f"containers left behind: {', '.join(left)}")
+        say("no container of the volunteers is left")
+
+    # -- the end ------------------------------------------------------------------------------
+    def show_logs(self) -> None:
+        for service in [self.master, *self.daemons]:
+            if service is not None and service.log():
+                print(f"--- the end of {service.name}'s log ({service.log_path}):\n{service.tail()}", file=sys.stderr)
+
+    def cleanup(self) -> None:
+        for daemon in self.daemons:
+            daemon.stop(STOP_TIMEOUT)
+        if self.master is not None:
+            self.master.stop(STOP_TIMEOUT)
+        if self.args.keep:
+            step(f"kept {self.root} (logs, work directories, the master's data)")
+            return
+        shutil.rmtree(self.root, ignore_errors=True)
+        step(f"removed {self.root}")
+
+
+def wait_until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def word_counts(path: Path) -> Counter[str]:
+    """Count the words of the whole text in one pass, with the workload's own rules (words.py)."""
+    from dockercomp.client import images
+
+    source = images.workloads_dir() / WORKLOAD / "words.py"
+    spec = importlib.util.spec_from_file_location(f"{WORKLOAD}_words", source)
+    if spec is None or spec.loader is None:
+        raise DemoError(f"cannot load the word rules from {source}")
+    words = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(words)
+    return words.count_file(str(path))
+
+
+def ranked(counts: Counter[str]) -> list[tuple[str, int]]:
+    """Most frequent first, ties by word: the order the reduce step writes."""
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT end the demo through its cleanup."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def size_arg(text: str) -> int:
+    try:
+        return parse_size(text, "size")
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dockercomp.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=size_arg, default=parse_size("1MiB"), help="sample text to count (1MiB)")
+    parser.add_argument("--chunk", type=size_arg, default=parse_size("128KiB"), help="bytes per unit (128KiB)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds the job may take (600)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="    %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    demo = Demo(args)
+    code = 0
+    with stop_on_signals():
+        try:
+            demo.run()
+        except (DemoError, MasterError, ProtocolError, requests.RequestException, OSError) as exc:
+            print(f"demo failed: {exc}", file=sys.stderr, flush=True)
+            demo.show_logs()
+            code = 1
+        except Stopped as exc:
+            print(f"demo stopped by {exc}", file=sys.stderr, flush=True)
+            code = 130
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            demo.cleanup()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
