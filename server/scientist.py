@@ -87,7 +87,7 @@ class UnitsHandler(ScientistHandler):
                     "id": a.id, "client": a.client, "state": a.state.value, "leased_at": a.leased_at,
                     "finished_at": a.finished_at, "error": a.error, "exit_code": a.exit_code,
                     "output": a.output_hash, "validity": a.validity.value if a.validity else None,
-                    "runtime": a.runtime,
+                    "runtime": a.runtime, "peak_memory": a.peak_memory, "stderr_tail": a.stderr_tail,
                 }
                 for a in attempts
             ],

@@ -88,8 +88,8 @@ class Store(ABC):
     @abstractmethod
     async def lease(self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy) -> list[Grant]:
         """Atomically issue up to ``request.max_units`` attempts to this client: units in order
-        of priority, job age and index, never a unit this client already had, only what fits
-        the client's free cpus and memory."""
+        of priority, job age and index, only what fits the client's free cpus and memory, and
+        never a unit this client holds an attempt of (one it gave back may come back to it)."""
 
     @abstractmethod
     async def record_results(self, client_id: str, reports: list[ResultReport], now: float) -> list[Ack]:
@@ -97,7 +97,7 @@ class Store(ABC):
 
     @abstractmethod
     async def release(self, client_id: str, attempt_ids: list[str], now: float) -> list[Ack]:
-        """Give leases back unfinished; the units are reissued to other clients."""
+        """Give leases back unfinished; the units are issued again, to any client."""
 
     @abstractmethod
     async def expire(self, now: float, policy: LeasePolicy) -> int:

@@ -385,11 +385,12 @@ class MongoStore(Store):
         result = await self._units.update_one(
             {"_id": doc["_id"], "version": doc["version"]},
             {"$set": {"state": state.value, "wanted": decision.wanted, "canonical_hash": decision.canonical,
-                      "canonical_size": size, "attempts": attempts}, "$inc": {"version": 1}},
+                      "canonical_size": size, "attempts": attempts, "clients": _holders(attempts)},
+             "$inc": {"version": 1}},
         )  # fmt: skip
         if not result.matched_count:
             return False
-        # a unit has at most one attempt per client, so every list names each client once
+        # a unit has at most one live attempt per client, so every list names each client once
         for counter, client_ids in (("errors", errors), ("valid", judged["valid"]), ("invalid", judged["invalid"])):
             if client_ids:
                 await self._clients.update_many({"_id": {"$in": client_ids}}, {"$inc": {counter: 1}})
@@ -510,3 +511,8 @@ def open_mongodb(url: str) -> tuple[Store, BlobStore]:
 
     store = MongoStore(url)
     return store, GridFSBlobStore(store.db)
+
+
+def _holders(attempts: list[Doc]) -> list[str]:
+    """The clients a unit may not be leased to again: those with an attempt they did not give back."""
+    return list(dict.fromkeys(a["client"] for a in attempts if a["state"] != AttemptState.RELEASED))

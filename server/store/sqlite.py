@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     state TEXT NOT NULL, leased_at REAL NOT NULL, deadline REAL NOT NULL, finished_at REAL,
     output_hash TEXT, output_size INTEGER, exit_code INTEGER, error TEXT, stderr_tail TEXT NOT NULL DEFAULT '',
     runtime REAL, peak_memory INTEGER, validity TEXT);
-CREATE UNIQUE INDEX IF NOT EXISTS attempts_by_unit ON attempts (unit_id, client_id);
+-- one live (not released) attempt per client and unit: BEGIN IMMEDIATE serialises the check
+DROP INDEX IF EXISTS attempts_by_unit;
+CREATE INDEX IF NOT EXISTS attempts_of_unit ON attempts (unit_id, client_id, state);
 CREATE INDEX IF NOT EXISTS attempts_leased ON attempts (deadline) WHERE state = 'leased';
 CREATE INDEX IF NOT EXISTS attempts_leased_by_client ON attempts (client_id) WHERE state = 'leased';
 CREATE TABLE IF NOT EXISTS clients (
@@ -63,7 +65,8 @@ CREATE TABLE IF NOT EXISTS clients (
 _LEASABLE = """
 SELECT id, job_id, idx, kind, state, wanted, inputs FROM units AS u INDEXED BY units_open
 WHERE wanted > 0 AND state IN ('ready', 'running')
-  AND NOT EXISTS (SELECT 1 FROM attempts AS a WHERE a.unit_id = u.id AND a.client_id = ?){passed}
+  AND NOT EXISTS (SELECT 1 FROM attempts AS a
+                  WHERE a.unit_id = u.id AND a.client_id = ? AND a.state <> 'released'){passed}
 ORDER BY priority DESC, job_created, job_id, idx LIMIT ?
 """
 

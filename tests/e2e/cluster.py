@@ -182,7 +182,13 @@ def wait_job(master: Any, job: str, timeout: float) -> dict[str, Any]:
     try:
         return wait_for(ended, timeout, f"job {job} to end", every=0.2)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; it is {job_status(master, job)}") from None
+        open_units = [
+            f"unit {u['id']} {u['state']}: "
+            + ", ".join(f"{a['client']} {a['state']} {a['error'] or ''}" for a in u["attempts"])
+            for u in job_units(master, job)
+            if u["state"] not in ("done", "failed", "cancelled")
+        ]
+        raise AssertionError(f"{exc}; it is {job_status(master, job)}\n" + "\n".join(open_units)) from None
 
 
 def job_units(master: Any, job: str) -> list[dict[str, Any]]:

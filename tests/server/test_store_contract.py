@@ -509,11 +509,31 @@ async def test_release_reissues_without_spending_attempts(b: Backend) -> None:
     assert [(k.accepted, k.reason) for k in await s.release(a, [x], T0 + 2)] == [(True, "already released")]
     unit = await unit_of(s, job.id)
     assert (unit.state, unit.wanted) == (UnitState.READY, 1)
-    assert await lease(s, a) == []  # a had it once
     y = await one(s, c, T0 + 3)  # max_attempts=1, yet it is issued again
-    await s.record_results(c, [ok(y)], T0 + 4)
+    assert [(k.accepted, k.reason) for k in await s.release(c, [y], T0 + 4)] == [(True, "")]
+    z = await one(s, a, T0 + 5)  # a gave it back unfinished, so it may have it again
+    await s.record_results(a, [ok(z)], T0 + 6)
     assert (await unit_of(s, job.id)).state == UnitState.DONE
     assert (await s.get_client(a)).errors == 0
+    assert [t.state for t in await s.list_attempts(unit.id)] == [
+        AttemptState.RELEASED, AttemptState.RELEASED, AttemptState.SUCCEEDED,
+    ]  # fmt: skip
+
+
+@contract
+async def test_a_released_unit_never_gets_two_live_attempts_on_one_client(b: Backend) -> None:
+    s = b.store
+    a, c = await clients(s, 2)
+    job = await s.create_job(job_spec(redundancy=redundancy(2, 2, 4)), chunks(1), T0)
+    x = await one(s, a)
+    assert await lease(s, a) == []  # one live attempt per client and unit
+    await s.release(a, [x], T0 + 1)
+    y = await one(s, a, T0 + 2)
+    assert await lease(s, a) == []
+    z = await one(s, c, T0 + 3)
+    await s.record_results(a, [ok(y)], T0 + 4)
+    await s.record_results(c, [ok(z)], T0 + 5)
+    assert (await unit_of(s, job.id)).state == UnitState.DONE
 
 
 @contract
