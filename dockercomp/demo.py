@@ -109,6 +109,8 @@ class Service:
 
 
 class Demo:
+    scientist: Scientist  # a session with the master, once it answers
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.root = Path(tempfile.mkdtemp(prefix="dockercomp-demo-"))
@@ -128,7 +130,7 @@ class Demo:
             job = self.submit(sample)
             self.follow(job)
             self.verify(job, sample)
-            self.show_clients(job)
+            self.show_clients()
             self.stop_all()
             self.check_no_containers(docker_client)
         finally:
@@ -313,10 +315,15 @@ class Demo:
         say(f"{agreed} of {len(units)} units computed by both volunteers with identical outputs")
         print("result verified: the job's output is the word count computed here", flush=True)
 
-    def show_clients(self, job: str) -> None:
+    def show_clients(self) -> None:
         step("volunteers (as `dockercomp clients` shows them)")
+        found = self.scientist.clients()
+        deadline = time.monotonic() + 5.0
+        while any(c["busy"] for c in found) and time.monotonic() < deadline:  # their next heartbeat says idle
+            time.sleep(0.2)
+            found = self.scientist.clients()
         rows = [("CLIENT", "NAME", "STATE", "BUSY", "VALID", "ERRORS", "RELIABILITY")]
-        for c in self.scientist.clients():
+        for c in found:
             state = "online" if c["online"] else "offline"
             rows.append((c["id"], c["name"], state, f"{c['busy']}/{c['slots']}", str(c["valid"]), str(c["errors"]),
                          f"{c['reliability']:.2f}"))  # fmt: skip
@@ -346,12 +353,12 @@ class Demo:
         from dockercomp.client.runner import LABEL_CLIENT
 
         left = [
-            c.name
+            c["Id"][:12]
             for client in self.client_ids
-            for c in docker_client.containers.list(all=True, filters={"label": f"{LABEL_CLIENT}={client}"})
+            for c in docker_client.api.containers(all=True, filters={"label": f"{LABEL_CLIENT}={client}"})
         ]
         if left:
-            raise DemoError(f"containers left behind: {', '.join(left)}")
+            raise DemoError(f"containers left behind: {', '.join(left)} (docker ps -a --filter label={LABEL_CLIENT})")
         say("no container of the volunteers is left")
 
     # -- the end ------------------------------------------------------------------------------
@@ -424,7 +431,10 @@ def size_arg(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dockercomp.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dockercomp.demo",
+        description="Run a master, two volunteer daemons and a wordfreq job on this machine; check the result.",
+    )
     parser.add_argument("--size", type=size_arg, default=parse_size("1MiB"), help="sample text to count (1MiB)")
     parser.add_argument("--chunk", type=size_arg, default=parse_size("128KiB"), help="bytes per unit (128KiB)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds the job may take (600)")

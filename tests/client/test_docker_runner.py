@@ -408,7 +408,12 @@ def test_a_daemon_restarted_after_a_crash_removes_what_it_left(
         spec.image, ["sleep", "60"], detach=True, labels={LABEL_CLIENT: CLIENT}, network_mode="none"
     )
     try:
-        wait_for(lambda: ours(docker_client, crashed_client), what="the child's container")
+        wait_for(
+            lambda: [
+                c for c in ours(docker_client, crashed_client) if docker_client.containers.get(c).status == "running"
+            ],
+            what="the child's container running",
+        )
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
         left = ours(docker_client, crashed_client)

@@ -1,7 +1,9 @@
-"""Real client daemons for the end-to-end tests: each is ``python -m dockercomp client`` in a
-process of its own, with its own work directory and log file, running units in real
-containers of the local Docker engine."""
+"""What the end-to-end tests drive and check with: real client daemons (each ``python -m
+dockercomp client`` in a process of its own, with its own work directory and log file,
+running units in real containers of the local Docker engine), the scientist's calls to the
+master, and the wordfreq answers computed here without Docker."""
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -15,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import docker
+import docker.errors
 import requests
 
 from dockercomp.client import images, status
@@ -138,10 +141,8 @@ class Daemons:
         STARTED_CLIENTS.add(daemon.client)
         return daemon.client
 
-    def containers(self, client: str | None = None) -> list[Any]:
-        """Containers of the given client (of any client of ours when None), running or not."""
-        label = LABEL_CLIENT if client is None else f"{LABEL_CLIENT}={client}"
-        return self.docker.containers.list(all=True, filters={"label": label})
+    def containers(self, client: str) -> list[dict[str, Any]]:
+        return labelled_containers(self.docker, client)
 
     def close(self) -> None:
         failures = []
@@ -157,10 +158,32 @@ class Daemons:
         for client in {d.client for d in self.started if d.client}:
             left = self.containers(client)
             for container in left:
-                container.remove(force=True)
+                remove_container(self.docker, container)
             if left:
-                failures.append(f"client {client} left {len(left)} container(s): {[c.name for c in left]}")
+                failures.append(f"client {client} left {len(left)} container(s): {describe(left)}")
         assert not failures, "\n".join(failures)
+
+
+# -- containers ----------------------------------------------------------------------------------
+
+
+def labelled_containers(docker_client: docker.DockerClient, client: str | None = None) -> list[dict[str, Any]]:
+    """``docker ps -a --filter label=dockercomp.client[=CLIENT]``: one dict per container, as
+    the engine lists them (no inspection, so a container removed meanwhile is no error)."""
+    label = LABEL_CLIENT if client is None else f"{LABEL_CLIENT}={client}"
+    return docker_client.api.containers(all=True, filters={"label": label})
+
+
+def remove_container(docker_client: docker.DockerClient, container: dict[str, Any]) -> None:
+    with contextlib.suppress(docker.errors.NotFound):
+        docker_client.api.remove_container(container["Id"], v=True, force=True)
+
+
+def describe(containers: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"{c['Id'][:12]} ({c.get('State')}, {LABEL_CLIENT}={(c.get('Labels') or {}).get(LABEL_CLIENT)})"
+        for c in containers
+    ]
 
 
 # -- the master's scientist API ---------------------------------------------------------------

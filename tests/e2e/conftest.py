@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import docker
 import pytest
-from cluster import STARTED_CLIENTS, Daemons
+from cluster import STARTED_CLIENTS, Daemons, describe, labelled_containers, remove_container
 
 from dockercomp.client import images
 from dockercomp.client.runner import LABEL_CLIENT
@@ -52,19 +52,15 @@ def no_container_left_behind(docker_client: docker.DockerClient) -> Iterator[Non
     is given a few seconds to go; one this session's daemons left is removed, then reported."""
     yield
 
-    def labelled() -> list[Any]:
-        return docker_client.containers.list(all=True, filters={"label": LABEL_CLIENT})
-
     deadline = time.monotonic() + LEFTOVER_GRACE
-    left = labelled()
+    left = labelled_containers(docker_client)
     while left and time.monotonic() < deadline:
         time.sleep(0.5)
-        left = labelled()
-    names = [f"{c.name} ({c.status}, {LABEL_CLIENT}={c.labels.get(LABEL_CLIENT)})" for c in left]
+        left = labelled_containers(docker_client)
     for container in left:
-        if container.labels.get(LABEL_CLIENT) in STARTED_CLIENTS:
-            container.remove(force=True)
-    assert not left, f"containers left behind after the tests: {names}"
+        if (container.get("Labels") or {}).get(LABEL_CLIENT) in STARTED_CLIENTS:
+            remove_container(docker_client, container)
+    assert not left, f"containers left behind after the tests: {describe(left)}"
 
 
 @pytest.fixture(scope="session")

@@ -100,7 +100,7 @@ def test_a_daemon_killed_mid_run_loses_its_units_to_the_other(master: Any, daemo
     job, _ = submit(master, probe_job(probe_image, redundancy={"replicas": 1, "quorum": 1, "max_attempts": 3}), chunks)
 
     def victim_running() -> list[Any]:
-        return [c for c in daemons.containers(victim.client) if c.status == "running"]
+        return [c for c in daemons.containers(victim.client) if c["State"] == "running"]
 
     wait_for(victim_running, 60, "a container of the victim to run")
     victim.kill()
@@ -123,8 +123,8 @@ def test_a_daemon_killed_mid_run_loses_its_units_to_the_other(master: Any, daemo
 
     again = daemons.restart(master, victim)
     assert again.client == victim.client, "a restarted daemon is the same client"
-    wait_for(lambda: not daemons.containers(victim.client), 30, "the restarted daemon to remove what it left")
-    assert "an earlier run left" in again.log()
+    wait_for(lambda: "container(s) an earlier run left" in again.log(), 30, "the restarted daemon to clean up")
+    assert not daemons.containers(victim.client), "the restarted daemon removed what it left"
 
 
 def test_a_corrupted_chunk_is_reported_as_an_integrity_failure_and_never_computed(
@@ -161,6 +161,7 @@ def test_a_corrupted_chunk_is_reported_as_an_integrity_failure_and_never_compute
     assert broken["state"] == "failed" and broken["output"] is None, broken
     assert [(a["state"], a["error"]) for a in broken["attempts"]] == [("errored", "integrity")] * 2, broken
     assert {a["client"] for a in broken["attempts"]} == {one.client, two.client}
+    assert all(f"expected {bad}" in a["stderr_tail"] for a in broken["attempts"]), broken
     chunks = list(chunk_inputs([str(text)], spec.chunking))  # as upload_chunks cut them
     assert [digest(c) for c in chunks] == hashes
     good = {i: wordfreq_map_output(chunks[i], tmp_path / "chunk") for i in (0, 2)}
@@ -197,12 +198,17 @@ def test_each_failure_ends_in_its_error_kind_after_max_attempts(
     )
     assert wait_job(master, job, JOB_WAIT)["state"] == "failed"
     units = {u["index"]: u for u in job_units(master, job)}
-    expected = {0: ("exit_nonzero", 3), 1: ("oom", None), 2: ("timeout", None)}
-    for index, (error, exit_code) in expected.items():
+    expected = {
+        0: ("exit_nonzero", 3, "probe: exiting with 3 as asked"),
+        1: ("oom", None, "out of memory"),
+        2: ("timeout", None, "killed after the unit's timeout of 3s"),
+    }
+    for index, (error, exit_code, stderr) in expected.items():
         unit = units[index]
         assert unit["state"] == "failed" and unit["output"] is None, unit
         attempts = unit["attempts"]
         assert [(a["state"], a["error"]) for a in attempts] == [("errored", error)] * 3, unit
+        assert all(stderr in a["stderr_tail"] for a in attempts), unit
         assert sorted(a["client"] for a in attempts) == sorted(v.client for v in volunteers), unit
         if exit_code is not None:
             assert all(a["exit_code"] == exit_code for a in attempts), unit
