@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from dockercomp.protocol.jobfile import Redundancy
-from dockercomp.protocol.messages import ResultReport
+from dockercomp.protocol.messages import ErrorKind, ResultReport
 
 from .errors import Conflict, InvalidTransition
 
@@ -50,6 +50,18 @@ class Validity(StrEnum):
 
 
 TERMINAL_UNIT = frozenset({UnitState.DONE, UnitState.FAILED, UnitState.CANCELLED})
+# A unit may go again to a client that gave it back, or on which the unit's own workload failed
+# (exit code, memory, timeout: a retry elsewhere would say the same, and a small pool must still
+# reach max_attempts). After a failure of the client itself (its engine, its image, an input that
+# arrived corrupt) the unit goes to other clients, so one broken volunteer cannot fail a job.
+# Replicas always come from distinct clients: no client gets a unit it succeeded on or holds.
+UNIT_FAILURES = frozenset({ErrorKind.EXIT_NONZERO, ErrorKind.OOM, ErrorKind.TIMEOUT})
+
+
+def may_lease_again(state: AttemptState, error: str | None) -> bool:
+    """Whether a client whose attempt of a unit ended so may be given that unit again."""
+    return state == AttemptState.RELEASED or (state == AttemptState.ERRORED and error in UNIT_FAILURES)
+
 
 MOVES: dict[type[StrEnum], dict[StrEnum, frozenset[StrEnum]]] = {
     JobState: {

@@ -89,7 +89,7 @@ class Store(ABC):
     async def lease(self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy) -> list[Grant]:
         """Atomically issue up to ``request.max_units`` attempts to this client: units in order
         of priority, job age and index, only what fits the client's free cpus and memory, and
-        never a unit this client holds an attempt of (one it gave back may come back to it)."""
+        a unit this client had before only when lifecycle.may_lease_again allows it."""
 
     @abstractmethod
     async def record_results(self, client_id: str, reports: list[ResultReport], now: float) -> list[Ack]:

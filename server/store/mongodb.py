@@ -45,6 +45,7 @@ from ..lifecycle import (
     decide,
     job_step,
     judge_result,
+    may_lease_again,
     transition,
 )
 from ..models import Attempt, Client, InputFile, Job, Unit
@@ -390,7 +391,8 @@ class MongoStore(Store):
         )  # fmt: skip
         if not result.matched_count:
             return False
-        # a unit has at most one live attempt per client, so every list names each client once
+        # a client holds at most one attempt of a unit that may_lease_again refuses, and errors
+        # come from this one event, so every list names a client once
         for counter, client_ids in (("errors", errors), ("valid", judged["valid"]), ("invalid", judged["invalid"])):
             if client_ids:
                 await self._clients.update_many({"_id": {"$in": client_ids}}, {"$inc": {counter: 1}})
@@ -514,5 +516,6 @@ def open_mongodb(url: str) -> tuple[Store, BlobStore]:
 
 
 def _holders(attempts: list[Doc]) -> list[str]:
-    """The clients a unit may not be leased to again: those with an attempt they did not give back."""
-    return list(dict.fromkeys(a["client"] for a in attempts if a["state"] != AttemptState.RELEASED))
+    """The clients a unit may not be leased to again (see Store.lease)."""
+    held = (a["client"] for a in attempts if not may_lease_again(AttemptState(a["state"]), a["error"]))
+    return list(dict.fromkeys(held))

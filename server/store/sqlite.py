@@ -19,6 +19,7 @@ from ..errors import Conflict, NotFound, ServerError, StoreUnavailable
 from ..lifecycle import (
     REDUCE,
     TERMINAL_UNIT,
+    UNIT_FAILURES,
     AttemptState,
     AttemptView,
     JobState,
@@ -50,7 +51,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     state TEXT NOT NULL, leased_at REAL NOT NULL, deadline REAL NOT NULL, finished_at REAL,
     output_hash TEXT, output_size INTEGER, exit_code INTEGER, error TEXT, stderr_tail TEXT NOT NULL DEFAULT '',
     runtime REAL, peak_memory INTEGER, validity TEXT);
--- one live (not released) attempt per client and unit: BEGIN IMMEDIATE serialises the check
+-- which units a client may lease (see _LEASABLE); BEGIN IMMEDIATE serialises the check
 DROP INDEX IF EXISTS attempts_by_unit;
 CREATE INDEX IF NOT EXISTS attempts_of_unit ON attempts (unit_id, client_id, state);
 CREATE INDEX IF NOT EXISTS attempts_leased ON attempts (deadline) WHERE state = 'leased';
@@ -62,11 +63,13 @@ CREATE TABLE IF NOT EXISTS clients (
     invalid INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0);
 """
 
-_LEASABLE = """
+_UNIT_FAILURES = ", ".join(f"'{kind}'" for kind in sorted(UNIT_FAILURES))
+# units this client may lease: see lifecycle.may_lease_again for the attempts it may have had
+_LEASABLE = f"""
 SELECT id, job_id, idx, kind, state, wanted, inputs FROM units AS u INDEXED BY units_open
 WHERE wanted > 0 AND state IN ('ready', 'running')
-  AND NOT EXISTS (SELECT 1 FROM attempts AS a
-                  WHERE a.unit_id = u.id AND a.client_id = ? AND a.state <> 'released'){passed}
+  AND NOT EXISTS (SELECT 1 FROM attempts AS a WHERE a.unit_id = u.id AND a.client_id = ?
+                  AND a.state <> 'released' AND NOT (a.state = 'errored' AND a.error IN ({_UNIT_FAILURES}))){{passed}}
 ORDER BY priority DESC, job_created, job_id, idx LIMIT ?
 """
 

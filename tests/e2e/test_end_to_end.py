@@ -183,10 +183,10 @@ def test_each_failure_ends_in_its_error_kind_after_max_attempts(
     master: Any, daemons: Daemons, probe_image: str
 ) -> None:
     """A container that exits non-zero, one that runs out of memory, one that runs past its
-    timeout: every attempt reports that kind, the unit is tried on max_attempts different
-    clients (the master never gives a unit twice to one client), then fails."""
+    timeout: every attempt reports that kind, the unit is tried max_attempts times (on the same
+    client too: these are failures of the unit, not of the volunteer), then fails."""
     chunks = [b"exit 3\n", b"oom\n", b"hang\n"]
-    volunteers = [daemons.start(master, f"v{i}", slots=1) for i in range(3)]
+    volunteers = [daemons.start(master, f"v{i}", slots=2) for i in range(2)]
     job, _ = submit(
         master,
         probe_job(
@@ -209,13 +209,13 @@ def test_each_failure_ends_in_its_error_kind_after_max_attempts(
         attempts = unit["attempts"]
         assert [(a["state"], a["error"]) for a in attempts] == [("errored", error)] * 3, unit
         assert all(stderr in a["stderr_tail"] for a in attempts), unit
-        assert sorted(a["client"] for a in attempts) == sorted(v.client for v in volunteers), unit
+        assert {a["client"] for a in attempts} <= {v.client for v in volunteers}, unit
         if exit_code is not None:
             assert all(a["exit_code"] == exit_code for a in attempts), unit
         if error == "timeout":
             assert all(a["runtime"] is None or a["runtime"] >= 3.0 for a in attempts), unit
     errors = Counter({c["id"]: c["errors"] for c in clients(master)})
-    assert all(errors[v.client] == 3 for v in volunteers), errors
+    assert sum(errors[v.client] for v in volunteers) == 9, errors
     assert job_status(master, job)["units"]["failed"] == 3
 
 

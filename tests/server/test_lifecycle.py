@@ -27,6 +27,7 @@ from dockercomp.server.lifecycle import (
     initial_wanted,
     job_step,
     judge_result,
+    may_lease_again,
     reliability,
     transition,
 )
@@ -512,3 +513,12 @@ def test_lease_policy():
     assert LeasePolicy(slack=0).deadline(5.0, 10.0) == 15.0
     with pytest.raises(FrozenInstanceError):
         policy.slack = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("state", list(AttemptState))
+@pytest.mark.parametrize("error", [None, *ErrorKind])
+def test_may_lease_again_after_giving_back_or_a_failure_of_the_unit_itself(
+    state: AttemptState, error: ErrorKind | None
+) -> None:
+    unit_failed = state == AttemptState.ERRORED and error in (ErrorKind.EXIT_NONZERO, ErrorKind.OOM, ErrorKind.TIMEOUT)
+    assert may_lease_again(state, error) == (state == AttemptState.RELEASED or unit_failed)

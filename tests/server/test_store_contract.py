@@ -673,3 +673,20 @@ def test_open_mongodb_takes_the_database_from_the_url() -> None:
         return found
 
     assert asyncio.run(names()) == ["science", "dockercomp"]
+
+
+@contract
+async def test_a_unit_goes_back_to_a_client_only_after_the_unit_itself_failed_there(b: Backend) -> None:
+    s = b.store
+    (a,) = await clients(s, 1)
+    job = await s.create_job(job_spec(redundancy=redundancy(1, 1, 3)), chunks(2), T0)
+    first, second = (g.attempt for g in await lease(s, a, 2))
+    broken = ResultReport(second, "errored", error=ErrorKind.DOCKER_UNAVAILABLE, stderr_tail="no engine")
+    await s.record_results(a, [failed(first), broken], T0 + 1)
+    again = await one(s, a, T0 + 2)  # its workload failed: a retry here says as much as anywhere
+    assert (await s.list_attempts(f"{job.id}.0"))[-1].id == again
+    assert await lease(s, a) == []  # its own engine failed: unit 1 waits for another client
+    await s.record_results(a, [failed(again)], T0 + 3)
+    last = await one(s, a, T0 + 4)
+    await s.record_results(a, [failed(last)], T0 + 5)
+    assert [u.state for u in await s.list_units(job.id)] == [UnitState.FAILED, UnitState.READY]
