@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("submit", cmd_submit, "submit a job: chunk and upload the input, create the job")
     p.add_argument("jobfile")
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="input files (none for a job with a sweep)")
     _server_arg(p)
     p.add_argument("--wait", action="store_true", help="wait until the job ends, with a progress bar")
     p.add_argument("--json", action="store_true", help='print {"job": ID} (and the final state with --wait)')
@@ -105,9 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--work-dir", default=argparse.SUPPRESS, help="the daemon's work directory")
     s.add_argument("--json", action="store_true", help="print the daemon's status file as it is")
 
-    p = command("workloads", cmd_workloads, "list or build the workload images")
-    p.add_argument("action", choices=["list", "build"])
-    p.add_argument("names", nargs="*", metavar="NAME", help="workloads to build (default: all)")
+    p = command("workloads", cmd_workloads, "list, build or try out the workloads (workloads/NAME/)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{list,build,run}")
+    actions.add_parser("list", help="the workloads, their image tags and what they compute")
+    b = actions.add_parser("build", help="build workload images offline (the base image first when missing)")
+    b.add_argument("names", nargs="*", metavar="NAME", help="workloads to build (default: all)")
+    r = actions.add_parser(
+        "run",
+        help="run a workload's job here, without a master: its map units, then its reduce",
+        description="Run workloads/NAME/job.json on this machine: the input cut as the job says, each unit in a "
+        "sandboxed container as a volunteer's daemon runs it, then the reduce step; the result is written out.",
+    )
+    r.add_argument("name", metavar="NAME")
+    r.add_argument("-i", "--input", dest="inputs", nargs="+", action="extend", default=[], metavar="FILE",
+                   help="input files, or directories (their files, by name); none for a sweep")  # fmt: skip
+    r.add_argument("-o", "--output", default="-", help="file to write the result to (default: standard output)")
+    r.add_argument("--reduce", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the job's reduce step (default: when it has one), or not")  # fmt: skip
+    r.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable over the job's env")
+    r.add_argument("--slots", type=int, default=1, help="units run at once (default 1)")
+    r.add_argument("--build", action="store_true", help="rebuild the image first (after editing the workload)")
     return parser
 
 
@@ -145,21 +162,28 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     spec = read_jobfile(args.jobfile)
+    if spec.sweep is not None and args.inputs:
+        raise UsageError(f"{args.jobfile} is a sweep: its units take their parameters from the sweep, not INPUT files")
+    if spec.sweep is None and not args.inputs:
+        raise UsageError("give the INPUT files to compute on (only a job file with a sweep needs none)")
     for path in args.inputs:
         if not os.path.isfile(path):
             raise UsageError(f"input {path} is not a readable file")
     scientist = _scientist(args)
     show = sys.stderr.isatty()
-    if args.chunk_on_master:
+    if spec.sweep is not None:
+        chunks: list[str] = []
+    elif args.chunk_on_master:
         chunks = scientist.chunk_on_master(spec, args.inputs)
     else:
         chunks = scientist.upload_chunks(spec, args.inputs, progress=show)
     job_id = scientist.create_job(spec, chunks)
+    units = len(spec.sweep) if spec.sweep is not None else len(chunks)
     if not args.wait:
-        _print(args, {"job": job_id}, f"job {job_id}: {len(chunks)} units")
+        _print(args, {"job": job_id}, f"job {job_id}: {units} units")
         return 0
     if not args.json:
-        print(f"job {job_id}: {len(chunks)} units", file=sys.stderr)
+        print(f"job {job_id}: {units} units", file=sys.stderr)
     status = scientist.wait(job_id, progress=show)
     _print(args, {"job": job_id, "state": status["state"], "units": status["units"]}, _status_line(status))
     return 0 if status["state"] == "done" else 1
@@ -252,11 +276,14 @@ def cmd_client_status(args: argparse.Namespace) -> int:
 
 
 def cmd_workloads(args: argparse.Namespace) -> int:
-    from dockercomp.client import images
+    from dockercomp.client import images, local_run
 
+    if args.action == "run":
+        return cmd_workloads_run(args)
     names = images.list_workloads()
     if args.action == "list":
-        print("\n".join(f"{name}\t{images.workload_tag(name)}" for name in names))
+        rows = [(name, images.workload_tag(name), local_run.description(name)) for name in names]
+        print("\n".join("\t".join(row).rstrip("\t") for row in rows))
         return 0
     unknown = [n for n in args.names if n not in names]
     if unknown:
@@ -268,6 +295,50 @@ def cmd_workloads(args: argparse.Namespace) -> int:
     except images.ImageError as exc:
         print(f"dockercomp: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_workloads_run(args: argparse.Namespace) -> int:
+    from dockercomp.client import local_run
+
+    env = {}
+    for item in args.env:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise UsageError(f"--env takes NAME=VALUE, got {item!r:.60}")
+        env[key] = value
+    if args.slots < 1:
+        raise UsageError("--slots must be at least 1")
+    to_stdout = args.output == "-"
+    try:  # the result goes to a file beside the target, renamed into place once complete
+        out = sys.stdout.buffer if to_stdout else open(args.output + ".partial", "wb")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
+    done = None
+    try:
+        done = local_run.run_workload(
+            args.name, args.inputs, out, reduce=args.reduce, env=env, slots=args.slots, build=args.build
+        )
+    except local_run.UnitFailed as exc:
+        tail = exc.outcome.stderr_tail.rstrip()
+        print(f"dockercomp: {exc}" + (f"; the end of its stderr:\n{tail}" if tail else ""), file=sys.stderr)
+        return 1
+    except local_run.LocalRunError as exc:
+        print(f"dockercomp: {exc}", file=sys.stderr)
+        return 2 if exc.bad_input else 1
+    except BrokenPipeError:  # `| head` read what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    finally:
+        if not to_stdout:
+            out.close()
+            if done is None:
+                os.unlink(out.name)
+            else:
+                os.replace(out.name, args.output)
+    units = f"{done.maps} map unit{'s' * (done.maps != 1)}" + (" and a reduce" if done.reduced else "")
+    where = "standard output" if to_stdout else args.output
+    print(f"{done.workload}: {units} in {done.runtime:.1f}s; {done.output_size} bytes to {where}", file=sys.stderr)
     return 0
 
 

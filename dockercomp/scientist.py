@@ -133,8 +133,12 @@ class Scientist:
             hashes.extend(c["hash"] for c in reply["chunks"])
         return hashes
 
-    def create_job(self, spec: JobSpec, chunks: list[str]) -> str:
-        return self._call("POST", "/jobs", json={"job": spec.to_dict(), "chunks": chunks}).json()["job"]
+    def create_job(self, spec: JobSpec, chunks: list[str] | None = None) -> str:
+        """Create the job on uploaded chunks; a sweep job takes none (the master makes its units)."""
+        body: dict[str, Any] = {"job": spec.to_dict()}
+        if chunks:
+            body["chunks"] = chunks
+        return self._call("POST", "/jobs", json=body).json()["job"]
 
     def status(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/jobs/{job_id}").json()

@@ -6,10 +6,14 @@
      "resources": {"cpus": 1, "memory": "256MiB", "timeout": "5m"},
      "reduce": {"command": ["python3", "/app/reduce.py"]}}
 
-Everything but name and image has a default. The same parser runs in the CLI (exit code 2)
+A parameter sweep (a DRMAA2 job array) gives ``"sweep"`` instead of input files: either a
+range ``{"start": 1, "end": 101, "step": 10}`` or a list of parameter objects. Everything
+but name and image has a default. The same parser runs in the CLI (exit code 2)
 and in the master (HTTP 400), so a bad job file is refused before anything is created.
 """
 
+import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,6 +26,10 @@ EXEC_MODES = ("batch",)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._\-/:@]{0,254}")
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+MAX_SWEEP = 100_000  # units of one sweep: each is a unit row and a params.json blob on the master
+INT64 = (-(2**63), 2**63 - 1)  # what msgpack, SQLite and BSON all store
+
+Scalar = str | int | float | bool
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,58 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class RangeSweep:
+    """Split the integers ``start <= n < end`` (end exclusive, as in Python's range) into
+    units of ``step`` numbers: unit i gets START = start + i*step and END = min(START + step,
+    end), so the units cover the interval exactly once."""
+
+    start: int
+    end: int
+    step: int = 1
+
+    def __len__(self) -> int:
+        return -(-(self.end - self.start) // self.step)
+
+    def params(self, index: int) -> dict[str, Scalar]:
+        low = self.start + index * self.step
+        return {"START": low, "END": min(low + self.step, self.end)}
+
+    def to_json(self) -> dict[str, int]:
+        return {"start": self.start, "end": self.end, "step": self.step}
+
+
+@dataclass(frozen=True)
+class ListSweep:
+    """One unit per parameter object, in list order."""
+
+    points: tuple[tuple[tuple[str, Scalar], ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def params(self, index: int) -> dict[str, Scalar]:
+        return dict(self.points[index])
+
+    def to_json(self) -> list[dict[str, Scalar]]:
+        return [dict(point) for point in self.points]
+
+
+Sweep = RangeSweep | ListSweep
+
+
+def params_env(params: dict[str, Scalar]) -> dict[str, str]:
+    """A unit's parameters as environment variables: strings as they are, numbers and
+    booleans as JSON writes them (``3``, ``0.5``, ``true``)."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
+
+
+def params_json(params: dict[str, Scalar]) -> bytes:
+    """A unit's parameters as its /input/params.json: the same bytes for the same
+    parameters, so the blob is shared by every unit and job that has them."""
+    return json.dumps(params, sort_keys=True).encode() + b"\n"
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     image: str
@@ -64,6 +124,7 @@ class JobSpec:
     reduce_command: tuple[str, ...] | None = None
     priority: int = 0
     mode: str = "batch"
+    sweep: Sweep | None = None  # a parameter sweep: its units take no input files
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical job file for this spec (parse_jobfile(spec.to_dict()) == spec)."""
@@ -76,6 +137,11 @@ class JobSpec:
         reduce_command = d.pop("reduce_command")
         if reduce_command is not None:
             d["reduce"] = {"command": list(reduce_command)}
+        if self.sweep is None:
+            del d["sweep"]
+        else:
+            d["sweep"] = self.sweep.to_json()
+            del d["chunking"]  # a sweep has no input files to chunk
         return d
 
 
@@ -90,6 +156,7 @@ _TOP_KEYS = {
     "reduce",
     "priority",
     "mode",
+    "sweep",
     "description",
 }
 
@@ -117,6 +184,9 @@ def parse_jobfile(data: object) -> JobSpec:
     if data.get("reduce") is not None:
         reduce = _section(data, "reduce", {"command"})
         reduce_command = _command(reduce.get("command"), "reduce.command", required=True)
+    sweep = _sweep(data.get("sweep"))
+    if sweep is not None and data.get("chunking") is not None:
+        raise ProtocolError("a sweep job has no input files to chunk: remove chunking, or the sweep")
     return JobSpec(
         name=name,
         image=image,
@@ -128,6 +198,7 @@ def parse_jobfile(data: object) -> JobSpec:
         reduce_command=reduce_command,
         priority=priority,
         mode=mode,
+        sweep=sweep,
     )
 
 
@@ -172,6 +243,59 @@ def _resources(d: dict[str, Any]) -> Resources:
     if not 0 < timeout <= 7 * 86400:
         raise ProtocolError("resources.timeout must be more than 0 and at most 7d")
     return Resources(cpus=float(cpus), memory=memory, timeout=timeout)
+
+
+def _sweep(value: object) -> Sweep | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        _no_unknown(value, {"start", "end", "step"}, "sweep")
+        if "start" not in value or "end" not in value:
+            raise ProtocolError('sweep needs start and end, e.g. {"start": 1, "end": 101, "step": 10}')
+        start, end = _int(value, "start", 0, "sweep", *INT64), _int(value, "end", 0, "sweep", *INT64)
+        step = value.get("step", 1)
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= INT64[1]:
+            raise ProtocolError(f"sweep.step must be a positive integer, got {step!r:.40}")
+        if end <= start:
+            raise ProtocolError(
+                f"sweep.end ({end}) must be greater than sweep.start ({start}); "
+                "end is exclusive, so a sweep over 1..100 is start 1, end 101"
+            )
+        units = -(-(end - start) // step)
+        if units > MAX_SWEEP:
+            raise ProtocolError(f"the sweep makes {units} units, more than {MAX_SWEEP}; use a larger step")
+        return RangeSweep(start, end, step)
+    if not isinstance(value, list):
+        raise ProtocolError('sweep must be {"start", "end", "step"} or a list of parameter objects')
+    if not value:
+        raise ProtocolError("sweep is an empty list: give one parameter object per unit")
+    if len(value) > MAX_SWEEP:
+        raise ProtocolError(f"the sweep lists {len(value)} parameter objects, more than {MAX_SWEEP}")
+    return ListSweep(tuple(_point(point, f"sweep[{i}]") for i, point in enumerate(value)))
+
+
+def _point(point: object, where: str) -> tuple[tuple[str, Scalar], ...]:
+    if not isinstance(point, dict) or not point or len(point) > 256:
+        raise ProtocolError(f'{where} must be an object of 1 to 256 parameters, e.g. {{"SEED": 7}}')
+    for key, val in point.items():
+        if not isinstance(key, str) or not _ENV_RE.fullmatch(key):
+            raise ProtocolError(
+                f"{where}: parameter name {key!r:.40} must be letters, digits and '_', not starting with a digit"
+            )
+        if isinstance(val, str):
+            ok = "\0" not in val and len(val) <= 4096
+        elif isinstance(val, bool):
+            ok = True
+        elif isinstance(val, int):
+            ok = INT64[0] <= val <= INT64[1]
+        else:
+            ok = isinstance(val, float) and math.isfinite(val)
+        if not ok:
+            raise ProtocolError(
+                f"{where}.{key} must be a string (up to 4096 characters), a finite number, true or false; "
+                f"got {val!r:.40}"
+            )
+    return tuple(sorted(point.items()))
 
 
 def _section(data: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:

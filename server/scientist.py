@@ -7,12 +7,13 @@ from typing import Any
 from dockercomp.protocol.chunking import chunk_stream
 from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.integrity import check_hash
-from dockercomp.protocol.jobfile import parse_jobfile
+from dockercomp.protocol.jobfile import Sweep, params_json, parse_jobfile
 
 from .errors import BadRequest, Conflict
 from .handlers import BaseHandler
 from .lifecycle import JobState
-from .store.base import map_inputs
+from .models import InputFile
+from .store.base import map_inputs, sweep_inputs
 
 MAX_UNITS = 1_000_000
 SLICE = 1 << 20
@@ -34,12 +35,23 @@ class JobsHandler(ScientistHandler):
 
     async def post(self) -> None:
         """Create a job from ``{"job": JOBFILE, "chunks": [HASH, ...]}``; every chunk must have
-        been uploaded first. All units are created at once, or nothing is."""
+        been uploaded first. A sweep job gives no chunks: the master stores each unit's
+        params.json itself. All units are created at once, or nothing is."""
         payload = self.payload()
         if not isinstance(payload, dict) or set(payload) - {"job", "chunks"}:
             raise BadRequest('body must be {"job": {...job file...}, "chunks": ["<hash>", ...]}')
         spec = parse_jobfile(payload.get("job"))
         chunks = payload.get("chunks")
+        if spec.sweep is not None:
+            if chunks:
+                raise BadRequest("a sweep job takes no chunks: each unit's input is its params.json")
+            units = await self._sweep_units(spec.sweep)
+        else:
+            units = await self._chunk_units(chunks)
+        job = await self.master.store.create_job(spec, units, self.master.now())
+        self.reply({"job": job.id}, status=201)
+
+    async def _chunk_units(self, chunks: object) -> list[list[InputFile]]:
         if not isinstance(chunks, list) or not chunks:
             raise BadRequest("chunks must be a non-empty list of uploaded chunk hashes; is the input empty?")
         if len(chunks) > MAX_UNITS:
@@ -55,8 +67,14 @@ class JobsHandler(ScientistHandler):
             raise BadRequest(
                 f"{len(missing)} chunk(s) not uploaded, e.g. {missing[0]}; PUT each to /api/v1/blobs/HASH first"
             )
-        job = await self.master.store.create_job(spec, [map_inputs([s]) for s in sizes], self.master.now())
-        self.reply({"job": job.id}, status=201)
+        return [map_inputs([s]) for s in sizes]
+
+    async def _sweep_units(self, sweep: Sweep) -> list[list[InputFile]]:
+        """One unit per parameter set; its params.json is stored like any blob (content
+        addressed, so units with the same parameters share it)."""
+        blobs = [params_json(sweep.params(i)) for i in range(len(sweep))]
+        hashes = await self.master.blobs.put_many(blobs)
+        return sweep_inputs([(h, len(b)) for h, b in zip(hashes, blobs, strict=True)])
 
 
 class JobHandler(ScientistHandler):

@@ -11,8 +11,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import docker
 import pytest
 import requests
+from needs import skip_or_fail
+
+from dockercomp.client import images
 
 LISTENING = re.compile(r"master listening on (http://[0-9.]+:\d+)")
 START_TIMEOUT = 20.0
@@ -145,3 +149,26 @@ def shared_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterPr
     masters = Masters(tmp_path_factory.mktemp("shared"))
     yield masters.start()
     masters.close()
+
+
+# -- Docker ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """A client of the local engine; start one with scripts/ensure-docker."""
+    try:
+        client = images.connect()
+    except images.ImageError as exc:
+        skip_or_fail(str(exc))
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client: docker.DockerClient) -> str:
+    """The offline base image, built once per machine (cached after that)."""
+    try:
+        return images.ensure_base_image(docker_client)
+    except images.ImageError as exc:
+        skip_or_fail(f"cannot build the base image: {exc}")

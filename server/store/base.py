@@ -8,7 +8,7 @@ as a compare-and-set, so two masters sharing one store never hand out the same a
 import secrets
 from abc import ABC, abstractmethod
 
-from dockercomp.protocol.jobfile import JobSpec
+from dockercomp.protocol.jobfile import JobSpec, params_env
 from dockercomp.protocol.messages import (
     API,
     Ack,
@@ -109,8 +109,13 @@ class Store(ABC):
 
 
 def grant(job_id: str, spec: JobSpec, unit: Unit, attempt_id: str, deadline: float) -> Grant:
-    """The lease message for one attempt of ``unit``."""
+    """The lease message for one attempt of ``unit``. A sweep's map unit also gets its
+    parameters as environment variables (over the job's env of the same name): they follow
+    from the job's sweep and the unit's index, so stores keep nothing more per unit."""
     command = spec.reduce_command if unit.kind == "reduce" else spec.command
+    env = dict(spec.env)
+    if spec.sweep is not None and unit.kind == "map":
+        env.update(params_env(spec.sweep.params(unit.idx)))
     return Grant(
         attempt=attempt_id,
         job=job_id,
@@ -118,7 +123,7 @@ def grant(job_id: str, spec: JobSpec, unit: Unit, attempt_id: str, deadline: flo
         kind=unit.kind,
         image=spec.image,
         command=list(command or ()),
-        env=dict(spec.env),
+        env=env,
         cpus=spec.resources.cpus,
         memory=spec.resources.memory,
         timeout=spec.resources.timeout,
@@ -140,6 +145,11 @@ def fits(spec: JobSpec, cpus: float, memory: int) -> bool:
 
 def map_inputs(hashes: list[tuple[str, int]]) -> list[InputFile]:
     return [InputFile("chunk", h, size) for h, size in hashes]
+
+
+def sweep_inputs(hashes: list[tuple[str, int]]) -> list[list[InputFile]]:
+    """A sweep's units: each has one input, its parameters as params.json."""
+    return [[InputFile("params.json", h, size)] for h, size in hashes]
 
 
 ZERO_COUNTS = {s.value: 0 for s in UnitState}

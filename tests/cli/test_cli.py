@@ -291,3 +291,32 @@ def test_an_unwritable_output_or_a_malformed_server_url_is_exit_code_2(master, f
     for server, env in (("not-a-url", {}), (None, {"DC_HOST": "127.0.0.1", "DC_PORT": "eighty"})):
         result = dockercomp("jobs", *(["--server", server] if server else []), env=env)
         assert result.returncode == 2 and "is not a master URL" in result.stderr
+
+
+# -- sweeps ------------------------------------------------------------------------------------
+
+
+def test_a_sweep_job_is_submitted_without_inputs(master, tmp_path):
+    jobfile = write(tmp_path / "sweep.json", job_file("sweep", sweep={"start": 0, "end": 5, "step": 2}))
+    result = dockercomp("submit", str(jobfile), "--server", master.url, "--wait")
+    assert result.returncode == 0, result.stderr
+    assert "units: 3 done" in result.stdout and ": 3 units" in result.stderr
+    job = result.stdout.split()[1]
+    out = tmp_path / "out.txt"
+    assert dockercomp("results", job, "-o", str(out), "--server", master.url).returncode == 0
+    params = [{"START": 0, "END": 2}, {"START": 2, "END": 4}, {"START": 4, "END": 5}]
+    expected = b"".join(compute("map", [json.dumps(p, sort_keys=True).encode() + b"\n"]) for p in params)
+    assert out.read_bytes() == expected
+
+
+def test_inputs_for_a_sweep_or_none_for_other_jobs_are_exit_code_2(master, files, tmp_path):
+    before = requests.get(f"{master.api}/jobs").json()["jobs"]
+    jobfile = write(tmp_path / "sweep.json", job_file("sweep", sweep=[{"A": 1}]))
+    result = dockercomp("submit", str(jobfile), str(files["in1"]), "--server", master.url)
+    assert result.returncode == 2 and "is a sweep" in result.stderr and "not INPUT files" in result.stderr
+    result = dockercomp("submit", str(files["job"]), "--server", master.url)
+    assert result.returncode == 2 and "give the INPUT files" in result.stderr
+    bad = write(tmp_path / "bad.json", job_file("sweep", sweep={"start": 3, "end": 1}))
+    result = dockercomp("submit", str(bad), "--server", master.url)
+    assert result.returncode == 2 and "sweep.end (1) must be greater than sweep.start (3)" in result.stderr
+    assert requests.get(f"{master.api}/jobs").json()["jobs"] == before

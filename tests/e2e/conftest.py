@@ -6,15 +6,15 @@ set, so a green CI means they really ran. After the whole session no container l
 ``dockercomp.client`` may be left, running or not.
 """
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import docker
 import pytest
 from cluster import STARTED_CLIENTS, Daemons, describe, labelled_containers, remove_container
+from needs import skip_or_fail
 
 from dockercomp.client import images
 from dockercomp.client.runner import LABEL_CLIENT
@@ -26,23 +26,6 @@ LEFTOVER_GRACE = 10.0  # seconds a container of another session running at the s
 # 0.3s, a client silent for 4s loses its leases, a lease lives 5s past its unit's timeout.
 MASTER_CONFIG = "[server]\nheartbeat_interval = 0.3\n"
 MASTER_FLAGS = ("--reap-interval", "0.2", "--heartbeat-timeout", "4", "--lease-slack", "5")
-
-
-def skip_or_fail(reason: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this is an error, not a skip)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def docker_client() -> Iterator[docker.DockerClient]:
-    """A client of the local engine; start one with scripts/ensure-docker."""
-    try:
-        client = images.connect()
-    except images.ImageError as exc:
-        skip_or_fail(str(exc))
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,7 +8,17 @@ from hypothesis import strategies as st
 
 from dockercomp.protocol import codec
 from dockercomp.protocol.errors import ProtocolError
-from dockercomp.protocol.jobfile import Chunking, JobSpec, Redundancy, Resources, parse_jobfile
+from dockercomp.protocol.jobfile import (
+    Chunking,
+    JobSpec,
+    ListSweep,
+    RangeSweep,
+    Redundancy,
+    Resources,
+    params_env,
+    params_json,
+    parse_jobfile,
+)
 
 MINIMAL = {"name": "wordfreq", "image": "dockercomp/wordfreq"}
 
@@ -332,3 +342,115 @@ def test_to_dict_examples():
     d = parse_jobfile(MINIMAL).to_dict()
     assert d["chunking"]["size"] == f"{1 << 20}B"
     assert "reduce" not in d
+
+
+# -- sweeps --------------------------------------------------------------------------------------
+
+
+def test_a_range_sweep_splits_a_half_open_interval_into_units():
+    spec = parse_jobfile(job(sweep={"start": 1, "end": 10_000_001, "step": 1_000_000}))
+    assert spec.sweep == RangeSweep(1, 10_000_001, 1_000_000)
+    assert len(spec.sweep) == 10
+    ranges = [spec.sweep.params(i) for i in range(len(spec.sweep))]
+    assert ranges[0] == {"START": 1, "END": 1_000_001}
+    assert ranges[-1] == {"START": 9_000_001, "END": 10_000_001}
+    covered = [n for r in ranges for n in range(r["START"], r["END"])]
+    assert covered == list(range(1, 10_000_001))  # every number once, in order
+
+
+@pytest.mark.parametrize(
+    ("sweep", "units"),
+    [
+        ({"start": 0, "end": 10, "step": 3}, [(0, 3), (3, 6), (6, 9), (9, 10)]),  # the last one is shorter
+        ({"start": 0, "end": 1}, [(0, 1)]),  # step defaults to 1
+        ({"start": -5, "end": 5, "step": 100}, [(-5, 5)]),
+        ({"start": 7, "end": 10, "step": 1}, [(7, 8), (8, 9), (9, 10)]),
+    ],
+)
+def test_range_sweep_units(sweep, units):
+    spec = parse_jobfile(job(sweep=sweep)).sweep
+    assert [(spec.params(i)["START"], spec.params(i)["END"]) for i in range(len(spec))] == units
+
+
+def test_a_list_sweep_gives_each_unit_its_object():
+    spec = parse_jobfile(job(sweep=[{"SEED": 1, "MODEL": "a"}, {"SEED": 2, "RATE": 0.5, "FAST": True}]))
+    assert spec.sweep == ListSweep(((("MODEL", "a"), ("SEED", 1)), (("FAST", True), ("RATE", 0.5), ("SEED", 2))))
+    assert len(spec.sweep) == 2
+    assert spec.sweep.params(1) == {"SEED": 2, "RATE": 0.5, "FAST": True}
+    assert params_env(spec.sweep.params(1)) == {"SEED": "2", "RATE": "0.5", "FAST": "true"}
+    assert params_env(spec.sweep.params(0)) == {"SEED": "1", "MODEL": "a"}
+
+
+def test_params_json_is_canonical_json():
+    assert params_json({"START": 1, "END": 11}) == b'{"END": 11, "START": 1}\n'
+    assert params_json({"B": "x", "A": False}) == params_json({"A": False, "B": "x"})
+    assert json.loads(params_json({"R": 0.25, "S": "é"})) == {"R": 0.25, "S": "é"}
+
+
+def test_no_sweep_by_default_and_null_means_none():
+    assert parse_jobfile(MINIMAL).sweep is None
+    assert parse_jobfile(job(sweep=None)).sweep is None
+    assert "sweep" not in parse_jobfile(MINIMAL).to_dict()
+
+
+def test_a_sweep_job_file_round_trips_without_chunking():
+    for sweep in ({"start": 1, "end": 101, "step": 10}, [{"A": 1}, {"A": "two", "B": -3.5, "C": False}]):
+        spec = parse_jobfile(job(sweep=sweep, reduce={"command": ["r"]}))
+        canonical = spec.to_dict()
+        assert canonical["sweep"] == sweep
+        assert "chunking" not in canonical
+        assert parse_jobfile(canonical) == spec
+        assert parse_jobfile(json.loads(json.dumps(canonical))) == spec
+        assert parse_jobfile(codec.unpack(codec.pack(canonical))) == spec
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ({"start": 1, "end": 10, "step": 0}, "sweep.step must be a positive integer, got 0"),
+        ({"start": 1, "end": 10, "step": -1}, "sweep.step must be a positive integer"),
+        ({"start": 1, "end": 10, "step": 1.5}, "sweep.step must be a positive integer"),
+        ({"start": 1, "end": 10, "step": True}, "sweep.step must be a positive integer"),
+        ({"start": 10, "end": 1}, r"sweep.end \(1\) must be greater than sweep.start \(10\)"),
+        ({"start": 5, "end": 5}, r"sweep.end \(5\) must be greater than sweep.start \(5\).*end is exclusive"),
+        ({"start": 1}, "sweep needs start and end"),
+        ({"end": 1}, "sweep needs start and end"),
+        ({"start": "1", "end": 10}, "sweep.start must be an integer"),
+        ({"start": 0, "end": 2**63}, "sweep.end must be an integer"),
+        ({"start": 0, "end": 10, "stride": 2}, "sweep: unknown key.*stride"),
+        ({"start": 0, "end": 100_001}, "the sweep makes 100001 units, more than 100000; use a larger step"),
+        ({"start": -(2**63), "end": 2**63 - 1}, "more than 100000"),
+        ([], "sweep is an empty list"),
+        ([{}], r"sweep\[0\] must be an object of 1 to 256 parameters"),
+        ([{"A": 1}, "B=2"], r"sweep\[1\] must be an object"),
+        ([{"A": 1}] * 100_001, "the sweep lists 100001 parameter objects, more than 100000"),
+        ([{"1A": 1}], r"sweep\[0\]: parameter name '1A' must be letters, digits and '_'"),
+        ([{"A-B": 1}], "parameter name 'A-B'"),
+        ([{"": 1}], "parameter name ''"),
+        ([{"A": None}], r"sweep\[0\].A must be a string \(up to 4096 characters\), a finite number, true or false"),
+        ([{"A": [1]}], r"sweep\[0\].A must be a string"),
+        ([{"A": {"B": 1}}], r"sweep\[0\].A must be"),
+        ([{"A": float("nan")}], r"sweep\[0\].A must be"),
+        ([{"A": float("inf")}], r"sweep\[0\].A must be"),
+        ([{"A": 2**63}], r"sweep\[0\].A must be"),
+        ([{"A": "a\0b"}], r"sweep\[0\].A must be"),
+        ([{"A": "x" * 4097}], r"sweep\[0\].A must be"),
+        ("1..10", "sweep must be"),
+        (10, "sweep must be"),
+    ],
+    ids=lambda v: repr(v)[:50],
+)
+def test_sweep_validation_errors(sweep, message):
+    with pytest.raises(ProtocolError, match=message):
+        parse_jobfile(job(sweep=sweep))
+
+
+def test_a_sweep_with_chunking_is_refused():
+    with pytest.raises(ProtocolError, match="a sweep job has no input files to chunk"):
+        parse_jobfile(job(sweep={"start": 0, "end": 2}, chunking={"by": "lines"}))
+
+
+def test_the_largest_sweeps_are_accepted():
+    assert len(parse_jobfile(job(sweep={"start": 0, "end": 100_000})).sweep) == 100_000
+    assert len(parse_jobfile(job(sweep={"start": -(2**63), "end": 2**63 - 1, "step": 2**63 - 1})).sweep) == 3
+    assert len(parse_jobfile(job(sweep=[{"I": i} for i in range(100_000)])).sweep) == 100_000

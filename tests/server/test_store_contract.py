@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from dockercomp.protocol.integrity import digest
-from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
+from dockercomp.protocol.jobfile import JobSpec, params_json, parse_jobfile
 from dockercomp.protocol.messages import ContainerInfo, ErrorKind, Heartbeat, HostFacts, LeaseRequest, ResultReport
 from dockercomp.server.blobs import BlobStore, DirectoryBlobStore
 from dockercomp.server.errors import NotFound
 from dockercomp.server.lifecycle import AttemptState, JobState, LeasePolicy, UnitState, Validity
-from dockercomp.server.store.base import Store, map_inputs
+from dockercomp.server.store.base import Store, map_inputs, sweep_inputs
 from dockercomp.server.store.sqlite import SQLiteStore
 
 MONGO_URL = os.environ.get("DOCKERCOMP_TEST_MONGO_URL", "")
@@ -690,3 +690,54 @@ async def test_a_unit_goes_back_to_a_client_only_after_the_unit_itself_failed_th
     last = await one(s, a, T0 + 4)
     await s.record_results(a, [failed(last)], T0 + 5)
     assert [u.state for u in await s.list_units(job.id)] == [UnitState.FAILED, UnitState.READY]
+
+
+# -- sweeps ---------------------------------------------------------------------------------
+
+
+def params_inputs(sweep: Any) -> list[list[Any]]:
+    """A sweep's units as the master makes them: each has its params.json as its one input."""
+    blobs = [params_json(sweep.params(i)) for i in range(len(sweep))]
+    return sweep_inputs([(digest(data), len(data)) for data in blobs])
+
+
+@contract
+async def test_a_sweep_unit_gets_its_parameters_as_env_over_the_jobs(b: Backend) -> None:
+    s = b.store
+    a, c = await clients(s, 2)
+    spec = job_spec(
+        env={"LANG": "C.UTF-8", "SEED": "0"},
+        sweep=[{"SEED": 1, "MODEL": "a"}, {"SEED": 2, "RATE": 0.5, "FAST": True}],
+        reduce={"command": ["merge"]},
+    )
+    job = await s.create_job(spec, params_inputs(spec.sweep), T0)
+    assert (await s.get_job(job.id)).spec == spec
+    assert (await (await b.another()).get_job(job.id)).spec == spec  # as stored, not as cached
+    first, second = await lease(s, a, 2)
+    assert first.env == {"LANG": "C.UTF-8", "SEED": "1", "MODEL": "a"}
+    assert second.env == {"LANG": "C.UTF-8", "SEED": "2", "RATE": "0.5", "FAST": "true"}
+    blob = params_json({"SEED": 2, "RATE": 0.5, "FAST": True})
+    assert [(i.name, i.hash, i.size) for i in second.inputs] == [("params.json", digest(blob), len(blob))]
+    await s.record_results(a, [ok(first.attempt, b"1\n"), ok(second.attempt, b"2\n")], T0 + 1)
+    (reduce,) = await lease(s, c, 5, T0 + 2)
+    assert (reduce.kind, reduce.env) == ("reduce", {"LANG": "C.UTF-8", "SEED": "0"})  # no unit's parameters
+    assert [i.name for i in reduce.inputs] == ["000000", "000001"]
+
+
+@contract
+async def test_a_range_sweep_gives_each_unit_its_start_and_end_on_every_master(b: Backend) -> None:
+    s = b.store
+    (a,) = await clients(s, 1)
+    spec = job_spec(sweep={"start": 1, "end": 26, "step": 10})
+    job = await s.create_job(spec, params_inputs(spec.sweep), T0)
+    assert (await s.get_job(job.id)).n_map == 3
+    other = await b.another()  # a second master, which reads the job's sweep from the store
+    grants = await other.lease(a, LeaseRequest(max_units=5, cpus=16.0), T0, POLICY)
+    assert [(g.unit, g.env) for g in grants] == [
+        (f"{job.id}.0", {"START": "1", "END": "11"}),
+        (f"{job.id}.1", {"START": "11", "END": "21"}),
+        (f"{job.id}.2", {"START": "21", "END": "26"}),
+    ]
+    assert [u.inputs[0].hash for u in await s.list_units(job.id)] == [
+        digest(params_json({"START": lo, "END": hi})) for lo, hi in ((1, 11), (11, 21), (21, 26))
+    ]
