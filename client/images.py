@@ -208,6 +208,30 @@ def build_workload(client: docker.DockerClient, name: str, *, root: Path | None 
     return tag
 
 
+def missing_image(ref: str) -> str | None:
+    """Why no volunteer could run ``ref``, or None when it can: an image of our workload
+    namespace must name a workload in the workloads folder (volunteers build those); any other
+    must be present on the local engine, when one answers (with no registry it cannot be pulled).
+    Checked at submit, so a job no client can run is refused before anything is created."""
+    if ref.startswith(f"{WORKLOAD_REPOSITORY}/") and ref != BASE_IMAGE:
+        if _own_workload(ref) is None:
+            known = ", ".join(workload_tag(name) for name in list_workloads()) or "none"
+            return f"no workload builds the image {ref} (known: {known}); see `dockercomp workloads list`"
+        return None
+    try:
+        client = connect(timeout=10)
+    except ImageError:
+        return None  # no engine here to ask; the volunteers will report image_missing if need be
+    try:
+        if not image_exists(client, ref):
+            return f"the image {ref} is not on this machine and no registry can provide it; build or load it first"
+    except ImageError:
+        return None
+    finally:
+        client.close()
+    return None
+
+
 def _own_workload(ref: str) -> str | None:
     """The workload name when ``ref`` is one of ours that exists in the workloads folder."""
     match = re.fullmatch(rf"{WORKLOAD_REPOSITORY}/([a-z0-9][a-z0-9_.\-]*)(?::latest)?", ref)

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until the job ends, with a progress bar")
     p.add_argument("--json", action="store_true", help='print {"job": ID} (and the final state with --wait)')
     p.add_argument("--chunk-on-master", action="store_true", help="send inputs whole; the master chunks them")
+    p.add_argument(
+        "--no-image-check", action="store_true", help="submit even if no volunteer could build or load the image"
+    )
 
     p = command("status", cmd_status, "show a job's state and its units per state")
     p.add_argument("job")
@@ -169,6 +172,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for path in args.inputs:
         if not os.path.isfile(path):
             raise UsageError(f"input {path} is not a readable file")
+    from dockercomp.client.images import missing_image
+
+    problem = None if args.no_image_check else missing_image(spec.image)
+    if problem:
+        raise UsageError(problem)
     scientist = _scientist(args)
     show = sys.stderr.isatty()
     if spec.sweep is not None:

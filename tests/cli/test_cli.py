@@ -28,8 +28,12 @@ def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterProcess]:
     masters.close()
 
 
-def dockercomp(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def dockercomp(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, check_image: bool = False
+) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ("DC_HOST", "DC_PORT") and not k.startswith("DOCKERCOMP_")}
+    if args[:1] == ("submit",) and not check_image:
+        args = (*args, "--no-image-check")  # simulated clients run no container: the image need not exist
     result = subprocess.run(
         [sys.executable, "-m", "dockercomp", *args],
         capture_output=True,
@@ -261,6 +265,7 @@ def test_submit_wait_for_a_job_that_fails_is_exit_code_1(master, tmp_path):
     jobfile = write(tmp_path / "doomed.json", spec)
     data = write(tmp_path / "data.txt", b"x\n")
     args = [sys.executable, "-m", "dockercomp", "submit", str(jobfile), str(data), "--server", master.url, "--wait"]
+    args.append("--no-image-check")
     with subprocess.Popen([*args, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         jobs = wait_for(
             lambda: [j for j in requests.get(f"{master.api}/jobs").json()["jobs"] if j["name"] == "doomed"],
@@ -320,3 +325,13 @@ def test_inputs_for_a_sweep_or_none_for_other_jobs_are_exit_code_2(master, files
     result = dockercomp("submit", str(bad), "--server", master.url)
     assert result.returncode == 2 and "sweep.end (1) must be greater than sweep.start (3)" in result.stderr
     assert requests.get(f"{master.api}/jobs").json()["jobs"] == before
+
+
+def test_submit_refuses_an_image_no_volunteer_could_build_and_creates_nothing(master, tmp_path):
+    jobfile = write(tmp_path / "job.json", {"name": "nosuch", "image": "dockercomp/unknown"})
+    data = write(tmp_path / "data.txt", b"x\n")
+    result = dockercomp("submit", str(jobfile), str(data), "--server", master.url, check_image=True)
+    assert result.returncode == 2, result.stderr
+    assert "no workload builds the image dockercomp/unknown" in result.stderr
+    assert "dockercomp/wordfreq:latest" in result.stderr  # the known ones are named
+    assert [j for j in requests.get(f"{master.api}/jobs").json()["jobs"] if j["name"] == "nosuch"] == []
