@@ -103,10 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enroll-key", help="the master's enrollment key, when it asks for one")
     p.add_argument("--stop-timeout", type=float, help="seconds running units get to finish after a first stop")
     p.add_argument("--config", help="settings file (TOML, a [client] table)")
-    actions = p.add_subparsers(dest="client_action", metavar="[status]")
+    actions = p.add_subparsers(dest="client_action", metavar="[status|uninstall]")
     s = actions.add_parser("status", help="show what the daemon runs now", description="show what the daemon runs now")
     s.add_argument("--work-dir", default=argparse.SUPPRESS, help="the daemon's work directory")
     s.add_argument("--json", action="store_true", help="print the daemon's status file as it is")
+    u = actions.add_parser("uninstall", help="remove what installer.sh installed (runs its cleanup)",
+                           description="remove what installer.sh installed (runs its cleanup)")  # fmt: skip
+    u.add_argument("--prefix", help="the install directory (default ~/.local/share/dockercomp)")
+    u.add_argument("--purge-docker", action="store_true", help="remove Docker too, when the installer installed it")
+    u.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
 
     p = command("workloads", cmd_workloads, "list, build or try out the workloads (workloads/NAME/)")
     actions = p.add_subparsers(dest="action", required=True, metavar="{list,build,run}")
@@ -255,6 +260,8 @@ def _client_settings(args: argparse.Namespace) -> Any:
 def cmd_client(args: argparse.Namespace) -> int:
     if args.client_action == "status":
         return cmd_client_status(args)
+    if args.client_action == "uninstall":
+        return cmd_client_uninstall(args)
     from dockercomp.client.daemon import Daemon
     from dockercomp.client.errors import ClientError
     from dockercomp.client.images import ImageError
@@ -281,6 +288,21 @@ def cmd_client_status(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(data, indent=1) if args.json else status.render(data))
     return 0
+
+
+def cmd_client_uninstall(args: argparse.Namespace) -> int:
+    """Run the install's own cleanup script (or the project's, for a partial install)."""
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    prefix = os.path.abspath(args.prefix or os.path.join(data, "dockercomp"))
+    candidates = [os.path.join(prefix, "cleanup"), os.path.join(os.path.dirname(os.path.dirname(__file__)), "cleanup")]
+    script = next((c for c in candidates if os.path.isfile(c)), None)
+    if script is None:
+        print(f"dockercomp: no cleanup script found (looked for {', '.join(candidates)})", file=sys.stderr)
+        return 1
+    argv = ["sh", script, "--prefix", prefix]
+    argv += ["--purge-docker"] * args.purge_docker + ["--dry-run"] * args.dry_run
+    os.chdir("/")
+    os.execvp("sh", argv)
 
 
 def cmd_workloads(args: argparse.Namespace) -> int:

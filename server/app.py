@@ -8,7 +8,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from . import api, scientist
+from . import api, dashboard, install, scientist
 from .errors import NotFound
 from .handlers import BaseHandler, Master
 from .settings import ServerSettings
@@ -42,9 +42,10 @@ def make_app(master: Master) -> Application:
         (rf"{V1}/jobs/{HASH}/units", scientist.UnitsHandler),
         (rf"{V1}/jobs/{HASH}/results", scientist.ResultsDownloadHandler),
         (rf"{V1}/clients", scientist.ClientsHandler),
+        *install.ROUTES,
     ]
     return Application(
-        [(path, handler, {"master": master}) for path, handler in routes],
+        [(path, handler, {"master": master}) for path, handler in routes] + dashboard.routes(master, V1),
         default_handler_class=NotFoundHandler,
         default_handler_args={"master": master},
         compress_response=False,

@@ -68,6 +68,11 @@ class Store(ABC):
     async def list_attempts(self, unit_id: str) -> list[Attempt]:
         """Attempts of one unit, oldest first."""
 
+    @abstractmethod
+    async def finished_since(self, since: float) -> list[Attempt]:
+        """Attempts that ended (any outcome) at or after ``since``, oldest first: the
+        dashboard's throughput and activity over the last hour."""
+
     # -- clients -------------------------------------------------------------------------
     @abstractmethod
     async def register_client(self, name: str, slots: int, host: HostFacts, now: float) -> Client: ...

@@ -181,6 +181,13 @@ class MongoStore(Store):
             return []
         return sorted((_attempt_from(a, doc) for a in doc["attempts"]), key=lambda a: a.leased_at)
 
+    @_guard
+    async def finished_since(self, since: float) -> list[Attempt]:
+        query = {"attempts.finished_at": {"$gte": since}}
+        docs = await self._units.find(query, {"job_id": 1, "attempts": 1}).to_list(None)
+        attempts = [_attempt_from(a, doc) for doc in docs for a in doc["attempts"] if (a["finished_at"] or -1) >= since]
+        return sorted(attempts, key=lambda a: a.finished_at or 0.0)
+
     # -- clients -------------------------------------------------------------------------
     @_guard
     async def register_client(self, name: str, slots: int, host: HostFacts, now: float) -> Client:

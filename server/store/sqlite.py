@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 DROP INDEX IF EXISTS attempts_by_unit;
 CREATE INDEX IF NOT EXISTS attempts_of_unit ON attempts (unit_id, client_id, state);
 CREATE INDEX IF NOT EXISTS attempts_leased ON attempts (deadline) WHERE state = 'leased';
+CREATE INDEX IF NOT EXISTS attempts_finished ON attempts (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS attempts_leased_by_client ON attempts (client_id) WHERE state = 'leased';
 CREATE TABLE IF NOT EXISTS clients (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, registered_at REAL NOT NULL, last_seen REAL NOT NULL,
@@ -157,6 +158,11 @@ class SQLiteStore(Store):
             rows = db.execute("SELECT * FROM attempts WHERE unit_id = ? ORDER BY leased_at", (unit_id,))
             return [_attempt_from(row) for row in rows]
 
+    async def finished_since(self, since: float) -> list[Attempt]:
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM attempts WHERE finished_at >= ? ORDER BY finished_at", (since,))
+            return [_attempt_from(row) for row in rows]
+
     # -- clients -------------------------------------------------------------------------
     async def register_client(self, name: str, slots: int, host: HostFacts, now: float) -> Client:
         client = Client(id=new_id(8), name=name, registered_at=now, last_seen=now, slots=slots, host=host)
@@ -212,7 +218,8 @@ class SQLiteStore(Store):
         with self._tx() as db:
             self._touch(db, client_id, now)
             page = request.max_units * 4 + 16
-            attempts, units = [], []
+            attempts: list[tuple[str, str, str, str, float, float]] = []
+            units: list[tuple[str, UnitState]] = []
             too_big: set[str] = set()  # jobs whose units do not fit what is left (it only shrinks)
             while len(grants) < request.max_units:
                 rows = _leasable(db, client_id, page, [u for u, _ in units], too_big)

@@ -741,3 +741,23 @@ async def test_a_range_sweep_gives_each_unit_its_start_and_end_on_every_master(b
     assert [u.inputs[0].hash for u in await s.list_units(job.id)] == [
         digest(params_json({"START": lo, "END": hi})) for lo, hi in ((1, 11), (11, 21), (21, 26))
     ]
+
+
+@contract
+async def test_finished_since_lists_attempts_that_ended_from_a_time_on(b: Backend) -> None:
+    s = b.store
+    a, c = await clients(s, 2)
+    job = await s.create_job(job_spec(), chunks(3), T0)
+    first, second, third = (g.attempt for g in await lease(s, a, 3))
+    assert await s.finished_since(T0) == []
+    await s.record_results(a, [ok(first)], T0 + 10)
+    await s.record_results(a, [failed(second)], T0 + 20)
+    ended = await s.finished_since(T0)
+    assert [(x.id, x.state, x.job, x.client) for x in ended] == [
+        (first, AttemptState.SUCCEEDED, job.id, a),
+        (second, AttemptState.ERRORED, job.id, a),
+    ]
+    assert [x.id for x in await s.finished_since(T0 + 15)] == [second]
+    assert await s.finished_since(T0 + 21) == []
+    assert third not in [x.id for x in await (await b.another()).finished_since(0)]
+    assert c

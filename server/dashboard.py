@@ -1,0 +1,296 @@
+"""The operator's dashboard: the page at / (static files under dashboard/), its JSON API under
+/api/v1/dashboard/ and the live feed /api/v1/events (server-sent events).
+
+Everything comes from the store, so any master of several serves the same page. Each master
+polls its store once a second for all of its connected browsers together (one ``Feed``) and
+pushes a fresh snapshot when something changed; nothing here is state another master needs.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tornado.iostream import StreamClosedError
+from tornado.web import StaticFileHandler
+
+from .errors import BadRequest
+from .handlers import BaseHandler, Master
+from .lifecycle import AttemptState, Validity
+from .store.base import ZERO_COUNTS
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent.parent / "dashboard"
+HOUR = 3600.0
+MINUTE = 60.0
+THROUGHPUT_WINDOW = 600.0  # seconds of finished attempts a job's throughput is measured over
+POLL_INTERVAL = 1.0
+KEEPALIVE = 15.0
+MAX_JOBS = 100
+OPEN_STATES = ("ready", "running", "suspended")
+
+
+async def snapshot(master: Master) -> dict[str, Any]:
+    """Everything the page shows, computed from the store: overview, clients, jobs, series."""
+    store = master.store
+    now = master.now()
+    online_after = now - master.settings.online_window
+    clients = [c.to_json(online_after) for c in await store.list_clients()]
+    finished = await store.finished_since(now - HOUR)
+    jobs = []
+    totals = dict(ZERO_COUNTS)
+    recent: dict[str, int] = {}
+    for a in finished:
+        if a.state == AttemptState.SUCCEEDED and a.finished_at and a.finished_at >= now - THROUGHPUT_WINDOW:
+            recent[a.job] = recent.get(a.job, 0) + 1
+    for job in await store.list_jobs(MAX_JOBS):
+        counts = await store.unit_counts(job.id)
+        for state, n in counts.items():
+            totals[state] = totals.get(state, 0) + n
+        per_minute = recent.get(job.id, 0) / max(job.spec.redundancy.quorum, 1) / (THROUGHPUT_WINDOW / MINUTE)
+        remaining = sum(counts.get(s, 0) for s in OPEN_STATES)
+        eta = remaining / per_minute * MINUTE if per_minute > 0 and remaining else None
+        jobs.append(job.to_json() | {"counts": counts, "per_minute": round(per_minute, 2), "eta": eta})
+    online = [c for c in clients if c["online"]]
+    return {
+        "now": now,
+        "online_window": master.settings.online_window,
+        "overview": {
+            "clients_online": len(online),
+            "clients_offline": len(clients) - len(online),
+            "slots": sum(c["slots"] for c in online),
+            "busy": sum(c["busy"] for c in online),
+            "containers": sum(len(c["containers"]) for c in online),
+            "units": totals,
+            "completed_per_minute": sum(
+                1 for a in finished if a.state == AttemptState.SUCCEEDED and (a.finished_at or 0) >= now - MINUTE
+            ),
+            "integrity_errors_hour": sum(1 for a in finished if a.error and "integrity" in a.error),
+            "invalid_results_hour": sum(1 for a in finished if a.validity == Validity.INVALID),
+            "errors_hour": sum(1 for a in finished if a.state in (AttemptState.ERRORED, AttemptState.TIMED_OUT)),
+        },
+        "series": series(finished, now),
+        "clients": clients,
+        "jobs": jobs,
+    }
+
+
+def series(finished: list[Any], now: float) -> dict[str, list[float]]:
+    """Per minute over the last hour: succeeded attempts, and clients that finished one."""
+    start = (now // MINUTE) * MINUTE - 59 * MINUTE
+    completed = [0] * 60
+    active: list[set[str]] = [set() for _ in range(60)]
+    for a in finished:
+        i = int(((a.finished_at or 0) - start) // MINUTE)
+        if 0 <= i < 60:
+            active[i].add(a.client)
+            if a.state == AttemptState.SUCCEEDED:
+                completed[i] += 1
+    return {
+        "t": [start + i * MINUTE for i in range(60)],
+        "completed": [float(n) for n in completed],
+        "active_clients": [float(len(s)) for s in active],
+    }
+
+
+class Feed:
+    """One poller per master for all its browsers: every second it reads the store once and
+    hands the snapshot to each subscriber when it changed. It stops when nobody listens."""
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+        self.subscribers: set[asyncio.Queue[str | None]] = set()
+        self.last = ""
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self) -> "asyncio.Queue[str | None]":
+        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=4)
+        if self.last:
+            queue.put_nowait(self.last)
+        self.subscribers.add(queue)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return queue
+
+    def unsubscribe(self, queue: "asyncio.Queue[str | None]") -> None:
+        self.subscribers.discard(queue)
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(None)
+
+    async def _run(self) -> None:
+        while self.subscribers:
+            started = time.monotonic()
+            try:
+                data = json.dumps(await snapshot(self.master), separators=(",", ":"))
+            except Exception:
+                log.exception("dashboard: reading the store failed; trying again")
+                data = self.last
+            if data != self.last:
+                self.last = data
+                for queue in list(self.subscribers):
+                    if queue.full():  # a slow browser gets the newest snapshot, not a backlog
+                        with contextlib.suppress(asyncio.QueueEmpty):
+                            queue.get_nowait()
+                    queue.put_nowait(data)
+            await asyncio.sleep(max(0.05, POLL_INTERVAL - (time.monotonic() - started)))
+        self.last = ""
+
+
+class DashboardHandler(BaseHandler):
+    def initialize(self, master: Master, feed: Feed | None = None) -> None:  # type: ignore[override]
+        super().initialize(master)
+        self.feed = feed
+
+    def _int_arg(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.get_query_argument(name, str(default))
+        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+            raise BadRequest(f"{name} must be an integer from {low} to {high}")
+        return int(raw)
+
+
+class SnapshotHandler(DashboardHandler):
+    async def get(self) -> None:
+        self.reply(await snapshot(self.master))
+
+
+class OverviewHandler(DashboardHandler):
+    async def get(self) -> None:
+        snap = await snapshot(self.master)
+        self.reply({"overview": snap["overview"], "series": snap["series"]})
+
+
+SORT_KEYS = {
+    "name": lambda c: (c["name"].lower(), c["id"]),
+    "last_seen": lambda c: -c["last_seen"],
+    "reliability": lambda c: -c["reliability"],
+    "done": lambda c: -c["valid"],
+    "errors": lambda c: -c["errors"],
+    "containers": lambda c: -len(c["containers"]),
+}
+
+
+class DashboardClientsHandler(DashboardHandler):
+    """``?state=online|offline|all&sort=name|last_seen|reliability|done|errors|containers
+    &offset=N&limit=N``: one page of clients with their containers, and the total."""
+
+    async def get(self) -> None:
+        state = self.get_query_argument("state", "all")
+        sort = self.get_query_argument("sort", "name")
+        if state not in ("all", "online", "offline"):
+            raise BadRequest("state must be all, online or offline")
+        if sort not in SORT_KEYS:
+            raise BadRequest(f"sort must be one of {', '.join(SORT_KEYS)}")
+        offset, limit = self._int_arg("offset", 0, 0, 10**9), self._int_arg("limit", 100, 1, 1000)
+        online_after = self.master.now() - self.master.settings.online_window
+        clients = [c.to_json(online_after) for c in await self.master.store.list_clients()]
+        if state != "all":
+            clients = [c for c in clients if c["online"] == (state == "online")]
+        clients.sort(key=SORT_KEYS[sort])
+        self.reply({"total": len(clients), "clients": clients[offset : offset + limit]})
+
+
+class DashboardJobsHandler(DashboardHandler):
+    async def get(self) -> None:
+        self.reply({"jobs": (await snapshot(self.master))["jobs"]})
+
+
+class DashboardJobHandler(DashboardHandler):
+    """One job with its units: state, attempts, which clients, timings."""
+
+    async def get(self, job_id: str) -> None:
+        store = self.master.store
+        job = await store.get_job(job_id)
+        offset, limit = self._int_arg("offset", 0, 0, 10**9), self._int_arg("limit", 200, 1, 1000)
+        units = []
+        for unit in await store.list_units(job_id, offset, limit):
+            attempts = await store.list_attempts(unit.id)
+            units.append(
+                {
+                    "id": unit.id,
+                    "index": unit.idx,
+                    "kind": unit.kind,
+                    "state": unit.state.value,
+                    "attempts": len(attempts),
+                    "clients": sorted({a.client for a in attempts}),
+                    "first_leased": min((a.leased_at for a in attempts), default=None),
+                    "last_finished": max((a.finished_at for a in attempts if a.finished_at), default=None),
+                    "runtime": max((a.runtime for a in attempts if a.runtime is not None), default=None),
+                    "history": [_attempt_json(a) for a in attempts],
+                }
+            )
+        counts = await store.unit_counts(job_id)
+        self.reply({"job": job.to_json() | {"counts": counts}, "units": units, "offset": offset})
+
+
+def _attempt_json(a: Any) -> dict[str, Any]:
+    return {
+        "client": a.client,
+        "state": a.state.value,
+        "leased_at": a.leased_at,
+        "finished_at": a.finished_at,
+        "runtime": a.runtime,
+        "error": a.error,
+        "validity": a.validity.value if a.validity else None,
+    }
+
+
+class EventsHandler(DashboardHandler):
+    """Server-sent events: a ``snapshot`` event whenever the store's picture changed (at most
+    once a second), a comment now and then so proxies keep the stream open. Browsers'
+    EventSource reconnects by itself (``retry``) when the master restarts."""
+
+    async def get(self) -> None:
+        assert self.feed is not None
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        self.queue = self.feed.subscribe()
+        try:
+            self.write("retry: 1000\n\n")
+            await self.flush()
+            while True:
+                try:
+                    data = await asyncio.wait_for(self.queue.get(), KEEPALIVE)
+                except TimeoutError:
+                    self.write(": keepalive\n\n")
+                else:
+                    if data is None:
+                        break
+                    self.write(f"event: snapshot\ndata: {data}\n\n")
+                await self.flush()
+        except StreamClosedError:
+            pass
+        finally:
+            self.feed.unsubscribe(self.queue)
+        if not self.request.connection.stream.closed():  # type: ignore[union-attr]
+            self.finish()
+
+    def on_connection_close(self) -> None:
+        if self.feed is not None and hasattr(self, "queue"):
+            self.feed.unsubscribe(self.queue)
+
+
+class PageHandler(StaticFileHandler):
+    """The page and its assets, from dashboard/ (no build step)."""
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Cache-Control", "no-cache")
+
+
+def routes(master: Master, v1: str) -> list[tuple[str, Any, dict[str, Any]]]:
+    feed = Feed(master)
+    args = {"master": master, "feed": feed}
+    return [
+        (rf"{v1}/dashboard", SnapshotHandler, args),
+        (rf"{v1}/dashboard/overview", OverviewHandler, args),
+        (rf"{v1}/dashboard/clients", DashboardClientsHandler, args),
+        (rf"{v1}/dashboard/jobs", DashboardJobsHandler, args),
+        (rf"{v1}/dashboard/jobs/([^/]+)", DashboardJobHandler, args),
+        (rf"{v1}/events", EventsHandler, args),
+        (r"/()", PageHandler, {"path": str(STATIC), "default_filename": "index.html"}),
+        (r"/dashboard/(.*)", PageHandler, {"path": str(STATIC)}),
+    ]

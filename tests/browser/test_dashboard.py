@@ -1,0 +1,79 @@
+"""The dashboard in real headless Chromium against a real master with two real client
+daemons running a job in real containers."""
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster import Daemons, submit, wait_for, wait_job
+
+pytestmark = pytest.mark.slow
+SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs"
+
+CONFIG = "[server]\nheartbeat_interval = 0.3\nonline_window = 3\n"
+FLAGS = ("--reap-interval", "0.2", "--heartbeat-timeout", "4", "--lease-slack", "5")
+
+
+def shot(page: Any, out: Path, name: str) -> None:
+    page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+
+
+def card(page: Any, name: str) -> int:
+    return int(page.inner_text(f"#card-{name} .v"))
+
+
+def test_the_dashboard_follows_two_daemons_live(
+    master_factory: Any, daemons: Daemons, probe_image: str, page: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "master.toml"
+    config.write_text(CONFIG)
+    master = master_factory(*FLAGS, "--config", str(config))
+    out = tmp_path / "screenshots"
+    out.mkdir()
+    page.goto(f"{master.url}/")
+    page.wait_for_selector("#conn.on", timeout=5000)
+
+    one, two = daemons.start(master, "volunteer-one", slots=2), daemons.start(master, "volunteer-two", slots=2)
+    page.goto(f"{master.url}/#/clients")
+    for daemon in (one, two):  # a new client shows up without a reload
+        page.wait_for_selector(f'tr.client[data-name="{daemon.name}"] td.state.online', timeout=3000)
+
+    chunks = [b"sleep 2 unit %d\n" % i for i in range(8)]
+    job_spec = {"name": "dashboard-probe", "image": probe_image}
+    job_spec["resources"] = {"cpus": 1, "memory": "64MiB", "timeout": "30s"}
+    job, _ = submit(master, job_spec, chunks)
+    for daemon in (one, two):  # their containers, with cpu and memory limits
+        row = f'tr.client[data-name="{daemon.name}"] tr.container'
+        page.wait_for_selector(row, timeout=20000)
+        limits = page.inner_text(f"{row} td.limits")
+        assert "1 cpu" in limits and "64 MiB" in limits, limits
+        assert len(page.get_attribute(row, "data-container")) == 12
+    shot(page, out, "clients")
+    shot(page, out, "dashboard-clients")
+
+    page.goto(f"{master.url}/#/")
+    page.wait_for_selector("#card-units-done", timeout=3000)
+    seen = {card(page, "units-done")}
+    wait_for(lambda: seen.add(card(page, "units-done")) or len(seen) >= 3, 40, "the done count to change live")
+    page.goto(f"{master.url}/#/jobs")
+    page.wait_for_selector(f'tr.job[data-job="{job}"] .bar', timeout=3000)
+    shot(page, out, "jobs")
+    assert wait_job(master, job, 60)["state"] == "done"
+    page.goto(f"{master.url}/#/")
+    wait_for(lambda: card(page, "units-done") == len(chunks), 5, "every unit done on the page")
+    page.wait_for_selector("#plot-completed canvas", timeout=3000)
+    shot(page, out, "overview")
+    page.screenshot(path=str(SCREENSHOTS / "dashboard.png"))
+    page.goto(f"{master.url}/#/jobs/{job}")
+    page.wait_for_selector("#units tr.unit", timeout=3000)
+    assert page.locator("#units tr.unit").count() == len(chunks)
+    shot(page, out, "job")
+
+    two.kill()  # no containers run now, so a killed daemon leaves none behind
+    page.goto(f"{master.url}/#/clients")
+    started = time.monotonic()
+    page.wait_for_selector(f'tr.client[data-name="{two.name}"] td.state.offline', timeout=10000)
+    assert page.is_visible(f'tr.client[data-name="{one.name}"] td.state.online')
+    assert time.monotonic() - started < 10
+    shot(page, out, "clients-offline")
