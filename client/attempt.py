@@ -5,12 +5,10 @@ names only when they are plain, commands and environment go to the Runner as lis
 output is read without following a link the container may have planted in /output.
 """
 
-import errno
 import logging
 import os
 import re
 import shutil
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,9 +20,9 @@ from dockercomp.protocol.integrity import check_hash
 from dockercomp.protocol.messages import ErrorKind, Grant, ResultReport
 
 from .cache import ChunkCache, Download, place
-from .errors import Cancelled, MasterError
+from .errors import Cancelled, MasterError, ResultUnreadable
 from .master import MasterSession
-from .runner import Runner, RunOutcome, RunSpec
+from .runner import Runner, RunOutcome, RunSpec, open_result
 from .spool import SAFE_ID, Spool
 
 log = logging.getLogger(__name__)
@@ -145,16 +143,10 @@ class Executor:
             log.info("%s: failed: %s (exit code %s)", attempt, outcome.error, outcome.exit_code)
             return self._errored(attempt, outcome)
         try:
-            output = _open_result(result_path)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                message = "the container exited 0 without writing /output/result"
-            elif exc.errno == errno.ELOOP:
-                message = "/output/result is a symbolic link, not the result itself"
-            else:
-                message = f"/output/result cannot be read: {exc.strerror or exc}"
-            log.warning("%s: %s", attempt, message)
-            return self._errored(attempt, RunOutcome(ErrorKind.CLIENT, 0, message, outcome.runtime))
+            output = open_result(result_path)
+        except ResultUnreadable as exc:
+            log.warning("%s: %s", attempt, exc)
+            return self._errored(attempt, RunOutcome(ErrorKind.CLIENT, 0, str(exc), outcome.runtime))
         with output:
             report = ResultReport(
                 attempt.id, "succeeded", exit_code=0, output_hash="", runtime=outcome.runtime,
@@ -235,16 +227,3 @@ def _fresh_dirs(workdir: str) -> tuple[str, str]:
     os.chmod(input_dir, 0o755)
     os.chmod(output_dir, 0o777)
     return input_dir, output_dir
-
-
-def _open_result(path: str) -> BinaryIO:
-    """Open /output/result as written by the container: a regular file, never a link to
-    somewhere on this host, and never a pipe that would block the daemon."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(0, "it is not a regular file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise

@@ -31,3 +31,7 @@ class MasterUnavailable(MasterError):
 
 class Cancelled(ClientError):
     """Work was stopped on purpose: an abort command or a shutdown."""
+
+
+class ResultUnreadable(ClientError):
+    """A container exited 0 but left no usable /output/result; the message says what it left."""

@@ -8,14 +8,11 @@ unit order, as the master would issue it. What a workload author sees here is wh
 volunteers will compute.
 """
 
-import contextlib
-import errno
 import json
 import logging
 import os
 import re
 import shutil
-import stat
 import tempfile
 import threading
 import time
@@ -31,7 +28,8 @@ from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.jobfile import JobSpec, params_env, params_json, parse_jobfile
 
 from . import images
-from .runner import Runner, RunOutcome, RunSpec
+from .errors import ResultUnreadable
+from .runner import Runner, RunOutcome, RunSpec, open_result
 
 log = logging.getLogger(__name__)
 
@@ -295,22 +293,12 @@ def _run_all(
 
 
 def _result(spec: RunSpec, outcome: RunOutcome | None = None) -> str:
-    """The path of a unit's /output/result: a regular file the container wrote, never a link
-    it planted to somewhere on this host."""
+    """The path of a unit's /output/result, once open_result has found it usable."""
     path = os.path.join(spec.output_dir, "result")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            message = "the container exited 0 without writing /output/result"
-        elif exc.errno == errno.ELOOP:
-            message = "/output/result is a symbolic link, not the result itself"
-        else:
-            message = f"/output/result cannot be read: {exc.strerror or exc}"
-        raise UnitFailed(spec.unit, replace(outcome or RunOutcome(None), stderr_tail=message)) from None
-    with contextlib.closing(os.fdopen(fd, "rb")) as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise UnitFailed(spec.unit, RunOutcome(None, stderr_tail="/output/result is not a regular file"))
+        open_result(path).close()
+    except ResultUnreadable as exc:
+        raise UnitFailed(spec.unit, replace(outcome or RunOutcome(None), stderr_tail=str(exc))) from None
     return path
 
 

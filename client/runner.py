@@ -5,11 +5,17 @@ A runner is called from worker threads (one per slot): ``run`` blocks until the 
 has ended, and must leave nothing behind (the container is removed, whatever happened).
 """
 
+import errno
+import os
+import stat
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from dockercomp.protocol.messages import ContainerInfo, ErrorKind
+
+from .errors import ResultUnreadable
 
 LABEL_CLIENT = "dockercomp.client"
 LABEL_JOB = "dockercomp.job"
@@ -65,3 +71,23 @@ class Runner(ABC):
     def remove_leftovers(self, client: str | None = None) -> int:
         """Remove containers an earlier run of this daemon left (found by label, never by
         name); all of ours when ``client`` is None. Return how many."""
+
+
+def open_result(path: str) -> BinaryIO:
+    """Open the /output/result a container wrote: a regular file, never a link it planted to
+    somewhere on this host, never a pipe that would block. ResultUnreadable says why not."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise ResultUnreadable("the container exited 0 without writing /output/result") from None
+        if exc.errno == errno.ELOOP:
+            raise ResultUnreadable("/output/result is a symbolic link, not the result itself") from None
+        raise ResultUnreadable(f"/output/result cannot be read: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ResultUnreadable("/output/result is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

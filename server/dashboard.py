@@ -145,12 +145,6 @@ class DashboardHandler(BaseHandler):
         super().initialize(master)
         self.feed = feed
 
-    def _int_arg(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.get_query_argument(name, str(default))
-        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-            raise BadRequest(f"{name} must be an integer from {low} to {high}")
-        return int(raw)
-
 
 class SnapshotHandler(DashboardHandler):
     async def get(self) -> None:
@@ -184,7 +178,7 @@ class DashboardClientsHandler(DashboardHandler):
             raise BadRequest("state must be all, online or offline")
         if sort not in SORT_KEYS:
             raise BadRequest(f"sort must be one of {', '.join(SORT_KEYS)}")
-        offset, limit = self._int_arg("offset", 0, 0, 10**9), self._int_arg("limit", 100, 1, 1000)
+        offset, limit = self.int_arg("offset", 0, 0, 10**9), self.int_arg("limit", 100, 1, 1000)
         online_after = self.master.now() - self.master.settings.online_window
         clients = [c.to_json(online_after) for c in await self.master.store.list_clients()]
         if state != "all":
@@ -204,7 +198,7 @@ class DashboardJobHandler(DashboardHandler):
     async def get(self, job_id: str) -> None:
         store = self.master.store
         job = await store.get_job(job_id)
-        offset, limit = self._int_arg("offset", 0, 0, 10**9), self._int_arg("limit", 200, 1, 1000)
+        offset, limit = self.int_arg("offset", 0, 0, 10**9), self.int_arg("limit", 200, 1, 1000)
         units = []
         for unit in await store.list_units(job_id, offset, limit):
             attempts = await store.list_attempts(unit.id)

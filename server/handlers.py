@@ -16,7 +16,7 @@ from dockercomp.protocol.errors import IntegrityError, ProtocolError
 from dockercomp.protocol.messages import Message
 
 from .blobs import BlobStore
-from .errors import ServerError, TooLarge, Unauthorized
+from .errors import BadRequest, ServerError, TooLarge, Unauthorized
 from .settings import ServerSettings
 from .store import Store
 
@@ -100,6 +100,13 @@ class BaseHandler(RequestHandler):
         if not self.body:
             raise ProtocolError("request body is empty")
         return codec.decode(self.body, self.request.headers.get("Content-Type"))
+
+    def int_arg(self, name: str, default: int, low: int, high: int) -> int:
+        """An integer query argument within [low, high], or a 400 naming it."""
+        raw = self.get_query_argument(name, str(default))
+        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+            raise BadRequest(f"{name} must be an integer from {low} to {high}")
+        return int(raw)
 
     # -- replies --------------------------------------------------------------------------
     def wants_msgpack(self) -> bool:

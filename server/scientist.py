@@ -19,17 +19,9 @@ MAX_UNITS = 1_000_000
 SLICE = 1 << 20
 
 
-class ScientistHandler(BaseHandler):
-    def _int_arg(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.get_query_argument(name, str(default))
-        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-            raise BadRequest(f"{name} must be an integer from {low} to {high}")
-        return int(raw)
-
-
-class JobsHandler(ScientistHandler):
+class JobsHandler(BaseHandler):
     async def get(self) -> None:
-        limit = self._int_arg("limit", 100, 1, 10_000)
+        limit = self.int_arg("limit", 100, 1, 10_000)
         jobs = await self.master.store.list_jobs(limit)
         self.reply({"jobs": [job.to_json() for job in jobs]})
 
@@ -77,19 +69,17 @@ class JobsHandler(ScientistHandler):
         return sweep_inputs([(h, len(b)) for h, b in zip(hashes, blobs, strict=True)])
 
 
-class JobHandler(ScientistHandler):
+class JobHandler(BaseHandler):
     async def get(self, job_id: str) -> None:
         store = self.master.store
         job = await store.get_job(job_id)
         self.reply(job.to_json() | {"job": job.id, "units": await store.unit_counts(job_id)})
 
 
-class UnitsHandler(ScientistHandler):
+class UnitsHandler(BaseHandler):
     async def get(self, job_id: str) -> None:
         store = self.master.store
-        units = await store.list_units(
-            job_id, self._int_arg("offset", 0, 0, 10**9), self._int_arg("limit", 100, 1, 1000)
-        )
+        units = await store.list_units(job_id, self.int_arg("offset", 0, 0, 10**9), self.int_arg("limit", 100, 1, 1000))
         self.reply({"units": [await self._unit_json(u) for u in units]})
 
     async def _unit_json(self, unit: Any) -> dict[str, Any]:
@@ -112,7 +102,7 @@ class UnitsHandler(ScientistHandler):
         }  # fmt: skip
 
 
-class ResultsDownloadHandler(ScientistHandler):
+class ResultsDownloadHandler(BaseHandler):
     """The job's result: the reduce output when it has a reduce step, else every canonical
     map output concatenated in unit order. ``?partial=1`` gives what is done so far."""
 
@@ -148,7 +138,7 @@ class ClientsHandler(BaseHandler):
         self.reply({"clients": [c.to_json(online_after) for c in clients]})
 
 
-class ChunkHandler(ScientistHandler):
+class ChunkHandler(BaseHandler):
     """Chunk a raw upload on the master: ``POST /api/v1/chunks?by=lines&size=1MiB`` with the
     file as body stores every chunk and answers their hashes, ready for a job's "chunks"."""
 

@@ -41,3 +41,14 @@ def registered(url: str, name: str = "sim", **kwargs: Any) -> SimClient:
     client = SimClient(url, name=name, **kwargs)
     client.register()
     return client
+
+
+def jobs(url: str) -> list[dict]:
+    """Every job the master lists."""
+    response = requests.get(f"{url}/api/v1/jobs")
+    assert response.status_code == 200
+    return response.json()["jobs"]
+
+
+def post_job(url: str, body: object) -> requests.Response:
+    return requests.post(f"{url}/api/v1/jobs", json=body)

@@ -19,19 +19,9 @@ from sim import (
     wait_job,
 )
 
-from .helpers import assert_error, registered
+from .helpers import assert_error, jobs, post_job, registered
 
 UNIT_STATES = {"ready", "running", "done", "failed", "cancelled", "suspended"}
-
-
-def jobs(url: str) -> list[dict]:
-    response = requests.get(f"{url}/api/v1/jobs")
-    assert response.status_code == 200
-    return response.json()["jobs"]
-
-
-def post_job(url: str, body: object) -> requests.Response:
-    return requests.post(f"{url}/api/v1/jobs", json=body)
 
 
 # -- creating jobs ----------------------------------------------------------------------------

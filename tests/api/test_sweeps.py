@@ -8,17 +8,7 @@ import pytest
 import requests
 from sim import compute, digest, job_file, job_status, job_units, put_blob, wait_job
 
-from .helpers import assert_error, registered
-
-
-def jobs(url: str) -> list[dict]:
-    response = requests.get(f"{url}/api/v1/jobs")
-    assert response.status_code == 200
-    return response.json()["jobs"]
-
-
-def post_job(url: str, body: object) -> requests.Response:
-    return requests.post(f"{url}/api/v1/jobs", json=body)
+from .helpers import assert_error, jobs, post_job, registered
 
 
 def test_a_range_sweep_makes_one_unit_per_step_with_its_range(master):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import MasterProcess, Masters
+from masters import MasterProcess, Masters
+from needs import skip_or_fail
 from sim import Fleet, SimClient, compute, job_file, job_status, wait_for, wait_job
 
 UNIT_STATES = {"ready", "running", "done", "failed", "cancelled", "suspended"}
@@ -177,7 +178,7 @@ def test_the_server_defaults_to_dc_host_and_dc_port(master, files):
 def test_without_dc_host_and_dc_port_the_server_is_local_port_8080(files):
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 8080)) == 0:
-            pytest.skip("something listens on 127.0.0.1:8080")
+            skip_or_fail("something listens on 127.0.0.1:8080")
     for env in ({}, {"DC_HOST": "127.0.0.1"}):  # both are needed
         result = dockercomp("jobs", env=env)
         assert result.returncode == 1

@@ -17,6 +17,7 @@ from typing import Any
 import docker
 import pytest
 from cluster import Daemons, cli, job_units, wait_job
+from needs import skip_or_fail
 
 from dockercomp.client import images
 
@@ -37,7 +38,7 @@ def imagefilter_image(docker_client: docker.DockerClient) -> str:
     except images.ImageError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"cannot build the imagefilter image: {exc} (CI is set, so this is an error, not a skip)")
-        pytest.skip(f"cannot build the imagefilter image: {exc}")
+        skip_or_fail(f"cannot build the imagefilter image: {exc}")
 
 
 # -- images read and computed here -------------------------------------------------------------

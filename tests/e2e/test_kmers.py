@@ -13,6 +13,7 @@ from typing import Any
 import docker
 import pytest
 from cluster import Daemons, cli, job_units, wait_job
+from needs import skip_or_fail
 
 from dockercomp.client import images
 from dockercomp.protocol.chunking import chunk_inputs
@@ -32,7 +33,7 @@ def kmers_image(docker_client: docker.DockerClient) -> str:
     except images.ImageError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"cannot build the kmers image: {exc} (CI is set, so this is an error, not a skip)")
-        pytest.skip(f"cannot build the kmers image: {exc}")
+        skip_or_fail(f"cannot build the kmers image: {exc}")
 
 
 def sample_fasta(path: Path, size: str, seed: int) -> Path:

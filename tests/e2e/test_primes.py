@@ -13,6 +13,7 @@ from typing import Any
 import docker
 import pytest
 from cluster import Daemons, cli, job_units, wait_job
+from needs import skip_or_fail
 
 from dockercomp.client import images
 from dockercomp.protocol.integrity import digest
@@ -32,7 +33,7 @@ def primes_image(docker_client: docker.DockerClient) -> str:
     except images.ImageError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"cannot build the primes image: {exc} (CI is set, so this is an error, not a skip)")
-        pytest.skip(f"cannot build the primes image: {exc}")
+        skip_or_fail(f"cannot build the primes image: {exc}")
 
 
 def is_prime_table(n: int) -> bytearray:

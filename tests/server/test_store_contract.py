@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from needs import skip_or_fail
 
 from dockercomp.protocol.integrity import digest
 from dockercomp.protocol.jobfile import JobSpec, params_json, parse_jobfile
@@ -132,7 +133,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, record_property: Calla
         except ImportError:
             if os.environ.get("CI") or MONGO_URL:
                 raise
-            pytest.skip("mongomock-motor is not installed (pip install -e '.[test]')")
+            skip_or_fail("mongomock-motor is not installed (pip install -e '.[test]')")
         record_property("mongodb", MONGO_TARGET)
     return Backend(request.param, tmp_path)
 
