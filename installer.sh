@@ -1,8 +1,11 @@
 #!/bin/sh
 # Join a dockercomp master as a volunteer:
 #
-#   curl -fsSL http://MASTER/install.sh | sh -s -- [--slots N] [--memory SIZE] [--enroll KEY]
+#   curl -fsSL https://MASTER/install.sh | sh -s -- [--slots N] [--memory SIZE] [--enroll KEY]
 #   ./installer.sh --server URL [options]
+#
+# Plain http:// is refused unless the master is on loopback (or --insecure is given); a master
+# with a private CA is trusted with --ca FILE (curl --cacert ... for the download itself).
 #
 # It installs the client into a virtualenv under one directory (--prefix, default
 # ~/.local/share/dockercomp), writes its config file, starts the daemon (a systemd user
@@ -19,9 +22,12 @@ REGISTER_WAIT="${DOCKERCOMP_REGISTER_WAIT:-60}"
 usage() {
     cat <<'EOF'
 usage: installer.sh [--server URL] [--slots N] [--memory SIZE] [--enroll KEY] [--name NAME]
-                    [--prefix DIR] [--yes] [--docker-group] [--no-systemd] [--dry-run]
+                    [--prefix DIR] [--ca FILE] [--insecure] [--yes] [--docker-group]
+                    [--no-systemd] [--dry-run]
 
   --server URL     the master (default: the master this script was downloaded from)
+  --ca FILE        PEM CA certificates to trust for the master instead of the system's
+  --insecure       allow plain http:// to a master that is not on loopback (a lab network)
   --slots N        units run at once (default: the cores minus one)
   --memory SIZE    memory donated to containers, e.g. 4GiB (default: half of this machine's)
   --enroll KEY     the master's enrollment key, when it asks for one
@@ -46,6 +52,8 @@ MEMORY=''
 ENROLL=''
 NAME=''
 PREFIX=''
+CA=''
+INSECURE=0
 YES=0
 DOCKER_GROUP=0
 NO_SYSTEMD=0
@@ -63,6 +71,8 @@ while [ "$#" -gt 0 ]; do
         --enroll) need_value "$@"; ENROLL="$2"; shift 2 ;;
         --name) need_value "$@"; NAME="$2"; shift 2 ;;
         --prefix) need_value "$@"; PREFIX="$2"; shift 2 ;;
+        --ca) need_value "$@"; CA="$2"; shift 2 ;;
+        --insecure) INSECURE=1; shift ;;
         --yes | -y) YES=1; shift ;;
         --docker-group) DOCKER_GROUP=1; shift ;;
         --no-systemd) NO_SYSTEMD=1; shift ;;
@@ -94,9 +104,46 @@ valid_text() {
     return 0
 }
 
+# The host of a URL: without its scheme, path, port or the brackets of an IPv6 address.
+url_host() {
+    rest="${1#*://}"
+    rest="${rest%%/*}"
+    case "$rest" in
+        \[*) rest="${rest#\[}"; rest="${rest%%\]*}" ;;
+        *) rest="${rest%%:*}" ;;
+    esac
+    printf '%s\n' "$rest" | tr '[:upper:]' '[:lower:]'
+}
+
+# localhost, 127.0.0.0/8 or ::1: addresses that never leave this machine.
+is_loopback() {
+    case "$1" in
+        localhost | ::1) return 0 ;;
+        *[!0-9.]*) return 1 ;;
+        127.*) return 0 ;;
+    esac
+    return 1
+}
+
 [ -n "$SERVER" ] || die "give the master's address: --server http://HOST:PORT"
 SERVER="${SERVER%/}"
 valid_url "$SERVER" || die "--server must be a URL such as http://192.0.2.7:8080"
+# TLS everywhere but loopback: the daemon's token and its results would cross the network in the clear
+case "$SERVER" in
+    http://*)
+        host="$(url_host "$SERVER")"
+        is_loopback "$host" || [ "$INSECURE" -eq 1 ] ||
+            die "refusing plain HTTP to $host, which is not on loopback: use https:// (with --ca FILE for a private CA), or --insecure for a lab network"
+        ;;
+esac
+if [ -n "$CA" ]; then
+    case "$CA" in
+        /*) ;;
+        *) CA="$(pwd)/$CA" ;;
+    esac
+    { [ -f "$CA" ] && [ -r "$CA" ]; } || die "--ca $CA is not a readable file"
+    grep -q -e '-----BEGIN CERTIFICATE-----' "$CA" || die "--ca $CA holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+fi
 case "$SLOTS" in
     '' | [1-9] | [1-9][0-9] | [1-9][0-9][0-9] | [1-9][0-9][0-9][0-9]) ;;
     *) die "--slots must be a number from 1 to 9999" ;;
@@ -122,6 +169,7 @@ esac
 
 VENV="$PREFIX/venv"
 CONFIG="$PREFIX/client.toml"
+CA_FILE="$PREFIX/ca.pem"
 WORK_DIR="$PREFIX/client"
 RUN_DIR="$PREFIX/run"
 LOG_DIR="$PREFIX/log"
@@ -207,11 +255,19 @@ missing_dirs() {
     printf '%s\n' "$1"
 }
 
-fetch() { # fetch URL FILE
+fetch() { # fetch URL FILE (from the master: with --ca, its certificate is checked against CA only)
     if command -v curl >/dev/null 2>&1; then
-        curl -fsSL --max-time 300 -o "$2" "$1"
+        if [ -n "$CA" ]; then
+            curl -fsSL --max-time 300 --cacert "$CA" -o "$2" "$1"
+        else
+            curl -fsSL --max-time 300 -o "$2" "$1"
+        fi
     elif command -v wget >/dev/null 2>&1; then
-        wget -q -T 300 -O "$2" "$1"
+        if [ -n "$CA" ]; then
+            wget -q -T 300 --ca-certificate="$CA" -O "$2" "$1"
+        else
+            wget -q -T 300 -O "$2" "$1"
+        fi
     else
         die "neither curl nor wget is installed"
     fi
@@ -334,7 +390,7 @@ ensure_python() {
 check_master() {
     say "checking the master at $SERVER"
     if [ "$DRY_RUN" -eq 1 ]; then
-        say "would fetch $SERVER/api/v1/install and the client's wheel it names"
+        say "would fetch $SERVER/api/v1/install and the client's wheel it names${CA:+, trusting the CA certificates in $CA}"
         WHEEL=dockercomp-VERSION-py3-none-any.whl
         return 0
     fi
@@ -400,8 +456,17 @@ install_client() {
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade --force-reinstall \
             --no-deps "$TMP_DIR/$WHEEL" ||
             die "installing $WHEEL failed"
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$TMP_DIR/$WHEEL" ||
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$TMP_DIR/${WHEEL}[client]" ||
             die "installing the client's dependencies failed"
+    fi
+    if [ -n "$CA" ]; then
+        plan "copy the CA certificates $CA to $CA_FILE (the daemon trusts them for the master)"
+        if [ "$DRY_RUN" -eq 0 ]; then
+            cp "$CA" "$CA_FILE.tmp"
+            chmod 644 "$CA_FILE.tmp"
+            mv "$CA_FILE.tmp" "$CA_FILE"
+            manifest file "$CA_FILE"
+        fi
     fi
     write_config
     write_supervisor
@@ -423,6 +488,8 @@ write_config() {
         [ -z "$MEMORY" ] || printf 'memory = "%s"\n' "$MEMORY"
         [ -z "$ENROLL" ] || printf 'enroll_key = "%s"\n' "$ENROLL"
         [ -z "$NAME" ] || printf 'name = "%s"\n' "$NAME"
+        [ -z "$CA" ] || printf 'ca = "%s"\n' "$CA_FILE"
+        [ "$INSECURE" -eq 0 ] || printf 'insecure = true\n'
     } >"$CONFIG.tmp"
     chmod 600 "$CONFIG.tmp"
     mv "$CONFIG.tmp" "$CONFIG"

@@ -22,6 +22,7 @@ from dockercomp.protocol.messages import ErrorKind, Grant, ResultReport
 from .cache import ChunkCache, Download, place
 from .errors import Cancelled, MasterError, ResultUnreadable
 from .master import MasterSession
+from .provision import Provisioner
 from .runner import Runner, RunOutcome, RunSpec, open_result
 from .spool import SAFE_ID, Spool
 
@@ -74,9 +75,17 @@ class Executor:
     its ``input`` and ``output``, so only the container can reach them through its mounts)."""
 
     def __init__(
-        self, root: str, cache: ChunkCache, master: MasterSession, runner: Runner, spool: Spool, client: str = ""
+        self,
+        root: str,
+        cache: ChunkCache,
+        master: MasterSession,
+        runner: Runner,
+        spool: Spool,
+        client: str = "",
+        provisioner: "Provisioner | None" = None,
     ) -> None:
         self.root = root
+        self.provisioner = provisioner  # the volunteer's checks and the image; None: run as granted
         self.cache = cache
         self.master = master
         self.runner = runner
@@ -94,6 +103,12 @@ class Executor:
         if problem:
             log.error("%s: refused: %s", attempt, problem)
             return self._errored(attempt, RunOutcome(ErrorKind.CLIENT, stderr_tail=problem))
+        refusal = self.provisioner.prepare(grant, attempt.cancel) if self.provisioner else None
+        if refusal is not None:
+            if refusal.error == ErrorKind.ABORTED:
+                return self._cancelled(attempt)
+            log.warning("%s: not run: %s: %s", attempt, refusal.error, refusal.stderr_tail)
+            return self._errored(attempt, refusal)
         workdir = os.path.join(self.root, grant.attempt)
         pinned: list[str] = []
         try:

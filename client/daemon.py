@@ -32,9 +32,10 @@ from dockercomp.protocol.messages import ErrorKind, LeaseRequest, RegisterReques
 from . import status
 from .attempt import Attempt, Disposition, Executor
 from .cache import ChunkCache
-from .errors import ClientError, MasterError, MasterRefused, MasterUnavailable, NotRegistered
+from .errors import ClientError, MasterError, MasterRefused, MasterUnavailable, MasterUntrusted, NotRegistered
 from .heartbeat import HeartbeatLoop
 from .master import Backoff, Identity, MasterSession
+from .provision import Provisioner
 from .runner import Runner
 from .settings import ClientSettings, host_facts
 from .slots import Slots
@@ -66,12 +67,18 @@ class Daemon:
         self._lock_file = _lock_work_dir(self.work_dir)
         self.slots = Slots(settings.slot_count, settings.memory_bytes, settings.prefetch)
         backoff = Backoff(settings.backoff_base, settings.backoff_max)
-        self.master = MasterSession(settings.server_url, timeout=settings.request_timeout, backoff=backoff)
+        self.master = MasterSession(
+            settings.server_url, timeout=settings.request_timeout, backoff=backoff, ca=settings.ca
+        )
         self.cache = ChunkCache(os.path.join(self.work_dir, "cache"), settings.cache_bytes)
         self.spool = Spool(os.path.join(self.work_dir, "results"), settings.inline_bytes)
         attempts_dir = os.path.join(self.work_dir, "attempts")
         shutil.rmtree(attempts_dir, ignore_errors=True)  # what a crashed run was preparing
-        self.executor = Executor(attempts_dir, self.cache, self.master, runner, self.spool)
+        self.provisioner = Provisioner(
+            settings, self.master, getattr(runner, "engine", None), self.work_dir, self.slots.slots,
+            settings.memory_bytes,
+        )  # fmt: skip
+        self.executor = Executor(attempts_dir, self.cache, self.master, runner, self.spool, provisioner=self.provisioner)
         self.identity: Identity | None = None
         self.exit: Exit | None = None
         self.counts: Counter[str] = Counter()  # attempts by how they ended
@@ -206,15 +213,15 @@ class Daemon:
                 return True  # another thread registered meanwhile
             identity = None if stale else Identity.load(path, self.master.url)
             if identity is None:
-                request = RegisterRequest(
-                    self.settings.client_name, self.settings.enroll_key, self.slots.slots, host_facts(self._engine())
-                )
+                request = RegisterRequest(self.settings.client_name, self.slots.slots, host_facts(self._engine()))
                 try:
-                    reply = self.master.register(request, until=until)
+                    reply = self.master.register(request, until=until, token=self.settings.enroll)
                 except MasterUnavailable:
                     return False
                 except MasterRefused as exc:
                     raise ClientError(f"the master refused to register this client: {exc.message}") from None
+                except MasterUntrusted as exc:
+                    raise ClientError(f"cannot register this client: {exc}") from None
                 identity = Identity(self.master.url, reply.client, reply.token)
                 identity.save(path)
                 self.heartbeat.interval = reply.heartbeat_interval

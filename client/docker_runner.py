@@ -119,6 +119,11 @@ class DockerRunner(Runner):
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
 
+    @property
+    def engine(self) -> docker.DockerClient:
+        """The Docker client containers run on (images are fetched into it)."""
+        return self._client
+
     # --- one unit -----------------------------------------------------------------------
 
     def run(self, spec: RunSpec, cancel: threading.Event) -> RunOutcome:

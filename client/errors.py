@@ -25,6 +25,11 @@ class NotRegistered(MasterRefused):
     """The master does not know this client or its token (401, or 404 for the client): register again."""
 
 
+class MasterUntrusted(MasterError):
+    """The master's TLS certificate was refused (another name, an unknown CA, expired): sending
+    the request again would meet the same certificate, so it is not retried."""
+
+
 class MasterUnavailable(MasterError):
     """The master could not be reached (or kept failing) before the caller gave up waiting."""
 

@@ -35,6 +35,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from dockercomp import resources
+
 log = logging.getLogger(__name__)
 
 BASE_REPOSITORY = "dockercomp/base"
@@ -73,12 +75,12 @@ class ImageError(Exception):
 
 
 def workloads_dir() -> Path:
-    """Where workload directories live: ``$DOCKERCOMP_WORKLOADS``, else the project's own
-    ``workloads/`` (next to the installed packages in an editable install)."""
+    """Where workload directories live: ``$DOCKERCOMP_WORKLOADS``, else the ones shipped with
+    dockercomp (package data of the installed wheel, or the checkout's ``workloads/``)."""
     configured = os.environ.get("DOCKERCOMP_WORKLOADS")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parent.parent / "workloads"
+    return resources.workloads_dir()
 
 
 def cache_dir() -> Path:

@@ -1,6 +1,7 @@
 """The daemon's HTTP session with the master: msgpack calls with a bearer token, retried with
 exponential backoff and jitter while the master is down or failing (connection errors,
-timeouts, 5xx, 503, 429), never when it refused the request (4xx): that answer would not change.
+timeouts, 5xx, 503, 429), never when it refused the request (4xx) nor when its TLS certificate
+was refused (another name, an unknown CA, expired): those answers would not change.
 
 Every call is safe to repeat: leases are only lost work, results and releases are idempotent
 on the master, blobs are content-addressed. So a call whose reply was lost is simply sent again.
@@ -35,8 +36,9 @@ from dockercomp.protocol.messages import (
     ReleaseRequest,
     ResultBatch,
 )
+from dockercomp.protocol.transport import certificate_problem
 
-from .errors import Cancelled, MasterError, MasterRefused, MasterUnavailable, NotRegistered
+from .errors import Cancelled, MasterError, MasterRefused, MasterUnavailable, MasterUntrusted, NotRegistered
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -103,10 +105,15 @@ class MasterSession:
     neither, a call retries until the master answers.
     """
 
-    def __init__(self, url: str, *, timeout: float = 30.0, backoff: Backoff | None = None, token: str = "") -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 30.0, backoff: Backoff | None = None, token: str = "", ca: str = ""
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        # the master's certificate is always verified: against ``ca`` (a PEM file) or the system's CAs;
+        # given to every request, as a session's own setting loses to $REQUESTS_CA_BUNDLE
+        self.verify: str | bool = ca or True
         self.backoff = backoff or Backoff()
         self.failures = 0  # consecutive failed requests, 0 once the master answers
         self.retries = 0  # requests sent again since the start
@@ -115,8 +122,9 @@ class MasterSession:
         self._local = threading.local()
 
     # -- the protocol ---------------------------------------------------------------------
-    def register(self, req: RegisterRequest, **kw: Any) -> RegisterReply:
-        return self.call("/clients/register", req, RegisterReply, **kw)
+    def register(self, req: RegisterRequest, token: str = "", **kw: Any) -> RegisterReply:
+        """Register with a volunteer account's token (none where the master enrolls openly)."""
+        return self.call("/clients/register", req, RegisterReply, token=token, **kw)
 
     def heartbeat(self, beat: Heartbeat, **kw: Any) -> HeartbeatReply:
         return self.call("/clients/heartbeat", beat, HeartbeatReply, **kw)
@@ -139,19 +147,39 @@ class MasterSession:
         until: threading.Event | None = None,
         tries: int | None = None,
         timeout: float | None = None,
+        token: str | None = None,
     ) -> M:
-        """POST a message as msgpack, decode the reply as ``reply``."""
+        """POST a message as msgpack, decode the reply as ``reply``; as this client, or with
+        ``token`` when given ("" for none)."""
         body = codec.pack(message.to_wire())
 
         def send() -> requests.Response:
             return self._session().post(
-                self.url + API + path, data=body, headers=self._headers(codec.MSGPACK), timeout=timeout or self.timeout
+                self.url + API + path,
+                data=body,
+                headers=self._headers(codec.MSGPACK, token),
+                timeout=timeout or self.timeout,
+                verify=self.verify,
             )
 
         response = self._retrying(path, send, until, tries)
         try:
             return reply.from_wire(codec.unpack(response.content))
         except ProtocolError as exc:  # a master of another version, or not a master at all
+            raise MasterError(f"{path}: the master's reply is not understood: {exc}") from None
+
+    def get(self, path: str, reply: type[M], *, until: threading.Event | None = None, tries: int | None = None) -> M:
+        """GET a resource under /api/v1 as msgpack, decoded as ``reply``."""
+
+        def send() -> requests.Response:
+            return self._session().get(
+                self.url + API + path, headers=self._headers(), timeout=self.timeout, verify=self.verify
+            )
+
+        response = self._retrying(path, send, until, tries)
+        try:
+            return reply.from_wire(codec.unpack(response.content))
+        except ProtocolError as exc:
             raise MasterError(f"{path}: the master's reply is not understood: {exc}") from None
 
     # -- blobs ------------------------------------------------------------------------------
@@ -181,7 +209,9 @@ class MasterSession:
             headers = self._headers()
             if offset:
                 headers["Range"] = f"bytes={offset}-"
-            with self._session().get(where, headers=headers, stream=True, timeout=self.timeout) as response:
+            with self._session().get(
+                where, headers=headers, stream=True, timeout=self.timeout, verify=self.verify
+            ) as response:
                 if response.status_code == 200 and offset:  # the whole blob after all
                     dest.seek(0)
                     dest.truncate()
@@ -206,6 +236,7 @@ class MasterSession:
                     data=f,
                     headers=self._headers("application/octet-stream"),
                     timeout=self.timeout,
+                    verify=self.verify,
                 )
 
         self._retrying(f"/blobs/{blob}", send, until, None)
@@ -220,6 +251,13 @@ class MasterSession:
             try:
                 response = send()
             except _TRANSIENT as exc:
+                untrusted = certificate_problem(exc)  # an SSLError is a ConnectionError, but no retry helps
+                if untrusted:
+                    self.last_error = f"certificate refused: {untrusted}"
+                    raise MasterUntrusted(
+                        f"{path}: the certificate of the master at {self.url} was refused: {untrusted} "
+                        "(a private CA is trusted with --ca FILE)"
+                    ) from None
                 problem = f"cannot reach it ({type(exc).__name__})"
             else:
                 status = response.status_code
@@ -229,7 +267,9 @@ class MasterSession:
                 message = _error_message(response)
                 if status < 500 and status != 429:
                     self._answered(response)
-                    cls = NotRegistered if status == 401 or (status == 404 and "register" in message) else MasterRefused
+                    # a revoked or expired token is the operator's decision: registering again would undo it
+                    forgotten = status == 401 and not ("revoked" in message or "expired" in message)
+                    cls = NotRegistered if forgotten or (status == 404 and "register" in message) else MasterRefused
                     raise cls(status, message, path)
                 problem = f"HTTP {status}: {message}"
                 retry_after = _seconds(response.headers.get("Retry-After"))
@@ -257,18 +297,20 @@ class MasterSession:
             # the header has whole seconds: only a real difference of clocks is worth correcting
             self.clock_offset = offset if abs(offset) > 2 else 0.0
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+    def _headers(self, content_type: str | None = None, token: str | None = None) -> dict[str, str]:
         headers = {"Accept": codec.MSGPACK}
         if content_type:
             headers["Content-Type"] = content_type
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        token = self.token if token is None else token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         return headers
 
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
+            session.verify = self.verify
         return session
 
 

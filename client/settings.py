@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.messages import HostFacts
-from dockercomp.protocol.quantities import parse_size
+from dockercomp.protocol.quantities import parse_duration, parse_size
+from dockercomp.protocol.transport import plain_http_refusal
 from dockercomp.settings import SettingsError
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -63,7 +64,7 @@ def host_facts(engine_version: str = "") -> HostFacts:
 class ClientSettings:
     server: str = ""  # the master's URL; default http://$DC_HOST:$DC_PORT, else http://127.0.0.1:8080
     name: str = ""  # shown to operators; default this machine's host name
-    enroll_key: str = ""  # the master's enrollment key, when it asks for one
+    enroll: str = ""  # the volunteer token the master's operator gave, to register this machine with
     slots: int = 0  # units run at once (cores donated); 0: the cores minus one, at least one
     memory: str = ""  # memory donated to containers, e.g. 4GiB; default half of this machine's
     work_dir: str = ""  # identity, chunk cache, spooled results, status; default ~/.local/share/dockercomp/client
@@ -76,6 +77,13 @@ class ClientSettings:
     status_interval: float = 2.0  # how often the status file is rewritten when nothing changed
     upload_batch: int = 64  # results per upload request
     prefetch: bool = True  # lease the next batch while the current one computes
+    trust: str = ""  # PEM files of public keys (comma-separated) whose signed images this volunteer runs
+    allow_unsigned: bool = False  # run images no trusted key signed (a lab only)
+    allow_images: str = ""  # comma-separated shell patterns an image's tag must match, e.g. dockercomp/*
+    allow_registries: bool = False  # pull name@sha256:... images from their registry (never by tag)
+    max_timeout: str = "24h"  # refuse units that may run longer than this
+    ca: str = ""  # a PEM file of CA certificates to trust for the master instead of the system's
+    insecure: bool = False  # allow plain http:// to a master not on loopback (a lab network); https is still verified
 
     @property
     def server_url(self) -> str:
@@ -104,6 +112,18 @@ class ClientSettings:
         return parse_size(self.cache_size, "cache_size")
 
     @property
+    def trust_files(self) -> list[str]:
+        return [p.strip() for p in self.trust.split(",") if p.strip()]
+
+    @property
+    def image_patterns(self) -> list[str]:
+        return [p.strip() for p in self.allow_images.split(",") if p.strip()]
+
+    @property
+    def max_timeout_seconds(self) -> float:
+        return parse_duration(self.max_timeout, "max_timeout")
+
+    @property
     def inline_bytes(self) -> int:
         return parse_size(self.inline_output, "inline_output")
 
@@ -111,6 +131,11 @@ class ClientSettings:
         url = urlsplit(self.server_url)
         if url.scheme not in ("http", "https") or not url.netloc:
             raise SettingsError(f"server must be a URL such as http://127.0.0.1:8080, got {self.server_url!r:.80}")
+        refusal = None if self.insecure else plain_http_refusal(self.server_url)
+        if refusal:
+            raise SettingsError(refusal)
+        if self.ca and not (os.path.isfile(self.ca) and os.access(self.ca, os.R_OK)):
+            raise SettingsError(f"ca {self.ca} is not a readable file (of PEM CA certificates)")
         if not _NAME_RE.fullmatch(self.client_name):
             raise SettingsError("name must be 1-128 printable characters")
         if not 0 <= self.slots <= 4096:
@@ -128,5 +153,13 @@ class ClientSettings:
                 raise SettingsError(f"{name} must be greater than 0")
         if self.stop_timeout < 0:
             raise SettingsError("stop_timeout must not be negative")
+        try:
+            if self.max_timeout_seconds <= 0:
+                raise SettingsError("max_timeout must be greater than 0")
+        except ProtocolError as exc:
+            raise SettingsError(str(exc)) from None
+        for path in self.trust_files:
+            if not os.path.isfile(path):
+                raise SettingsError(f"trust: {path} is not a file of PEM public keys")
         if not 1 <= self.upload_batch <= 10_000:
             raise SettingsError("upload_batch must be from 1 to 10000")

@@ -3,21 +3,41 @@ library; exit 0 on success, 1 when the operation failed, 2 on bad usage or bad i
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dockercomp import resources
 from dockercomp.protocol.errors import ProtocolError
 from dockercomp.scientist import MasterError, Scientist, default_server, read_jobfile
 
 log = logging.getLogger("dockercomp")
+# What each extra of pyproject.toml installs beyond the base: the commands of a role check for
+# them first, so a missing one is a line saying what to install, not an ImportError's traceback.
+EXTRAS = {"server": ("tornado", "pymongo"), "client": ("docker",)}
 
 
 class UsageError(Exception):
     """Bad usage or bad input: exit code 2."""
+
+
+class MissingExtra(Exception):
+    """This install lacks the extra a command needs: exit code 1."""
+
+
+def _missing(extra: str) -> list[str]:
+    return [name for name in EXTRAS[extra] if importlib.util.find_spec(name) is None]
+
+
+def _require(extra: str) -> None:
+    missing = _missing(extra)
+    if missing:
+        raise MissingExtra(f"this command needs {', '.join(missing)}: pip install 'dockercomp[{extra}]'")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except MasterError as exc:
         print(f"dockercomp: {exc}", file=sys.stderr)
         return 2 if exc.bad_input else 1
+    except MissingExtra as exc:
+        print(f"dockercomp: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -57,11 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where the embedded store and blobs live")
     p.add_argument("--store", help="sqlite:///PATH (default) or mongodb://HOST/DB")
     p.add_argument("--config", help="settings file (TOML, a [server] table)")
-    p.add_argument("--enroll-key", help="require this key from clients that register")
+    p.add_argument("--open-enrollment", action="store_true", default=None,
+                   help="let anyone register a machine, each as an account of its own")  # fmt: skip
     p.add_argument("--max-body", help="largest request body accepted, e.g. 64MiB")
     p.add_argument("--heartbeat-timeout", type=float, help="seconds of silence before a client loses its leases")
     p.add_argument("--lease-slack", type=float, help="seconds added to a job's timeout for a lease's deadline")
     p.add_argument("--reap-interval", type=float, help="seconds between looks for expired leases")
+    p.add_argument("--certfile", help="PEM certificate chain: serve HTTPS (with --keyfile)")
+    p.add_argument("--keyfile", help="the PEM private key of --certfile")
+    p.add_argument("--behind-proxy", action="store_true", default=None,
+                   help="a TLS proxy is in front: trust its X-Forwarded-Proto, X-Forwarded-Host and X-Real-Ip")  # fmt: skip
 
     p = command("submit", cmd_submit, "submit a job: chunk and upload the input, create the job")
     p.add_argument("jobfile")
@@ -70,9 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until the job ends, with a progress bar")
     p.add_argument("--json", action="store_true", help='print {"job": ID} (and the final state with --wait)')
     p.add_argument("--chunk-on-master", action="store_true", help="send inputs whole; the master chunks them")
-    p.add_argument(
-        "--no-image-check", action="store_true", help="submit even if no volunteer could build or load the image"
-    )
 
     p = command("status", cmd_status, "show a job's state and its units per state")
     p.add_argument("job")
@@ -93,6 +118,41 @@ def build_parser() -> argparse.ArgumentParser:
     _server_arg(p)
     p.add_argument("--json", action="store_true")
 
+    p = command("keys", cmd_keys, "make, list and revoke tokens (the operator's)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{create,list,revoke}")
+    k = actions.add_parser("create", help="make a token; it is printed once, alone on the last line")
+    k.add_argument("name", metavar="NAME")
+    k.add_argument("--role", required=True, choices=["scientist", "volunteer", "operator"])
+    k.add_argument("--expires", help="lifetime, e.g. 30d or 12h (default: until revoked)")
+    _server_arg(k)
+    k = actions.add_parser("list", help="every key, its role and state (never a token)")
+    _server_arg(k)
+    k.add_argument("--json", action="store_true")
+    k = actions.add_parser("revoke", help="revoke a key: an account takes its machines along; a client id, one machine")
+    k.add_argument("name", metavar="NAME")
+    _server_arg(k)
+
+    p = command("images", cmd_images, "push workload images to the master, sign them, list them")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{push,sign,list}")
+    i = actions.add_parser("push", help="upload an image of the local engine (only the layers the master lacks)")
+    i.add_argument("image", metavar="IMAGE", help="a tag or an image id of the local Docker engine")
+    _server_arg(i)
+    i.add_argument("--json", action="store_true")
+    i = actions.add_parser("sign", help="sign a pushed image with your private key (which stays here)")
+    i.add_argument("image", metavar="IMAGE", help="the image's id or tag on the master")
+    i.add_argument("--key", required=True, metavar="FILE", help="the private key (dockercomp sign keygen)")
+    _server_arg(i)
+    i = actions.add_parser("list", help="the images the master holds")
+    _server_arg(i)
+    i.add_argument("--json", action="store_true")
+
+    p = command("sign", cmd_sign, "signing keys for images")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{keygen,fingerprint}")
+    g = actions.add_parser("keygen", help="make a key pair: FILE (private, 0600) and FILE.pub")
+    g.add_argument("file", metavar="FILE", nargs="?", default="dockercomp-signing.key")
+    g = actions.add_parser("fingerprint", help="print the fingerprint of each public key in a file")
+    g.add_argument("file", metavar="FILE")
+
     p = command("client", cmd_client, "run the volunteer client daemon (or: client status)")
     p.add_argument("--server", help="master URL (default http://$DC_HOST:$DC_PORT or http://127.0.0.1:8080)")
     p.add_argument("--slots", type=int, help="units run at once (default: the cores minus one, at least one)")
@@ -100,8 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="identity, chunk cache and results (default ~/.local/share/dockercomp/client)")
     p.add_argument("--cache-size", help="bound of the chunk cache, e.g. 2GiB (default 2GiB)")
     p.add_argument("--name", help="the name operators see (default: the host name)")
-    p.add_argument("--enroll-key", help="the master's enrollment key, when it asks for one")
+    p.add_argument("--enroll", metavar="TOKEN", help="the volunteer token the master's operator gave you")
+    p.add_argument("--trust", action="append", metavar="KEYFILE",
+                   help="run only images signed by a public key in this PEM file (repeatable)")  # fmt: skip
+    p.add_argument("--allow-unsigned", action="store_true", default=None,
+                   help="run images no trusted key signed (a lab only)")  # fmt: skip
+    p.add_argument("--allow-images", action="append", metavar="PATTERN",
+                   help="run only images whose tag matches one of these shell patterns, e.g. 'dockercomp/*'")  # fmt: skip
+    p.add_argument("--allow-registries", action="store_true", default=None,
+                   help="pull images a job names as name@sha256:... from their registry (never by tag)")  # fmt: skip
+    p.add_argument("--max-timeout", help="refuse units that may run longer than this, e.g. 2h (default 24h)")
     p.add_argument("--stop-timeout", type=float, help="seconds running units get to finish after a first stop")
+    p.add_argument("--ca", metavar="FILE", help="PEM CA certificates to trust for the master instead of the system's")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="allow plain http:// to a master not on loopback (a lab network)")  # fmt: skip
     p.add_argument("--config", help="settings file (TOML, a [client] table)")
     actions = p.add_subparsers(dest="client_action", metavar="[status|uninstall]")
     s = actions.add_parser("status", help="show what the daemon runs now", description="show what the daemon runs now")
@@ -140,24 +212,57 @@ def _server_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server", default=None, help="master URL (default http://$DC_HOST:$DC_PORT or http://127.0.0.1:8080)"
     )
+    p.add_argument("--ca", metavar="FILE", default=os.environ.get("DOCKERCOMP_CA") or None,
+                   help="PEM CA certificates to trust for the master instead of the system's (default $DOCKERCOMP_CA)")  # fmt: skip
+    p.add_argument("--insecure", action="store_true",
+                   help="allow plain http:// to a master not on loopback (a lab network)")  # fmt: skip
+    p.add_argument("--token", help="your token (default $DOCKERCOMP_TOKEN, else the local master's operator.token)")
 
 
 def _scientist(args: argparse.Namespace) -> Scientist:
-    return Scientist(args.server or default_server())
+    server = args.server or default_server()
+    return Scientist(server, ca=args.ca, insecure=args.insecure, token=_token(args.token, server))
+
+
+def _token(given: str | None, server: str) -> str:
+    """--token, else $DOCKERCOMP_TOKEN, else the operator's token file when the master runs here."""
+    if given:
+        return given
+    if os.environ.get("DOCKERCOMP_TOKEN"):
+        return os.environ["DOCKERCOMP_TOKEN"]
+    from urllib.parse import urlsplit
+
+    from dockercomp.protocol.transport import is_loopback
+
+    if not is_loopback(urlsplit(server).hostname or ""):
+        return ""
+    data_dir = os.environ.get("DOCKERCOMP_SERVER_DATA_DIR") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share"),
+        "dockercomp",
+        "master",
+    )
+    try:
+        with open(os.path.join(data_dir, "operator.token"), encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 # -- commands ------------------------------------------------------------------------------
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    _require("server")
     from dockercomp.server.app import serve
     from dockercomp.server.settings import ServerSettings
     from dockercomp.settings import load_settings
 
     flags = {
         "host": args.host, "port": args.port, "data_dir": args.data_dir, "store": args.store,
-        "enroll_key": args.enroll_key, "max_body": args.max_body, "heartbeat_timeout": args.heartbeat_timeout,
+        "open_enrollment": args.open_enrollment, "max_body": args.max_body,
+        "heartbeat_timeout": args.heartbeat_timeout,
         "lease_slack": args.lease_slack, "reap_interval": args.reap_interval,
+        "certfile": args.certfile, "keyfile": args.keyfile, "behind_proxy": args.behind_proxy,
     }  # fmt: skip
     settings = load_settings(ServerSettings, "server", args.config, flags)
     try:
@@ -177,11 +282,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for path in args.inputs:
         if not os.path.isfile(path):
             raise UsageError(f"input {path} is not a readable file")
-    from dockercomp.client.images import missing_image
-
-    problem = None if args.no_image_check else missing_image(spec.image)
-    if problem:
-        raise UsageError(problem)
     scientist = _scientist(args)
     show = sys.stderr.isatty()
     if spec.sweep is not None:
@@ -200,6 +300,83 @@ def cmd_submit(args: argparse.Namespace) -> int:
     status = scientist.wait(job_id, progress=show)
     _print(args, {"job": job_id, "state": status["state"], "units": status["units"]}, _status_line(status))
     return 0 if status["state"] == "done" else 1
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    scientist = _scientist(args)
+    if args.action == "create":
+        key = scientist.create_key(args.name, args.role, args.expires)
+        expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(key["expires_at"])) if key["expires_at"] else "never"
+        print(f"{key['role']} key {key['name']} made (expires: {expires}); its token, shown only now:")
+        print(key["token"])
+    elif args.action == "list":
+        keys = scientist.keys()
+        rows = [(k["name"], k["role"], k["account"], k["state"],
+                 time.strftime("%Y-%m-%d", time.gmtime(k["expires_at"])) if k["expires_at"] else "-") for k in keys]  # fmt: skip
+        _print(args, {"keys": keys}, _table(("NAME", "ROLE", "ACCOUNT", "STATE", "EXPIRES"), rows))
+    else:
+        revoked = scientist.revoke_key(args.name)
+        print(f"revoked {revoked} key(s)" + (f" of {args.name}" if revoked else f"; {args.name} was revoked already"))
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    scientist = _scientist(args)
+    if args.action == "list":
+        found = scientist.images()
+        rows = [(i["id"][7:19], ", ".join(i["tags"]) or "-", str(len(i["layers"])), i["owner"],
+                 ", ".join(s["key"][:12] for s in i["signatures"]) or "unsigned") for i in found]  # fmt: skip
+        _print(args, {"images": found}, _table(("IMAGE", "TAGS", "LAYERS", "OWNER", "SIGNED BY"), rows))
+        return 0
+    if args.action == "sign":
+        from dockercomp.protocol import signing
+
+        key = signing.load_private(args.key)
+        image = scientist.image(args.image)
+        signed = signing.sign(key, image["id"])
+        scientist.add_signature(image["id"], signed)
+        print(f"signed {image['id']} with key {signed.key}")
+        return 0
+    return push_image(scientist, args)
+
+
+def push_image(scientist: Scientist, args: argparse.Namespace) -> int:
+    _require("client")
+    import tempfile
+    from pathlib import Path
+
+    from dockercomp.client import delivery, images
+
+    try:
+        client = images.connect()
+        with tempfile.TemporaryDirectory(prefix="dockercomp-push-") as tmp:
+            exported = delivery.export_image(client, args.image, Path(tmp))
+            record, sent = scientist.push_image(exported, progress=sys.stderr.isatty() and not args.json)
+    except (images.ImageError, delivery.DeliveryError) as exc:
+        print(f"dockercomp: {exc}", file=sys.stderr)
+        return 1
+    size = sum(layer.size for layer in exported.layers)
+    text = f"pushed {record['id']} ({', '.join(record['tags']) or 'no tag'}): {sent} of {size} bytes sent"
+    _print(args, {"image": record["id"], "tags": record["tags"], "sent": sent, "size": size}, text)
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from dockercomp.protocol import signing
+
+    if args.action == "fingerprint":
+        for key in signing.load_public(args.file):
+            print(signing.fingerprint(key))
+        return 0
+    try:
+        fp = signing.keygen(args.file, args.file + ".pub")
+    except FileExistsError:
+        raise UsageError(f"{args.file} exists already; a key is never overwritten") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.file}: {exc.strerror}") from None
+    print(f"private key {args.file} (keep it off the master), public key {args.file}.pub")
+    print(fp)
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -251,8 +428,11 @@ def _client_settings(args: argparse.Namespace) -> Any:
 
     flags = {
         "server": args.server, "slots": args.slots, "memory": args.memory, "work_dir": args.work_dir,
-        "cache_size": args.cache_size, "name": args.name, "enroll_key": args.enroll_key,
-        "stop_timeout": args.stop_timeout,
+        "cache_size": args.cache_size, "name": args.name, "enroll": args.enroll,
+        "stop_timeout": args.stop_timeout, "ca": args.ca, "insecure": args.insecure,
+        "trust": ",".join(args.trust) if args.trust else None, "allow_unsigned": args.allow_unsigned,
+        "allow_images": ",".join(args.allow_images) if args.allow_images else None,
+        "allow_registries": args.allow_registries, "max_timeout": args.max_timeout,
     }  # fmt: skip
     return load_settings(ClientSettings, "client", args.config, flags)
 
@@ -262,6 +442,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         return cmd_client_status(args)
     if args.client_action == "uninstall":
         return cmd_client_uninstall(args)
+    _require("client")
     from dockercomp.client.daemon import Daemon
     from dockercomp.client.errors import ClientError
     from dockercomp.client.images import ImageError
@@ -294,7 +475,7 @@ def cmd_client_uninstall(args: argparse.Namespace) -> int:
     """Run the install's own cleanup script (or the project's, for a partial install)."""
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     prefix = os.path.abspath(args.prefix or os.path.join(data, "dockercomp"))
-    candidates = [os.path.join(prefix, "cleanup"), os.path.join(os.path.dirname(os.path.dirname(__file__)), "cleanup")]
+    candidates = [os.path.join(prefix, "cleanup"), str(resources.script("cleanup"))]
     script = next((c for c in candidates if os.path.isfile(c)), None)
     if script is None:
         print(f"dockercomp: no cleanup script found (looked for {', '.join(candidates)})", file=sys.stderr)
@@ -306,6 +487,7 @@ def cmd_client_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_workloads(args: argparse.Namespace) -> int:
+    _require("client")
     from dockercomp.client import images, local_run
 
     if args.action == "run":

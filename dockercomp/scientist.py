@@ -12,8 +12,10 @@ import requests
 
 from dockercomp.protocol.chunking import chunk_inputs
 from dockercomp.protocol.errors import ProtocolError
+from dockercomp.protocol.images import PIECE_SIZE
 from dockercomp.protocol.integrity import digest
 from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
+from dockercomp.protocol.transport import certificate_problem, plain_http_refusal
 
 TERMINAL_JOB = ("done", "failed", "cancelled")
 
@@ -70,18 +72,39 @@ class Progress:
 class Scientist:
     """A session with one master."""
 
-    def __init__(self, server: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self, server: str, timeout: float = 60.0, *, ca: str | None = None, insecure: bool = False, token: str = ""
+    ) -> None:
+        """``ca``: a PEM file of CA certificates to trust instead of the system's; ``insecure``
+        allows plain http:// to a master not on loopback (https is verified all the same).
+        Raises MasterError (bad input) before any request when either rule is broken."""
         self.server = server.rstrip("/")
+        refusal = None if insecure else plain_http_refusal(self.server)
+        if refusal:
+            raise MasterError(refusal, bad_input=True)
+        if ca and not (os.path.isfile(ca) and os.access(ca, os.R_OK)):
+            raise MasterError(f"--ca {ca} is not a readable file (of PEM CA certificates)", bad_input=True)
         self.http = requests.Session()
+        # given to every request too: a session's own setting loses to $REQUESTS_CA_BUNDLE
+        self.verify: str | bool = ca or True
+        self.http.verify = self.verify
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
         self.timeout = timeout
 
     def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         url = f"{self.server}/api/v1{path}"
         try:
-            response = self.http.request(method, url, timeout=self.timeout, **kwargs)
+            response = self.http.request(method, url, timeout=self.timeout, verify=self.verify, **kwargs)
         except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL):
             message = f"{self.server} is not a master URL such as http://127.0.0.1:8080"
             raise MasterError(message, bad_input=True) from None
+        except requests.exceptions.SSLError as exc:
+            why = certificate_problem(exc)
+            if why is None:
+                raise MasterError(f"no TLS connection to the master at {self.server}: {str(exc)[:200]}") from None
+            message = f"the certificate of the master at {self.server} was refused: {why}"
+            raise MasterError(f"{message} (a private CA is trusted with --ca FILE)") from None
         except requests.RequestException as exc:
             raise MasterError(f"cannot reach the master at {self.server}: {exc.__class__.__name__}") from None
         if response.status_code >= 400:
@@ -89,8 +112,11 @@ class Scientist:
                 message = response.json().get("error", response.text)
             except ValueError:
                 message = response.text.strip() or response.reason
+            if response.status_code == 401:
+                message += "; give a token with --token or $DOCKERCOMP_TOKEN"
             raise MasterError(
-                f"{message} (HTTP {response.status_code})", bad_input=response.status_code in (400, 404, 413, 422)
+                f"{message} (HTTP {response.status_code})",
+                bad_input=response.status_code in (400, 401, 403, 404, 409, 413, 415, 422),
             )
         return response
 
@@ -171,3 +197,63 @@ class Scientist:
 
     def clients(self) -> list[dict[str, Any]]:
         return self._call("GET", "/clients").json()["clients"]
+
+    # -- keys (the operator's) -----------------------------------------------------------------
+    def create_key(self, name: str, role: str, expires: str | None = None) -> dict[str, Any]:
+        body = {"name": name, "role": role} | ({"expires": expires} if expires else {})
+        return self._call("POST", "/keys", json=body).json()
+
+    def keys(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/keys").json()["keys"]
+
+    def revoke_key(self, name: str) -> int:
+        return self._call("DELETE", f"/keys/{name}").json()["revoked"]
+
+    # -- images ----------------------------------------------------------------------------------
+    def images(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/images").json()["images"]
+
+    def image(self, ref: str) -> dict[str, Any]:
+        return self._call("GET", f"/images/{ref}").json()
+
+    def push_image(self, exported: Any, progress: bool = True) -> tuple[dict[str, Any], int]:
+        """Upload an exported image (client.delivery.ExportedImage): each layer the master
+        lacks, in pieces it lacks, then the config; register it under its tags. Returns the
+        master's record and the bytes sent."""
+        sent = 0
+        todo = [layer for layer in exported.layers if not self._has_layer(layer.digest)]
+        total = sum(layer.size for layer in todo)
+        bar = Progress("pushing", total // 1024 or 1, " KiB") if progress else None
+        for layer in todo:
+            pieces = []
+            with open(layer.path, "rb") as f:
+                for piece in iter(lambda: f.read(PIECE_SIZE), b""):
+                    blob = digest(piece)
+                    if not self.has_blob(blob):
+                        self._call("PUT", f"/blobs/{blob}", data=piece)
+                        sent += len(piece)
+                    pieces.append(blob)
+                    if bar:
+                        bar.update(sent // 1024, layer.digest[7:19])
+            self._call("PUT", f"/layers/{layer.digest}", json={"size": layer.size, "pieces": pieces})
+        config = digest(exported.config)
+        if not self.has_blob(config):
+            self._call("PUT", f"/blobs/{config}", data=exported.config)
+            sent += len(exported.config)
+        if bar:
+            bar.close()
+        body = {"config": config, "id": exported.id, "tags": list(exported.tags)}
+        return self._call("POST", "/images", json=body).json(), sent
+
+    def _has_layer(self, layer_digest: str) -> bool:
+        try:
+            self._call("GET", f"/layers/{layer_digest}")
+        except MasterError as exc:
+            if exc.bad_input:
+                return False
+            raise
+        return True
+
+    def add_signature(self, image_id: str, signed: Any) -> dict[str, Any]:
+        body = {"key": signed.key, "public_key": signed.public_key, "signature": signed.signature}
+        return self._call("POST", f"/images/{image_id}/signatures", json=body).json()

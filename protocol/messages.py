@@ -28,6 +28,8 @@ class ErrorKind(StrEnum):
     INTEGRITY = "integrity"  # an input blob did not match its hash, even after a new download
     DOCKER_UNAVAILABLE = "docker_unavailable"  # the client's Docker engine did not answer
     ABORTED = "aborted"  # the client stopped the container (shutdown or an abort command)
+    REFUSED = "refused"  # beyond what the volunteer allows (cpus, memory, timeout, images): not run
+    UNTRUSTED = "untrusted"  # the image is not signed by a key the volunteer trusts: not run
     CLIENT = "client"  # any other failure inside the client daemon
 
 
@@ -164,8 +166,9 @@ class HostFacts(Message):
 
 @dataclass
 class RegisterRequest(Message):
+    """Sent with a volunteer account's token (or none, where the master enrolls openly)."""
+
     name: str
-    enroll_key: str = ""
     slots: int = 1
     host: HostFacts = field(default_factory=HostFacts)
 

@@ -1,7 +1,6 @@
 """The client protocol under /api/v1/ (msgpack): register, heartbeat, lease, results,
 release, and blobs by hash with Range and ETag."""
 
-import hmac
 import math
 import re
 
@@ -22,8 +21,10 @@ from dockercomp.protocol.messages import (
     ResultReport,
 )
 
+from .auth import Role, new_token, token_hash
 from .errors import BadRequest, NotFound, RangeNotSatisfiable, Unauthorized
 from .handlers import BaseHandler
+from .store.base import new_id
 
 MAX_BATCH = 10_000
 SLICE = 1 << 20
@@ -31,18 +32,28 @@ _NAME_RE = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 
 
 class RegisterHandler(BaseHandler):
+    """A machine joins: with a volunteer account's token it is enrolled under that account;
+    with none, on a master with open enrollment, it is an account of its own (a stranger,
+    as BOINC projects take them). It gets a client token of its own either way."""
+
     async def post(self) -> None:
         req = self.decode(RegisterRequest)
-        key = self.master.settings.enroll_key
-        if key and not hmac.compare_digest(req.enroll_key.encode(), key.encode()):
-            raise Unauthorized("wrong enrollment key; ask the operator of this master for it")
+        settings = self.master.settings
+        if self.caller.role == Role.VOLUNTEER:
+            account = self.caller.name
+        elif settings.open_enrollment:
+            account = f"open-{new_id(8)}"
+        else:
+            raise Unauthorized("this master enrolls volunteers by token: ask its operator for one (--enroll TOKEN)")
         if not _NAME_RE.fullmatch(req.name):
             raise BadRequest("name must be 1-128 printable characters")
         if not 1 <= req.slots <= 4096:
             raise BadRequest("slots must be from 1 to 4096")
-        client = await self.master.store.register_client(req.name, req.slots, req.host, self.master.now())
-        settings = self.master.settings
-        self.reply(RegisterReply(client.id, self.master.token(client.id), settings.heartbeat_interval))
+        token = new_token()
+        client = await self.master.store.register_client(
+            req.name, req.slots, req.host, self.master.now(), account, token_hash(token)
+        )
+        self.reply(RegisterReply(client.id, token, settings.heartbeat_interval))
 
 
 class HeartbeatHandler(BaseHandler):

@@ -2,14 +2,17 @@
 
 import asyncio
 import logging
+import os
 import signal
+import ssl
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from . import api, dashboard, install, scientist
-from .errors import NotFound
+from . import api, dashboard, images, install, keys, scientist
+from .auth import OPERATOR_KEY, Key, Role, new_token, token_hash
+from .errors import Conflict, NotFound
 from .handlers import BaseHandler, Master
 from .settings import ServerSettings
 from .store import open_store
@@ -17,6 +20,7 @@ from .store import open_store
 log = logging.getLogger(__name__)
 V1 = r"/api/v1"
 HASH = r"([^/]+)"
+IMAGE = r"(sha256:[0-9a-f]{64}|[^/]+(?:/[^/]+)*?)"  # an id, or a tag such as dockercomp/wordfreq:latest
 
 
 class NotFoundHandler(BaseHandler):
@@ -28,24 +32,64 @@ class NotFoundHandler(BaseHandler):
     get = head = post = put = delete = patch = options = _not_found
 
 
+class HealthHandler(BaseHandler):
+    async def get(self) -> None:
+        self.reply({"ok": True})
+
+
+PEOPLE = frozenset({Role.OPERATOR, Role.SCIENTIST})
+MACHINES = frozenset({Role.CLIENT})
+KNOWN = PEOPLE | MACHINES
+OPERATOR = frozenset({Role.OPERATOR})
+ANYONE = frozenset({Role.ANONYMOUS})
+ENROLLING = frozenset({Role.VOLUNTEER, Role.ANONYMOUS})  # anonymous only with --open-enrollment
+
+# Who may call what: every route, and per method the roles it admits. A scientist sees only
+# their own jobs (the handlers answer 404 for another's); the operator sees everything.
+ROUTES: list[tuple[str, type[BaseHandler], dict[str, frozenset[Role]]]] = [
+    (rf"{V1}/health", HealthHandler, {"GET": ANYONE}),
+    # the client protocol: registration by a volunteer account (anyone, with open enrollment)
+    (rf"{V1}/clients/register", api.RegisterHandler, {"POST": ENROLLING}),
+    (rf"{V1}/clients/heartbeat", api.HeartbeatHandler, {"POST": MACHINES}),
+    (rf"{V1}/lease", api.LeaseHandler, {"POST": MACHINES}),
+    (rf"{V1}/results", api.ResultsHandler, {"POST": MACHINES}),
+    (rf"{V1}/release", api.ReleaseHandler, {"POST": MACHINES}),
+    (rf"{V1}/blobs/{HASH}", api.BlobHandler, {"GET": KNOWN, "HEAD": KNOWN, "PUT": KNOWN}),
+    # images: pushed and signed by people, fetched by machines
+    (rf"{V1}/images", images.ImagesHandler, {"GET": PEOPLE, "POST": PEOPLE}),
+    (rf"{V1}/images/(sha256:[0-9a-f]{{64}})/signatures", images.SignaturesHandler, {"POST": PEOPLE}),
+    (rf"{V1}/images/{IMAGE}", images.ImageHandler, {"GET": KNOWN}),
+    (rf"{V1}/layers/{IMAGE}", images.LayerHandler, {"GET": KNOWN, "PUT": PEOPLE}),
+    (rf"{V1}/signers/{HASH}", images.SignerHandler, {"GET": ANYONE}),
+    # scientists' jobs
+    (rf"{V1}/chunks", scientist.ChunkHandler, {"POST": PEOPLE}),
+    (rf"{V1}/jobs", scientist.JobsHandler, {"GET": PEOPLE, "POST": PEOPLE}),
+    (rf"{V1}/jobs/{HASH}", scientist.JobHandler, {"GET": PEOPLE}),
+    (rf"{V1}/jobs/{HASH}/units", scientist.UnitsHandler, {"GET": PEOPLE}),
+    (rf"{V1}/jobs/{HASH}/results", scientist.ResultsDownloadHandler, {"GET": PEOPLE}),
+    # the operator's
+    (rf"{V1}/clients", scientist.ClientsHandler, {"GET": OPERATOR}),
+    (rf"{V1}/keys", keys.KeysHandler, {"GET": OPERATOR, "POST": OPERATOR}),
+    (rf"{V1}/keys/{HASH}", keys.KeyHandler, {"DELETE": OPERATOR}),
+    (rf"{V1}/session", dashboard.SessionHandler, {"POST": OPERATOR, "DELETE": ANYONE}),
+    *((path, handler, {"GET": OPERATOR}) for path, handler in dashboard.API),
+    # what a volunteer needs to join, and the dashboard's page (which asks for a token)
+    *((path, handler, {"GET": ANYONE}) for path, handler in install.ROUTES),
+]
+
+
 def make_app(master: Master) -> Application:
-    routes = [
-        (rf"{V1}/clients/register", api.RegisterHandler),
-        (rf"{V1}/clients/heartbeat", api.HeartbeatHandler),
-        (rf"{V1}/lease", api.LeaseHandler),
-        (rf"{V1}/results", api.ResultsHandler),
-        (rf"{V1}/release", api.ReleaseHandler),
-        (rf"{V1}/blobs/{HASH}", api.BlobHandler),
-        (rf"{V1}/chunks", scientist.ChunkHandler),
-        (rf"{V1}/jobs", scientist.JobsHandler),
-        (rf"{V1}/jobs/{HASH}", scientist.JobHandler),
-        (rf"{V1}/jobs/{HASH}/units", scientist.UnitsHandler),
-        (rf"{V1}/jobs/{HASH}/results", scientist.ResultsDownloadHandler),
-        (rf"{V1}/clients", scientist.ClientsHandler),
-        *install.ROUTES,
+    feed = dashboard.Feed(master)
+
+    def feeds(handler: type[BaseHandler]) -> dict[str, dashboard.Feed]:
+        return {"feed": feed} if issubclass(handler, dashboard.DashboardHandler) else {}
+
+    handlers = [
+        (path, handler, {"master": master, "access": access} | feeds(handler))
+        for path, handler, access in ROUTES
     ]
     return Application(
-        [(path, handler, {"master": master}) for path, handler in routes] + dashboard.routes(master, V1),
+        handlers + dashboard.pages(),
         default_handler_class=NotFoundHandler,
         default_handler_args={"master": master},
         compress_response=False,
@@ -65,11 +109,56 @@ async def reap(master: Master) -> None:
             log.exception("reaper: expiring leases failed; trying again in %.0fs", settings.reap_interval)
 
 
+def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The server side of TLS (1.2 or newer) when a certificate is set, else None (plain HTTP).
+    Raises OSError with what to fix when the certificate or key cannot be loaded."""
+    if not settings.certfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.certfile, settings.keyfile)
+    except ssl.SSLError as exc:
+        why = "the key does not belong to the certificate" if "KEY_VALUES_MISMATCH" in str(exc) else exc.reason
+        raise OSError(
+            f"cannot load the TLS certificate {settings.certfile} with the key {settings.keyfile}: {why or exc} "
+            "(certfile must be a PEM certificate chain, keyfile its PEM private key)"
+        ) from None
+    except OSError as exc:
+        raise OSError(
+            f"cannot read the TLS certificate {settings.certfile} or its key {settings.keyfile}: {exc.strerror or exc}"
+        ) from None
+    return context
+
+
+async def first_operator_token(master: Master) -> None:
+    """On a store's first start, make the operator's token: print it once, and keep it in
+    DATA_DIR/operator.token (mode 0600) for the CLI on this machine. A master that finds an
+    operator key already (made by another master sharing the store) makes none."""
+    if any(key.role == Role.OPERATOR for key in await master.store.list_keys()):
+        return
+    token = new_token()
+    try:
+        await master.store.add_key(Key(OPERATOR_KEY, Role.OPERATOR, token_hash(token), master.now(), OPERATOR_KEY))
+    except Conflict:  # another master made it a moment ago
+        return
+    path = os.path.join(master.settings.data_path, "operator.token")
+    os.makedirs(master.settings.data_path, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    print(f"operator token (shown once; also in {path}):\n{token}", flush=True)
+
+
 async def serve(settings: ServerSettings, ready: asyncio.Event | None = None) -> None:
     """Run a master until SIGTERM or SIGINT."""
+    tls = tls_context(settings)  # before anything is opened: a bad certificate stops the start
     store, blobs = await open_store(settings.store_url, settings.data_path)
-    master = Master(settings, store, blobs, await store.secret())
-    server = HTTPServer(make_app(master), max_body_size=settings.max_body_bytes)
+    master = Master(settings, store, blobs)
+    await first_operator_token(master)
+    server = HTTPServer(
+        make_app(master), max_body_size=settings.max_body_bytes, ssl_options=tls, xheaders=settings.behind_proxy
+    )
     sockets = bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
@@ -78,7 +167,10 @@ async def serve(settings: ServerSettings, ready: asyncio.Event | None = None) ->
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("master listening on http://%s:%d, store %s", settings.host, port, settings.store_url)
+    scheme = "https" if tls else "http"
+    log.info("master listening on %s://%s:%d, store %s", scheme, settings.host, port, settings.store_url)
+    if settings.behind_proxy:
+        log.info("behind a proxy: X-Forwarded-Proto, X-Forwarded-Host and X-Real-Ip are trusted")
     if ready is not None:
         ready.set()
     try:

@@ -11,20 +11,21 @@ import contextlib
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from tornado.iostream import StreamClosedError
 from tornado.web import StaticFileHandler
 
+from dockercomp import resources
+
 from .errors import BadRequest
-from .handlers import BaseHandler, Master
+from .handlers import COOKIE, Access, BaseHandler, Master
 from .lifecycle import AttemptState, Validity
 from .store.base import ZERO_COUNTS
 
 log = logging.getLogger(__name__)
 
-STATIC = Path(__file__).resolve().parent.parent / "dashboard"
+STATIC = resources.dashboard_dir()
 HOUR = 3600.0
 MINUTE = 60.0
 THROUGHPUT_WINDOW = 600.0  # seconds of finished attempts a job's throughput is measured over
@@ -141,8 +142,8 @@ class Feed:
 
 
 class DashboardHandler(BaseHandler):
-    def initialize(self, master: Master, feed: Feed | None = None) -> None:  # type: ignore[override]
-        super().initialize(master)
+    def initialize(self, master: Master, access: Access | None = None, feed: Feed | None = None) -> None:  # type: ignore[override]
+        super().initialize(master, access)
         self.feed = feed
 
 
@@ -275,16 +276,37 @@ class PageHandler(StaticFileHandler):
         self.set_header("Cache-Control", "no-cache")
 
 
-def routes(master: Master, v1: str) -> list[tuple[str, Any, dict[str, Any]]]:
-    feed = Feed(master)
-    args = {"master": master, "feed": feed}
+class SessionHandler(BaseHandler):
+    """The dashboard's sign-in: POST with the operator's token as bearer sets it as a cookie
+    (HttpOnly, SameSite=Strict) that the page's GET requests and its event stream then carry;
+    DELETE signs out. The cookie counts for reading only (see BaseHandler._token)."""
+
+    async def post(self) -> None:
+        header = self.request.headers.get("Authorization", "")
+        self.set_cookie(
+            COOKIE, header.partition(" ")[2].strip(), httponly=True, samesite="Strict",
+            secure=self.request.protocol == "https", path="/",
+        )  # fmt: skip
+        self.reply({"role": self.caller.role.value, "name": self.caller.name})
+
+    async def delete(self) -> None:
+        self.clear_cookie(COOKIE, path="/")
+        self.reply({"signed_out": True})
+
+
+API = [
+    (r"/api/v1/dashboard", SnapshotHandler),
+    (r"/api/v1/dashboard/overview", OverviewHandler),
+    (r"/api/v1/dashboard/clients", DashboardClientsHandler),
+    (r"/api/v1/dashboard/jobs", DashboardJobsHandler),
+    (r"/api/v1/dashboard/jobs/([^/]+)", DashboardJobHandler),
+    (r"/api/v1/events", EventsHandler),
+]
+
+
+def pages() -> list[tuple[str, Any, dict[str, Any]]]:
+    """The page and its assets: anyone may load them; the page asks for a token."""
     return [
-        (rf"{v1}/dashboard", SnapshotHandler, args),
-        (rf"{v1}/dashboard/overview", OverviewHandler, args),
-        (rf"{v1}/dashboard/clients", DashboardClientsHandler, args),
-        (rf"{v1}/dashboard/jobs", DashboardJobsHandler, args),
-        (rf"{v1}/dashboard/jobs/([^/]+)", DashboardJobHandler, args),
-        (rf"{v1}/events", EventsHandler, args),
         (r"/()", PageHandler, {"path": str(STATIC), "default_filename": "index.html"}),
         (r"/dashboard/(.*)", PageHandler, {"path": str(STATIC)}),
     ]

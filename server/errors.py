@@ -20,6 +20,12 @@ class Unauthorized(ServerError):
     status = 401
 
 
+class Forbidden(ServerError):
+    """The caller is known but its role may not do this."""
+
+    status = 403
+
+
 class NotFound(ServerError):
     status = 404
 
@@ -32,6 +38,12 @@ class Conflict(ServerError):
 
 class TooLarge(ServerError):
     status = 413
+
+
+class UnsupportedMediaType(ServerError):
+    """A body that is neither JSON nor msgpack (a cross-site form post, say)."""
+
+    status = 415
 
 
 class InvalidTransition(ServerError):

@@ -1,10 +1,9 @@
 """The base handler every endpoint derives from: body limits, decoding, replies, client
 authentication, and the one place where exceptions become HTTP statuses."""
 
-import hashlib
-import hmac
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from tornado import httputil
@@ -15,8 +14,9 @@ from dockercomp.protocol import codec
 from dockercomp.protocol.errors import IntegrityError, ProtocolError
 from dockercomp.protocol.messages import Message
 
+from .auth import ANONYMOUS, Caller, Role, admit, caller_of, token_hash
 from .blobs import BlobStore
-from .errors import BadRequest, ServerError, TooLarge, Unauthorized
+from .errors import BadRequest, ServerError, TooLarge, Unauthorized, UnsupportedMediaType
 from .settings import ServerSettings
 from .store import Store
 
@@ -24,26 +24,28 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 
-class Master:
-    """What every handler shares: settings, the store, the blob store and the token key.
-    Nothing here is state another master process would need."""
+COOKIE = "dockercomp_token"  # the dashboard's session: the operator's token, for GET requests only
+MAX_TOKEN = 256
+Access = Mapping[str, frozenset[Role]]
+"""Who may call a route: the roles admitted per HTTP method (server/app.py has the table)."""
 
-    def __init__(self, settings: ServerSettings, store: Store, blobs: BlobStore, secret: bytes) -> None:
+
+class Master:
+    """What every handler shares: settings, the store and the blob store. Nothing here is
+    state another master process would need."""
+
+    def __init__(self, settings: ServerSettings, store: Store, blobs: BlobStore) -> None:
         self.settings = settings
         self.store = store
         self.blobs = blobs
-        self._secret = secret
 
-    def token(self, client_id: str) -> str:
-        """A client's bearer token: its id signed with the store's key, checked without a lookup."""
-        mac = hmac.new(self._secret, client_id.encode(), hashlib.sha256).hexdigest()[:32]
-        return f"{client_id}.{mac}"
-
-    def client_of(self, token: str) -> str:
-        client_id, _, _ = token.partition(".")
-        if not client_id or not token.isascii() or not hmac.compare_digest(self.token(client_id), token):
-            raise Unauthorized("invalid client token; register again")
-        return client_id
+    async def caller(self, token: str | None) -> Caller:
+        """Who presents this token: looked up on every request, so a revocation holds at once."""
+        if token is None:
+            return ANONYMOUS
+        if not token or len(token) > MAX_TOKEN or not token.isascii():
+            raise Unauthorized("malformed token; send 'Authorization: Bearer TOKEN' with the token you were given")
+        return caller_of(await self.store.find_key(token_hash(token)), token, self.now())
 
     @staticmethod
     def now() -> float:
@@ -67,13 +69,20 @@ def status_of(exc: BaseException) -> int:
 class BaseHandler(RequestHandler):
     master: Master
 
-    def initialize(self, master: Master) -> None:
+    def initialize(self, master: Master, access: Access | None = None) -> None:
         self.master = master
+        self.access = access or {}
+        self.caller = ANONYMOUS
         self._chunks: list[bytes] = []
         self._prepared = False  # past prepare(), Tornado reads the whole body before the method runs
 
-    # -- request body ---------------------------------------------------------------------
-    def prepare(self) -> None:
+    # -- request body and caller -------------------------------------------------------------
+    async def prepare(self) -> None:
+        method = self.request.method or ""
+        allowed = self.access.get(method)
+        if allowed is not None:  # a method the route lacks is Tornado's 405
+            self.caller = await self.master.caller(self._token(method))
+            admit(self.caller, allowed, f"{method} {self.request.path}")
         limit = self.master.settings.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
@@ -97,9 +106,14 @@ class BaseHandler(RequestHandler):
         return cls.from_wire(self.payload())
 
     def payload(self) -> Any:
+        """The body, decoded as its Content-Type says: only JSON and msgpack are read, so a
+        browser's cross-site form post (text/plain, form encodings) can never make a job."""
+        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype not in (codec.JSON, codec.MSGPACK):
+            raise UnsupportedMediaType(f"send the body as {codec.JSON} or {codec.MSGPACK}, not {ctype or 'untyped'}")
         if not self.body:
             raise ProtocolError("request body is empty")
-        return codec.decode(self.body, self.request.headers.get("Content-Type"))
+        return codec.decode(self.body, ctype)
 
     def int_arg(self, name: str, default: int, low: int, high: int) -> int:
         """An integer query argument within [low, high], or a 400 naming it."""
@@ -123,11 +137,23 @@ class BaseHandler(RequestHandler):
         self.finish(codec.encode(obj, ctype))
 
     # -- auth -----------------------------------------------------------------------------
+    def _token(self, method: str) -> str | None:
+        """The bearer token of the request; the dashboard's cookie counts for reading only."""
+        header = self.request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer":
+                raise Unauthorized("send the token as 'Authorization: Bearer TOKEN'")
+            return token.strip()
+        if method in ("GET", "HEAD"):
+            return self.get_cookie(COOKIE)
+        return None
+
     def client_id(self) -> str:
-        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("missing 'Authorization: Bearer TOKEN' header; register first")
-        return self.master.client_of(token.strip())
+        """The id of the client daemon calling: only a client token has one."""
+        if self.caller.client is None:
+            raise Unauthorized("this call needs a client token; register first")
+        return self.caller.client
 
     # -- errors ---------------------------------------------------------------------------
     def write_error(self, status_code: int, **kwargs: Any) -> None:

@@ -22,12 +22,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dockercomp import resources
+
 from .errors import NotFound
 from .handlers import BaseHandler
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent  # the project's checkout, in an editable install
-SOURCES = ("pyproject.toml", "README.md", "dockercomp", "server", "client", "protocol")
+# What the wheel is built from: the packages, and the package data pyproject.toml maps in
+SOURCES = ("pyproject.toml", "README.md", "dockercomp", "server", "client", "protocol", "workloads", "dashboard",
+           "installer.sh", "cleanup")  # fmt: skip
 WHEEL_RE = re.compile(r"dockercomp-[0-9A-Za-z.+_]+-py3-none-any\.whl")
 HOST_RE = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 SERVER_LINE = "DEFAULT_SERVER=''"
@@ -52,11 +55,11 @@ _built: dict[str, Wheel] = {}
 
 
 def _script(name: str) -> bytes:
-    path = ROOT / name
+    path = resources.script(name)
     try:
         return path.read_bytes()
     except OSError:
-        raise InstallError(f"this master has no {name} (it runs from an installed package, not a checkout)") from None
+        raise InstallError(f"this master has no {name} (looked for {path})") from None
 
 
 def _sha256(path: Path) -> str:
@@ -75,7 +78,8 @@ def build_wheel(data_dir: str) -> Wheel:
         if not WHEEL_RE.fullmatch(path.name) or not path.is_file():
             raise InstallError(f"DOCKERCOMP_WHEEL={given} is not a dockercomp wheel")
         return Wheel(path, _sha256(path))
-    if not (ROOT / "pyproject.toml").is_file():
+    root = resources.checkout()
+    if root is None:
         raise InstallError("this master has no sources to build the client's wheel from; set DOCKERCOMP_WHEEL")
     dist = Path(data_dir) / "dist"
     dist.mkdir(parents=True, exist_ok=True)
@@ -83,7 +87,7 @@ def build_wheel(data_dir: str) -> Wheel:
         src = Path(tmp) / "src"
         src.mkdir()
         for name in SOURCES:
-            item = ROOT / name
+            item = root / name
             if item.is_dir():
                 shutil.copytree(item, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
             else:
@@ -118,6 +122,10 @@ class InstallScriptHandler(ScriptHandler):
     async def get(self) -> None:
         body = _script("installer.sh")
         host = self.request.host or ""
+        forwarded = self.request.headers.get("X-Forwarded-Host", "")
+        if self.master.settings.behind_proxy and forwarded:  # the host the volunteer asked the proxy for
+            host = forwarded.split(",")[-1].strip()  # the proxy's own entry, as tornado takes the scheme
+        # with behind_proxy, tornado has set protocol from X-Forwarded-Proto; else it is this server's
         scheme = self.request.protocol if self.request.protocol in ("http", "https") else "http"
         if HOST_RE.fullmatch(host):  # anything else leaves the default empty: --server is then needed
             body = body.replace(SERVER_LINE.encode(), f"DEFAULT_SERVER='{scheme}://{host}'".encode(), 1)

@@ -7,6 +7,7 @@ from typing import Any
 
 from dockercomp.protocol.jobfile import JobSpec
 from dockercomp.protocol.messages import HostFacts
+from dockercomp.protocol.signing import Signed
 
 from .lifecycle import AttemptState, JobState, UnitState, Validity, reliability
 
@@ -27,6 +28,7 @@ class Job:
     state: JobState
     created_at: float
     finished_at: float | None = None
+    owner: str = ""  # the name of the key that submitted it
     n_map: int = 0  # map units (the reduce unit, if any, comes after them)
     done_map: int = 0
     failed_map: int = 0
@@ -36,6 +38,7 @@ class Job:
             "id": self.id,
             "name": self.spec.name,
             "image": self.spec.image,
+            "owner": self.owner,
             "state": self.state.value,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
@@ -84,6 +87,7 @@ class Client:
     name: str
     registered_at: float
     last_seen: float
+    account: str = ""  # the volunteer account it enrolled under
     slots: int = 1
     busy: int = 0
     host: HostFacts = field(default_factory=HostFacts)
@@ -100,6 +104,7 @@ class Client:
         return {
             "id": self.id,
             "name": self.name,
+            "account": self.account,
             "online": self.last_seen >= online_after,
             "registered_at": self.registered_at,
             "last_seen": self.last_seen,
@@ -112,3 +117,38 @@ class Client:
             "errors": self.errors,
             "reliability": round(self.reliability, 4),
         }
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a pushed image, named by Docker's own digest (the sha256 of the
+    uncompressed layer tar, the config's ``rootfs.diff_ids`` entry). Its bytes are kept as
+    consecutive pieces, each an ordinary content-addressed blob, so every transfer of a
+    layer is resumable piece by piece and every piece is verified on its own."""
+
+    digest: str
+    size: int
+    pieces: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Image:
+    """A workload image pushed to the master: Docker's image id (the sha256 of its config),
+    the config as a blob, its layers in order, the tags it was pushed under, signatures."""
+
+    id: str
+    config: str  # xxh3-128 hash of the config blob
+    config_size: int
+    layers: tuple[str, ...]  # layer digests, bottom first
+    owner: str
+    pushed_at: float
+    tags: tuple[str, ...] = ()
+    signatures: tuple[Signed, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "config": self.config, "config_size": self.config_size, "layers": list(self.layers),
+            "owner": self.owner, "pushed_at": self.pushed_at, "tags": list(self.tags),
+            "signatures": [{"key": s.key, "public_key": s.public_key, "signature": s.signature}
+                           for s in self.signatures],
+        }  # fmt: skip

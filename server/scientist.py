@@ -2,27 +2,41 @@
 upload input, follow progress, download results, list jobs and clients."""
 
 import io
+from dataclasses import replace
 from typing import Any
 
 from dockercomp.protocol.chunking import chunk_stream
 from dockercomp.protocol.errors import ProtocolError
+from dockercomp.protocol.images import PINNED_RE
 from dockercomp.protocol.integrity import check_hash
 from dockercomp.protocol.jobfile import Sweep, params_json, parse_jobfile
 
-from .errors import BadRequest, Conflict
+from . import images
+from .auth import Role
+from .errors import BadRequest, Conflict, NotFound
 from .handlers import BaseHandler
 from .lifecycle import JobState
-from .models import InputFile
+from .models import InputFile, Job
 from .store.base import map_inputs, sweep_inputs
 
 MAX_UNITS = 1_000_000
 SLICE = 1 << 20
 
 
-class JobsHandler(BaseHandler):
+class JobsBase(BaseHandler):
+    async def job(self, job_id: str) -> Job:
+        """The job, if the caller may see it; another scientist's job is as good as unknown."""
+        job = await self.master.store.get_job(job_id)
+        if not self.caller.owns(job.owner):
+            raise NotFound(f"no job {job_id!r:.40}")
+        return job
+
+
+class JobsHandler(JobsBase):
     async def get(self) -> None:
         limit = self.int_arg("limit", 100, 1, 10_000)
-        jobs = await self.master.store.list_jobs(limit)
+        owner = None if self.caller.role == Role.OPERATOR else self.caller.name
+        jobs = await self.master.store.list_jobs(limit, owner)
         self.reply({"jobs": [job.to_json() for job in jobs]})
 
     async def post(self) -> None:
@@ -33,6 +47,8 @@ class JobsHandler(BaseHandler):
         if not isinstance(payload, dict) or set(payload) - {"job", "chunks"}:
             raise BadRequest('body must be {"job": {...job file...}, "chunks": ["<hash>", ...]}')
         spec = parse_jobfile(payload.get("job"))
+        if not PINNED_RE.fullmatch(spec.image):  # an image from a registry goes by digest, never by tag
+            spec = replace(spec, image=(await images.resolve(self, spec.image)).id)
         chunks = payload.get("chunks")
         if spec.sweep is not None:
             if chunks:
@@ -40,8 +56,8 @@ class JobsHandler(BaseHandler):
             units = await self._sweep_units(spec.sweep)
         else:
             units = await self._chunk_units(chunks)
-        job = await self.master.store.create_job(spec, units, self.master.now())
-        self.reply({"job": job.id}, status=201)
+        job = await self.master.store.create_job(spec, units, self.master.now(), self.caller.name)
+        self.reply({"job": job.id, "image": spec.image}, status=201)
 
     async def _chunk_units(self, chunks: object) -> list[list[InputFile]]:
         if not isinstance(chunks, list) or not chunks:
@@ -69,16 +85,17 @@ class JobsHandler(BaseHandler):
         return sweep_inputs([(h, len(b)) for h, b in zip(hashes, blobs, strict=True)])
 
 
-class JobHandler(BaseHandler):
+class JobHandler(JobsBase):
     async def get(self, job_id: str) -> None:
         store = self.master.store
-        job = await store.get_job(job_id)
+        job = await self.job(job_id)
         self.reply(job.to_json() | {"job": job.id, "units": await store.unit_counts(job_id)})
 
 
-class UnitsHandler(BaseHandler):
+class UnitsHandler(JobsBase):
     async def get(self, job_id: str) -> None:
         store = self.master.store
+        await self.job(job_id)
         units = await store.list_units(job_id, self.int_arg("offset", 0, 0, 10**9), self.int_arg("limit", 100, 1, 1000))
         self.reply({"units": [await self._unit_json(u) for u in units]})
 
@@ -102,13 +119,13 @@ class UnitsHandler(BaseHandler):
         }  # fmt: skip
 
 
-class ResultsDownloadHandler(BaseHandler):
+class ResultsDownloadHandler(JobsBase):
     """The job's result: the reduce output when it has a reduce step, else every canonical
     map output concatenated in unit order. ``?partial=1`` gives what is done so far."""
 
     async def get(self, job_id: str) -> None:
         store = self.master.store
-        job = await store.get_job(job_id)
+        job = await self.job(job_id)
         partial = self.get_query_argument("partial", "0") in ("1", "true", "yes")
         if job.state != JobState.DONE and not partial:
             counts = await store.unit_counts(job_id)

@@ -22,12 +22,15 @@ class ServerSettings:
     data_dir: str = ""  # default: ~/.local/share/dockercomp/master
     store: str = ""  # sqlite:///PATH (default: DATA_DIR/dockercomp.db) or mongodb://...
     max_body: str = "64MiB"  # the largest request body accepted (a chunk or a result batch)
-    enroll_key: str = ""  # when set, clients must present it to register
+    open_enrollment: bool = False  # let anyone register a machine, each as an account of its own
     heartbeat_interval: float = 10.0  # what clients are told
     heartbeat_timeout: float = 90.0  # a client silent this long loses its leases
     lease_slack: float = 120.0  # added to a job's timeout to make a lease's deadline
     reap_interval: float = 5.0  # how often expired leases are looked for
     online_window: float = 60.0  # a client seen within this many seconds counts as online
+    certfile: str = ""  # PEM certificate chain: serve HTTPS (TLS 1.2 or newer) instead of HTTP
+    keyfile: str = ""  # the PEM private key of certfile; both or neither
+    behind_proxy: bool = False  # a TLS proxy in front: trust its X-Forwarded-Proto/-Host and X-Real-Ip
 
     @property
     def data_path(self) -> str:
@@ -61,3 +64,9 @@ class ServerSettings:
                 raise SettingsError(f"{name} must be greater than 0")
         if self.lease_slack < 0:
             raise SettingsError("lease_slack must not be negative")
+        if bool(self.certfile) != bool(self.keyfile):
+            raise SettingsError("certfile and keyfile go together: give both (to serve HTTPS) or neither")
+        for name in ("certfile", "keyfile"):
+            path = getattr(self, name)
+            if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+                raise SettingsError(f"{name} {path} is not a readable file")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-LISTENING = re.compile(r"master listening on (http://[0-9.]+:\d+)")
+LISTENING = re.compile(r"master listening on (https?://[0-9.]+:\d+)")
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
@@ -53,8 +53,11 @@ class MasterProcess:
         return self.proc.returncode
 
 
-def start_master(tmp: Path, *flags: str, data_dir: Path | None = None) -> MasterProcess:
-    """Start ``dockercomp server`` on 127.0.0.1 with a free port; return once it answers."""
+def start_master(
+    tmp: Path, *flags: str, data_dir: Path | None = None, verify: bool | str = True
+) -> MasterProcess:
+    """Start ``dockercomp server`` on 127.0.0.1 with a free port; return once it answers
+    (``verify``: the CA file its certificate is checked against, when it serves HTTPS)."""
     data_dir = data_dir or tmp / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp.mkdir(parents=True, exist_ok=True)
@@ -81,7 +84,7 @@ def start_master(tmp: Path, *flags: str, data_dir: Path | None = None) -> Master
     master = MasterProcess(url, proc, data_dir, log_path, args)
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{master.api}/jobs", timeout=2).status_code == 200:
+            if requests.get(f"{master.api}/jobs", timeout=2, verify=verify).status_code == 200:
                 return master
         except requests.ConnectionError:
             pass

@@ -7,6 +7,8 @@ as a compare-and-set, so two masters sharing one store never hand out the same a
 
 import secrets
 from abc import ABC, abstractmethod
+from dataclasses import replace
+from typing import Any
 
 from dockercomp.protocol.jobfile import JobSpec, params_env
 from dockercomp.protocol.messages import (
@@ -19,9 +21,11 @@ from dockercomp.protocol.messages import (
     LeaseRequest,
     ResultReport,
 )
+from dockercomp.protocol.signing import Signed
 
+from ..auth import Key, Role
 from ..lifecycle import LeasePolicy, UnitState
-from ..models import Attempt, Client, InputFile, Job, Unit
+from ..models import Attempt, Client, Image, InputFile, Job, Layer, Unit
 
 
 def new_id(nbytes: int = 6) -> str:
@@ -43,9 +47,54 @@ class Store(ABC):
     async def secret(self) -> bytes:
         """A random key created once per store and shared by all masters (signs client tokens)."""
 
+    # -- keys ---------------------------------------------------------------------------
+    @abstractmethod
+    async def add_key(self, key: Key) -> None:
+        """Store a new key; Conflict when its name is taken (revoked names stay taken)."""
+
+    @abstractmethod
+    async def find_key(self, token_hash: str) -> Key | None:
+        """The key whose token hashes so, revoked or not."""
+
+    @abstractmethod
+    async def list_keys(self) -> list[Key]:
+        """Every key, oldest first."""
+
+    @abstractmethod
+    async def revoke_key(self, name: str, now: float) -> int:
+        """Revoke the key of this name and, when it is a volunteer account, every machine
+        enrolled under it. Return how many keys were revoked (0: none by that name, or
+        revoked already)."""
+
+    # -- images -------------------------------------------------------------------------
+    @abstractmethod
+    async def add_layer(self, layer: Layer) -> None:
+        """Record a layer whose pieces are in the blob store; adding it again changes nothing."""
+
+    @abstractmethod
+    async def get_layer(self, digest: str) -> Layer | None: ...
+
+    @abstractmethod
+    async def add_image(self, image: Image) -> Image:
+        """Record a pushed image (its layers added before). Pushing an image id again adds
+        its tags; a tag names the image pushed with it last. Returns the image as stored."""
+
+    @abstractmethod
+    async def get_image(self, ref: str) -> Image | None:
+        """The image with this id (``sha256:...``), or the one a tag names last."""
+
+    @abstractmethod
+    async def list_images(self, owner: str | None = None) -> list[Image]:
+        """Images newest first, of one owner or all."""
+
+    @abstractmethod
+    async def add_signature(self, image_id: str, signature: Signed) -> Image:
+        """Add a signature to an image (one per key: a new one replaces that key's); NotFound
+        for an unknown image."""
+
     # -- jobs ---------------------------------------------------------------------------
     @abstractmethod
-    async def create_job(self, spec: JobSpec, units: list[list[InputFile]], now: float) -> Job:
+    async def create_job(self, spec: JobSpec, units: list[list[InputFile]], now: float, owner: str = "") -> Job:
         """Create a job with one map unit per entry of ``units``, all or nothing."""
 
     @abstractmethod
@@ -53,8 +102,8 @@ class Store(ABC):
         """The job, or NotFound."""
 
     @abstractmethod
-    async def list_jobs(self, limit: int = 100) -> list[Job]:
-        """Newest first."""
+    async def list_jobs(self, limit: int = 100, owner: str | None = None) -> list[Job]:
+        """Newest first; only the jobs of ``owner`` when given."""
 
     @abstractmethod
     async def unit_counts(self, job_id: str) -> dict[str, int]:
@@ -75,7 +124,11 @@ class Store(ABC):
 
     # -- clients -------------------------------------------------------------------------
     @abstractmethod
-    async def register_client(self, name: str, slots: int, host: HostFacts, now: float) -> Client: ...
+    async def register_client(
+        self, name: str, slots: int, host: HostFacts, now: float, account: str, token_hash: str
+    ) -> Client:
+        """Register a machine under a volunteer account, with the client key whose token
+        hashes to ``token_hash`` (named by the client's id), in one write."""
 
     @abstractmethod
     async def get_client(self, client_id: str) -> Client:
@@ -158,3 +211,29 @@ def sweep_inputs(hashes: list[tuple[str, int]]) -> list[list[InputFile]]:
 
 
 ZERO_COUNTS = {s.value: 0 for s in UnitState}
+
+
+def client_key(client: Client, token_hash: str) -> Key:
+    """The key a newly registered client authenticates with."""
+    return Key(client.id, Role.CLIENT, token_hash, client.registered_at, client.account, client.id)
+
+
+def merge_image(old: Image | None, new: Image) -> Image:
+    """An image pushed again keeps its first record and gains the new tags."""
+    if old is None:
+        return new
+    return replace(old, tags=tuple(dict.fromkeys((*old.tags, *new.tags))))
+
+
+def image_from(doc: dict[str, Any]) -> Image:
+    """An image from the plain data of Image.to_json (as backends keep it)."""
+    return Image(
+        id=doc["id"], config=doc["config"], config_size=doc["config_size"], layers=tuple(doc["layers"]),
+        owner=doc["owner"], pushed_at=doc["pushed_at"], tags=tuple(doc["tags"]),
+        signatures=tuple(Signed(s["key"], s["public_key"], s["signature"]) for s in doc["signatures"]),
+    )  # fmt: skip
+
+
+def with_signature(image: Image, signature: Signed) -> Image:
+    others = tuple(s for s in image.signatures if s.key != signature.key)
+    return replace(image, signatures=(*others, signature))

@@ -30,7 +30,9 @@ except ImportError as exc:  # pragma: no cover - pymongo is a dependency, but sa
 
 from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
 from dockercomp.protocol.messages import Ack, Grant, Heartbeat, HostFacts, LeaseRequest, ResultReport
+from dockercomp.protocol.signing import Signed
 
+from ..auth import Key, Role
 from ..blobs import BlobStore
 from ..errors import Conflict, NotFound, ServerError, StoreUnavailable
 from ..lifecycle import (
@@ -48,8 +50,8 @@ from ..lifecycle import (
     may_lease_again,
     transition,
 )
-from ..models import Attempt, Client, InputFile, Job, Unit
-from .base import ZERO_COUNTS, Store, fits, grant, new_id, reduce_inputs
+from ..models import Attempt, Client, Image, InputFile, Job, Layer, Unit
+from .base import ZERO_COUNTS, Store, client_key, fits, grant, image_from, new_id, reduce_inputs
 
 Doc = dict[str, Any]
 P = ParamSpec("P")
@@ -97,6 +99,9 @@ class MongoStore(Store):
         self._jobs = self.db["jobs"]
         self._units = self.db["units"]
         self._clients = self.db["clients"]
+        self._keys = self.db["keys"]
+        self._layers = self.db["layers"]
+        self._images = self.db["images"]
         self._specs: dict[str, JobSpec] = {}  # job specs never change, so caching them is safe
 
     # -- life ---------------------------------------------------------------------------
@@ -113,6 +118,10 @@ class MongoStore(Store):
         await self._jobs.create_index([("created_at", DESCENDING)], name="jobs_by_age")
         await self._clients.create_index([("name", ASCENDING), ("_id", ASCENDING)], name="clients_by_name")
         await self._clients.create_index("last_seen", name="clients_last_seen")
+        await self._keys.create_index("token_hash", name="keys_by_token", unique=True)
+        await self._keys.create_index("account", name="keys_by_account")
+        await self._images.create_index("tags", name="images_by_tag")
+        await self._images.create_index([("pushed_at", DESCENDING)], name="images_by_age")
 
     async def close(self) -> None:
         if self._client is not None:
@@ -126,15 +135,91 @@ class MongoStore(Store):
         doc = await self._meta.find_one({"_id": "secret"})
         return bytes(doc["value"])
 
+    # -- keys ---------------------------------------------------------------------------
+    @_guard
+    async def add_key(self, key: Key) -> None:
+        try:
+            await self._keys.insert_one(_key_doc(key))
+        except DuplicateKeyError:
+            raise Conflict(f"a key named {key.name!r} exists already; choose another name") from None
+
+    @_guard
+    async def find_key(self, token_hash: str) -> Key | None:
+        doc = await self._keys.find_one({"token_hash": token_hash})
+        return _key_from(doc) if doc else None
+
+    @_guard
+    async def list_keys(self) -> list[Key]:
+        docs = await self._keys.find().sort([("created_at", ASCENDING), ("_id", ASCENDING)]).to_list(None)
+        return [_key_from(doc) for doc in docs]
+
+    @_guard
+    async def revoke_key(self, name: str, now: float) -> int:
+        account = await self._keys.find_one({"_id": name, "role": Role.VOLUNTEER.value})
+        scope: Doc = {"_id": name}
+        if account is not None:
+            scope = {"$or": [scope, {"account": name, "role": Role.CLIENT.value}]}
+        done = await self._keys.update_many({"$and": [scope, {"revoked_at": None}]}, {"$set": {"revoked_at": now}})
+        return done.modified_count
+
+    # -- images -------------------------------------------------------------------------
+    @_guard
+    async def add_layer(self, layer: Layer) -> None:
+        doc = {"size": layer.size, "pieces": list(layer.pieces)}
+        with contextlib.suppress(DuplicateKeyError):  # two pushes of one layer: the same bytes
+            await self._layers.update_one({"_id": layer.digest}, {"$setOnInsert": doc}, upsert=True)
+
+    @_guard
+    async def get_layer(self, digest: str) -> Layer | None:
+        doc = await self._layers.find_one({"_id": digest})
+        return Layer(doc["_id"], doc["size"], tuple(doc["pieces"])) if doc else None
+
+    @_guard
+    async def add_image(self, image: Image) -> Image:
+        """Insert the image (or add its tags), then take its tags off every other image: a
+        tag names the image pushed with it last."""
+        first = image.to_json() | {"_id": image.id, "tags": []}
+        with contextlib.suppress(DuplicateKeyError):
+            await self._images.update_one({"_id": image.id}, {"$setOnInsert": first}, upsert=True)
+        tags = list(image.tags)
+        await self._images.update_one({"_id": image.id}, {"$addToSet": {"tags": {"$each": tags}}})
+        if tags:
+            others = {"_id": {"$ne": image.id}, "tags": {"$in": tags}}
+            await self._images.update_many(others, {"$pullAll": {"tags": tags}})
+        stored = await self._images.find_one({"_id": image.id})
+        return image_from(stored)
+
+    @_guard
+    async def get_image(self, ref: str) -> Image | None:
+        doc = await self._images.find_one({"$or": [{"_id": ref}, {"tags": ref}]})
+        return image_from(doc) if doc else None
+
+    @_guard
+    async def list_images(self, owner: str | None = None) -> list[Image]:
+        query = {"owner": owner} if owner is not None else {}
+        docs = await self._images.find(query).sort([("pushed_at", DESCENDING), ("_id", ASCENDING)]).to_list(None)
+        return [image_from(doc) for doc in docs]
+
+    @_guard
+    async def add_signature(self, image_id: str, signature: Signed) -> Image:
+        entry = {"key": signature.key, "public_key": signature.public_key, "signature": signature.signature}
+        await self._images.update_one({"_id": image_id}, {"$pull": {"signatures": {"key": signature.key}}})
+        done = await self._images.find_one_and_update(
+            {"_id": image_id}, {"$push": {"signatures": entry}}, return_document=ReturnDocument.AFTER
+        )
+        if done is None:
+            raise NotFound(f"no image {image_id!r:.80}; push it first (dockercomp images push)")
+        return image_from(done)
+
     # -- jobs ---------------------------------------------------------------------------
     @_guard
-    async def create_job(self, spec: JobSpec, units: list[list[InputFile]], now: float) -> Job:
+    async def create_job(self, spec: JobSpec, units: list[list[InputFile]], now: float, owner: str = "") -> Job:
         """The job goes in first, so a unit is never leasable without its spec; should the
         units fail to go in, both are removed again (MongoDB has no transaction here)."""
-        job = Job(id=new_id(), spec=spec, state=JobState.RUNNING, created_at=now, n_map=len(units))
+        job = Job(id=new_id(), spec=spec, state=JobState.RUNNING, created_at=now, owner=owner, n_map=len(units))
         await self._jobs.insert_one(
             {"_id": job.id, "spec": spec.to_dict(), "state": job.state.value, "created_at": now,
-             "finished_at": None, "n_map": job.n_map, "done_map": 0, "failed_map": 0}
+             "finished_at": None, "n_map": job.n_map, "done_map": 0, "failed_map": 0, "owner": owner}
         )  # fmt: skip
         try:
             if units:
@@ -151,10 +236,11 @@ class MongoStore(Store):
         return self._job_from(await self._job_doc(job_id))
 
     @_guard
-    async def list_jobs(self, limit: int = 100) -> list[Job]:
+    async def list_jobs(self, limit: int = 100, owner: str | None = None) -> list[Job]:
         if limit <= 0:
             return []
-        docs = await self._jobs.find().sort("created_at", DESCENDING).limit(limit).to_list(None)
+        query = {"owner": owner} if owner is not None else {}
+        docs = await self._jobs.find(query).sort("created_at", DESCENDING).limit(limit).to_list(None)
         return [self._job_from(doc) for doc in docs]
 
     @_guard
@@ -190,11 +276,15 @@ class MongoStore(Store):
 
     # -- clients -------------------------------------------------------------------------
     @_guard
-    async def register_client(self, name: str, slots: int, host: HostFacts, now: float) -> Client:
-        client = Client(id=new_id(8), name=name, registered_at=now, last_seen=now, slots=slots, host=host)
+    async def register_client(
+        self, name: str, slots: int, host: HostFacts, now: float, account: str, token_hash: str
+    ) -> Client:
+        """The key goes in first: a client document never exists without the means to use it."""
+        client = Client(new_id(8), name, now, now, account=account, slots=slots, host=host)
+        await self.add_key(client_key(client, token_hash))
         await self._clients.insert_one(
             {"_id": client.id, "name": name, "registered_at": now, "last_seen": now, "slots": slots, "busy": 0,
-             "host": host.to_wire(), "containers": [], "valid": 0, "invalid": 0, "errors": 0}
+             "host": host.to_wire(), "containers": [], "valid": 0, "invalid": 0, "errors": 0, "account": account}
         )  # fmt: skip
         return client
 
@@ -458,8 +548,8 @@ class MongoStore(Store):
             spec = self._specs[doc["_id"]] = parse_jobfile(doc["spec"])
         return Job(
             id=doc["_id"], spec=spec, state=JobState(doc["state"]), created_at=doc["created_at"],
-            finished_at=doc["finished_at"], n_map=doc["n_map"], done_map=doc["done_map"],
-            failed_map=doc["failed_map"],
+            finished_at=doc["finished_at"], owner=doc.get("owner", ""), n_map=doc["n_map"],
+            done_map=doc["done_map"], failed_map=doc["failed_map"],
         )  # fmt: skip
 
 
@@ -508,8 +598,22 @@ def _attempt_from(a: Doc, unit: Doc) -> Attempt:
 def _client_from(doc: Doc) -> Client:
     return Client(
         id=doc["_id"], name=doc["name"], registered_at=doc["registered_at"], last_seen=doc["last_seen"],
-        slots=doc["slots"], busy=doc["busy"], host=HostFacts.from_wire(doc["host"]), containers=doc["containers"],
-        valid=doc["valid"], invalid=doc["invalid"], errors=doc["errors"],
+        account=doc.get("account", ""), slots=doc["slots"], busy=doc["busy"], host=HostFacts.from_wire(doc["host"]),
+        containers=doc["containers"], valid=doc["valid"], invalid=doc["invalid"], errors=doc["errors"],
+    )  # fmt: skip
+
+
+def _key_doc(key: Key) -> Doc:
+    return {
+        "_id": key.name, "role": key.role.value, "token_hash": key.token_hash, "created_at": key.created_at,
+        "account": key.account, "client": key.client, "expires_at": key.expires_at, "revoked_at": key.revoked_at,
+    }  # fmt: skip
+
+
+def _key_from(doc: Doc) -> Key:
+    return Key(
+        name=doc["_id"], role=Role(doc["role"]), token_hash=doc["token_hash"], created_at=doc["created_at"],
+        account=doc["account"], client=doc["client"], expires_at=doc["expires_at"], revoked_at=doc["revoked_at"],
     )  # fmt: skip
 
 

@@ -14,7 +14,9 @@ from contextlib import contextmanager
 
 from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
 from dockercomp.protocol.messages import Ack, Grant, Heartbeat, HostFacts, LeaseRequest, ResultReport
+from dockercomp.protocol.signing import Signed
 
+from ..auth import Key, Role
 from ..errors import Conflict, NotFound, ServerError, StoreUnavailable
 from ..lifecycle import (
     REDUCE,
@@ -31,15 +33,34 @@ from ..lifecycle import (
     judge_result,
     transition,
 )
-from ..models import Attempt, Client, InputFile, Job, Unit
-from .base import ZERO_COUNTS, Store, fits, grant, new_id, reduce_inputs
+from ..models import Attempt, Client, Image, InputFile, Job, Layer, Unit
+from .base import (
+    ZERO_COUNTS,
+    Store,
+    client_key,
+    fits,
+    grant,
+    image_from,
+    merge_image,
+    new_id,
+    reduce_inputs,
+    with_signature,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    name TEXT PRIMARY KEY, role TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL,
+    account TEXT NOT NULL, client TEXT, expires_at REAL, revoked_at REAL);
+CREATE INDEX IF NOT EXISTS keys_by_account ON keys (account);
+CREATE TABLE IF NOT EXISTS layers (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, pieces TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, pushed_at REAL NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS image_tags (tag TEXT PRIMARY KEY, image_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
     finished_at REAL, n_map INTEGER NOT NULL, done_map INTEGER NOT NULL DEFAULT 0,
-    failed_map INTEGER NOT NULL DEFAULT 0);
+    failed_map INTEGER NOT NULL DEFAULT 0, owner TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS units (
     id TEXT PRIMARY KEY, job_id TEXT NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL,
     state TEXT NOT NULL, wanted INTEGER NOT NULL, priority INTEGER NOT NULL,
@@ -61,8 +82,13 @@ CREATE TABLE IF NOT EXISTS clients (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, registered_at REAL NOT NULL, last_seen REAL NOT NULL,
     slots INTEGER NOT NULL, busy INTEGER NOT NULL DEFAULT 0, host TEXT NOT NULL,
     containers TEXT NOT NULL DEFAULT '[]', valid INTEGER NOT NULL DEFAULT 0,
-    invalid INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0);
+    invalid INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, account TEXT NOT NULL DEFAULT '');
 """
+# columns added since a table was first made: (table, column, definition)
+ADDED_COLUMNS = (
+    ("jobs", "owner", "TEXT NOT NULL DEFAULT ''"),
+    ("clients", "account", "TEXT NOT NULL DEFAULT ''"),
+)
 
 _UNIT_FAILURES = ", ".join(f"'{kind}'" for kind in sorted(UNIT_FAILURES))
 # units this client may lease: see lifecycle.may_lease_again for the attempts it may have had
@@ -91,6 +117,10 @@ class SQLiteStore(Store):
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA busy_timeout = 30000")
         db.executescript(SCHEMA)  # idempotent; a master racing another one waits on busy_timeout
+        with _transaction(db):
+            for table, column, definition in ADDED_COLUMNS:
+                if column not in {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         self._db = db
 
     async def close(self) -> None:
@@ -110,14 +140,75 @@ class SQLiteStore(Store):
             db.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (os.urandom(32),))
             return db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()[0]
 
+    # -- keys ---------------------------------------------------------------------------
+    async def add_key(self, key: Key) -> None:
+        with self._tx() as db:
+            _insert_key(db, key)
+
+    async def find_key(self, token_hash: str) -> Key | None:
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM keys WHERE token_hash = ?", (token_hash,)).fetchone()
+        return _key_from(row) if row else None
+
+    async def list_keys(self) -> list[Key]:
+        with self._tx() as db:
+            return [_key_from(row) for row in db.execute("SELECT * FROM keys ORDER BY created_at, name")]
+
+    async def revoke_key(self, name: str, now: float) -> int:
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE keys SET revoked_at = ? WHERE revoked_at IS NULL AND (name = ? OR (account = ? AND"
+                " role = 'client' AND EXISTS (SELECT 1 FROM keys WHERE name = ? AND role = 'volunteer')))",
+                (now, name, name, name),
+            ).rowcount
+
+    # -- images -------------------------------------------------------------------------
+    async def add_layer(self, layer: Layer) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO layers VALUES (?, ?, ?)", (layer.digest, layer.size, json.dumps(layer.pieces))
+            )
+
+    async def get_layer(self, digest: str) -> Layer | None:
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM layers WHERE digest = ?", (digest,)).fetchone()
+        return Layer(row["digest"], row["size"], tuple(json.loads(row["pieces"]))) if row else None
+
+    async def add_image(self, image: Image) -> Image:
+        with self._tx() as db:
+            stored = merge_image(_image_in(db, image.id), image)
+            _put_image(db, stored)
+            db.executemany("INSERT OR REPLACE INTO image_tags VALUES (?, ?)", ((t, image.id) for t in image.tags))
+            return stored
+
+    async def get_image(self, ref: str) -> Image | None:
+        with self._tx() as db:
+            row = db.execute("SELECT image_id FROM image_tags WHERE tag = ?", (ref,)).fetchone()
+            return _image_in(db, row[0] if row else ref)
+
+    async def list_images(self, owner: str | None = None) -> list[Image]:
+        where, params = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
+        with self._tx() as db:
+            rows = db.execute(f"SELECT doc FROM images {where} ORDER BY pushed_at DESC, id", params).fetchall()
+        return [image_from(json.loads(row[0])) for row in rows]
+
+    async def add_signature(self, image_id: str, signature: Signed) -> Image:
+        with self._tx() as db:
+            image = _image_in(db, image_id)
+            if image is None:
+                raise NotFound(f"no image {image_id!r:.80}; push it first (dockercomp images push)")
+            signed = with_signature(image, signature)
+            _put_image(db, signed)
+            return signed
+
     # -- jobs ---------------------------------------------------------------------------
-    async def create_job(self, spec: JobSpec, units: list[list[InputFile]], now: float) -> Job:
-        job = Job(id=new_id(), spec=spec, state=JobState.RUNNING, created_at=now, n_map=len(units))
+    async def create_job(self, spec: JobSpec, units: list[list[InputFile]], now: float, owner: str = "") -> Job:
+        job = Job(id=new_id(), spec=spec, state=JobState.RUNNING, created_at=now, owner=owner, n_map=len(units))
         wanted = spec.redundancy.replicas
         with self._tx() as db:
             db.execute(
-                "INSERT INTO jobs (id, spec, state, created_at, n_map) VALUES (?, ?, ?, ?, ?)",
-                (job.id, json.dumps(spec.to_dict()), job.state, now, job.n_map),
+                "INSERT INTO jobs (id, spec, state, created_at, n_map, owner) VALUES (?, ?, ?, ?, ?, ?)",
+                (job.id, json.dumps(spec.to_dict()), job.state, now, job.n_map, owner),
             )
             db.executemany(
                 "INSERT INTO units (id, job_id, idx, kind, state, wanted, priority, job_created, inputs)"
@@ -134,9 +225,10 @@ class SQLiteStore(Store):
         with self._tx() as db:
             return self._job(db, job_id)
 
-    async def list_jobs(self, limit: int = 100) -> list[Job]:
+    async def list_jobs(self, limit: int = 100, owner: str | None = None) -> list[Job]:
+        where, params = ("WHERE owner = ?", (owner, limit)) if owner is not None else ("", (limit,))
         with self._tx() as db:
-            rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+            rows = db.execute(f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ?", params).fetchall()
             return [self._job_from(row) for row in rows]
 
     async def unit_counts(self, job_id: str) -> dict[str, int]:
@@ -164,13 +256,17 @@ class SQLiteStore(Store):
             return [_attempt_from(row) for row in rows]
 
     # -- clients -------------------------------------------------------------------------
-    async def register_client(self, name: str, slots: int, host: HostFacts, now: float) -> Client:
-        client = Client(id=new_id(8), name=name, registered_at=now, last_seen=now, slots=slots, host=host)
+    async def register_client(
+        self, name: str, slots: int, host: HostFacts, now: float, account: str, token_hash: str
+    ) -> Client:
+        client = Client(new_id(8), name, now, now, account=account, slots=slots, host=host)
         with self._tx() as db:
             db.execute(
-                "INSERT INTO clients (id, name, registered_at, last_seen, slots, host) VALUES (?, ?, ?, ?, ?, ?)",
-                (client.id, name, now, now, slots, json.dumps(host.to_wire())),
+                "INSERT INTO clients (id, name, registered_at, last_seen, slots, host, account)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (client.id, name, now, now, slots, json.dumps(host.to_wire()), account),
             )
+            _insert_key(db, client_key(client, token_hash))
         return client
 
     async def get_client(self, client_id: str) -> Client:
@@ -432,7 +528,7 @@ class SQLiteStore(Store):
             spec = self._specs[row["id"]] = parse_jobfile(json.loads(row["spec"]))
         return Job(
             id=row["id"], spec=spec, state=JobState(row["state"]), created_at=row["created_at"],
-            finished_at=row["finished_at"], n_map=row["n_map"], done_map=row["done_map"],
+            finished_at=row["finished_at"], owner=row["owner"], n_map=row["n_map"], done_map=row["done_map"],
             failed_map=row["failed_map"],
         )  # fmt: skip
 
@@ -494,6 +590,37 @@ def _attempt_from(row: sqlite3.Row) -> Attempt:
 def _client_from(row: sqlite3.Row) -> Client:
     return Client(
         id=row["id"], name=row["name"], registered_at=row["registered_at"], last_seen=row["last_seen"],
-        slots=row["slots"], busy=row["busy"], host=HostFacts.from_wire(json.loads(row["host"])),
-        containers=json.loads(row["containers"]), valid=row["valid"], invalid=row["invalid"], errors=row["errors"],
+        account=row["account"], slots=row["slots"], busy=row["busy"],
+        host=HostFacts.from_wire(json.loads(row["host"])), containers=json.loads(row["containers"]),
+        valid=row["valid"], invalid=row["invalid"], errors=row["errors"],
     )  # fmt: skip
+
+
+def _insert_key(db: sqlite3.Connection, key: Key) -> None:
+    try:
+        db.execute(
+            "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key.name, key.role, key.token_hash, key.created_at, key.account, key.client, key.expires_at,
+             key.revoked_at),
+        )  # fmt: skip
+    except sqlite3.IntegrityError:
+        raise Conflict(f"a key named {key.name!r} exists already; choose another name") from None
+
+
+def _key_from(row: sqlite3.Row) -> Key:
+    return Key(
+        name=row["name"], role=Role(row["role"]), token_hash=row["token_hash"], created_at=row["created_at"],
+        account=row["account"], client=row["client"], expires_at=row["expires_at"], revoked_at=row["revoked_at"],
+    )  # fmt: skip
+
+
+def _image_in(db: sqlite3.Connection, image_id: str) -> Image | None:
+    row = db.execute("SELECT doc FROM images WHERE id = ?", (image_id,)).fetchone()
+    return image_from(json.loads(row[0])) if row else None
+
+
+def _put_image(db: sqlite3.Connection, image: Image) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?)",
+        (image.id, image.owner, image.pushed_at, json.dumps(image.to_json())),
+    )

@@ -1,0 +1,198 @@
+"""What a volunteer checks before a grant may run, and the image it fetches for it.
+
+The master is not trusted blindly. Before anything of a grant is downloaded or started:
+- it must fit what this volunteer donated (cpus, memory) and its longest timeout;
+- its image must be named by id (``sha256:...``), never by tag, and signed by a key this
+  volunteer trusts (unless it allows unsigned images, in a lab), and its tags must match
+  ``allow_images`` when that is set;
+- an image the engine lacks is fetched from the master itself: its config and only the
+  layers the engine lacks, piece by piece (each verified by its xxh3), every layer then
+  checked against its sha256, the loaded image against its id.
+A refusal is an outcome (``refused``, ``untrusted``, ``integrity``, ...) reported to the
+master like any failure; nothing is run.
+"""
+
+import fnmatch
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from dockercomp.protocol.errors import IntegrityError, ProtocolError
+from dockercomp.protocol.images import PINNED_RE, ImageInfo
+from dockercomp.protocol.integrity import digest
+from dockercomp.protocol.messages import ErrorKind, Grant
+from dockercomp.protocol.signing import IMAGE_ID_RE, Signed, SigningError, trust, trusted_signer
+
+from . import delivery
+from .errors import Cancelled, ClientError, MasterError
+from .master import MasterSession
+from .runner import RunOutcome
+from .settings import ClientSettings
+
+log = logging.getLogger(__name__)
+
+
+class Provisioner:
+    """One per daemon, shared by its worker threads. ``engine`` is the Docker client the
+    containers run on (None for a runner without Docker: images are then not fetched)."""
+
+    def __init__(
+        self, settings: ClientSettings, master: MasterSession, engine: Any, work_dir: str, slots: int, memory: int
+    ) -> None:
+        self.settings = settings
+        self.master = master
+        self.engine = engine
+        self.work_dir = work_dir
+        self.cpus, self.memory = float(slots), memory
+        self.max_timeout = settings.max_timeout_seconds
+        self.patterns = settings.image_patterns
+        try:
+            self.trusted = trust(settings.trust_files)
+        except SigningError as exc:
+            raise ClientError(str(exc)) from None
+        if not self.trusted and not settings.allow_unsigned:
+            raise ClientError(
+                "no key to trust: give the public key of the project whose images this machine runs "
+                "(--trust KEYFILE; the installer pins it), or --allow-unsigned for a lab"
+            )
+        self.received = 0  # image bytes downloaded from the master
+        self._checked: dict[str, ImageInfo] = {}  # image ids whose signature held
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._lock = threading.Lock()
+
+    def prepare(self, grant: Grant, cancel: threading.Event) -> RunOutcome | None:
+        """None when the grant may run here (its image present, trusted, allowed), else the
+        outcome to report instead of running it."""
+        problem = self._limits(grant)
+        if problem:
+            return RunOutcome(ErrorKind.REFUSED, stderr_tail=problem)
+        image = grant.image
+        if PINNED_RE.fullmatch(image):
+            return self._registry(image)
+        if not IMAGE_ID_RE.fullmatch(image):
+            return RunOutcome(ErrorKind.REFUSED, stderr_tail=f"image {image!r:.80} is not an image id; run by id only")
+        with self._lock:
+            lock = self._locks[image]
+        with lock:  # two slots granted one image fetch it once
+            try:
+                info = self._trusted(image, cancel)
+                problem = self._allowed(info)
+                if problem:
+                    return RunOutcome(ErrorKind.REFUSED, stderr_tail=problem)
+                if self.engine is not None:
+                    self._fetch(info, cancel)
+            except SigningError as exc:
+                log.error("image %s refused: %s", image, exc)
+                return RunOutcome(ErrorKind.UNTRUSTED, stderr_tail=str(exc))
+            except (IntegrityError, ProtocolError) as exc:
+                log.error("image %s failed its check: %s", image, exc)
+                return RunOutcome(ErrorKind.INTEGRITY, stderr_tail=str(exc))
+            except delivery.DeliveryError as exc:
+                log.error("image %s not loaded: %s", image, exc)
+                kind = ErrorKind.INTEGRITY if exc.kind == "integrity" else ErrorKind.IMAGE_MISSING
+                return RunOutcome(kind, stderr_tail=str(exc))
+            except (Cancelled, MasterError) as exc:
+                if cancel.is_set():
+                    return RunOutcome(ErrorKind.ABORTED)
+                return RunOutcome(ErrorKind.IMAGE_MISSING, stderr_tail=f"image {image} not fetched: {exc}")
+        return None
+
+    # -- the volunteer's own rules -------------------------------------------------------------
+    def _limits(self, grant: Grant) -> str:
+        if grant.cpus > self.cpus + 1e-9:
+            return f"the unit asks {grant.cpus:g} cpus; this volunteer donated {self.cpus:g}"
+        if grant.memory > self.memory:
+            return f"the unit asks {grant.memory} bytes of memory; this volunteer donated {self.memory}"
+        if grant.timeout > self.max_timeout:
+            return f"the unit may run {grant.timeout:g}s; this volunteer allows at most {self.max_timeout:g}s"
+        return ""
+
+    def _allowed(self, info: ImageInfo) -> str:
+        if not self.patterns or any(fnmatch.fnmatchcase(t, p) for t in info.tags for p in self.patterns):
+            return ""
+        return f"image {info.id} ({', '.join(info.tags) or 'no tag'}) matches none of allow_images"
+
+    def _registry(self, ref: str) -> RunOutcome | None:
+        """A job may name ``name@sha256:...`` from a registry: pulled by digest only, and only by a
+        volunteer that allows registries. No signature can vouch for it through the master."""
+        if not self.settings.allow_registries:
+            return RunOutcome(ErrorKind.REFUSED, stderr_tail=f"{ref:.120}: this volunteer does not pull from registries")
+        if not self.settings.allow_unsigned:
+            return RunOutcome(ErrorKind.UNTRUSTED, stderr_tail=f"{ref:.120} comes from a registry, unsigned")
+        if self.patterns and not any(fnmatch.fnmatchcase(ref, p) for p in self.patterns):
+            return RunOutcome(ErrorKind.REFUSED, stderr_tail=f"{ref:.120} matches none of allow_images")
+        if self.engine is not None:
+            try:
+                self.engine.images.pull(ref)
+            except Exception as exc:  # the SDK's errors, and the network's
+                return RunOutcome(ErrorKind.IMAGE_MISSING, stderr_tail=f"pulling {ref:.120} failed: {exc}"[:4096])
+        return None
+
+    # -- the image ---------------------------------------------------------------------------
+    def _trusted(self, image_id: str, cancel: threading.Event) -> ImageInfo:
+        """The master's record of the image, once a trusted key's signature of its id held."""
+        info = self._checked.get(image_id)
+        if info is not None:
+            return info
+        info = self.master.get(f"/images/{image_id}", ImageInfo, until=cancel)
+        if info.id != image_id:
+            raise IntegrityError(image_id, info.id, "image record")
+        if not self.settings.allow_unsigned:
+            signatures = [Signed(s.key, s.public_key, s.signature) for s in info.signatures]
+            signer = trusted_signer(signatures, image_id, self.trusted)
+            log.info("image %s is signed by trusted key %s", image_id, signer[:16])
+        self._checked[image_id] = info
+        return info
+
+    def _fetch(self, info: ImageInfo, cancel: threading.Event) -> None:
+        """Load the image into the engine unless it is there: config and missing layers only."""
+        try:
+            self.engine.images.get(info.id)
+            return
+        except Exception as exc:
+            if type(exc).__name__ != "ImageNotFound":
+                raise delivery.DeliveryError("docker", f"cannot inspect image {info.id}: {exc}") from exc
+        root = Path(self.work_dir) / "images"
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="load-", dir=root))
+        try:
+            config = self._blob(info.config, info.config_size, tmp / "config", cancel)
+            missing = delivery.missing_layers(self.engine, [layer.digest for layer in info.layers])
+            files = {}
+            for i in missing:
+                layer = info.layers[i]
+                files[i] = self._layer(layer.pieces, layer.size, tmp / f"layer-{i}", cancel)
+            delivery.load_image(self.engine, info.id, config.read_bytes(), files, tmp)
+            got = sum(info.layers[i].size for i in missing) + info.config_size
+            log.info("image %s loaded: %d of %d layers downloaded (%d bytes)", info.id, len(missing), len(info.layers),
+                     got)  # fmt: skip
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _layer(self, pieces: list[str], size: int, path: Path, cancel: threading.Event) -> Path:
+        with open(path, "wb") as out:
+            for i, piece in enumerate(pieces):
+                part = self._blob(piece, None, path.with_suffix(f".{i}"), cancel)
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+                os.unlink(part)
+        if path.stat().st_size != size:
+            raise IntegrityError(str(size), str(path.stat().st_size), "layer length")
+        return path
+
+    def _blob(self, blob: str, size: int | None, path: Path, cancel: threading.Event) -> Path:
+        """Download one blob to ``path`` (resumed by Range when cut off), verified by its xxh3."""
+        with open(path, "w+b") as f:
+            self.master.download(blob, f, cancel=cancel)
+            f.seek(0)
+            data = f.read()
+        with self._lock:
+            self.received += len(data)
+        if digest(data) != blob or (size is not None and len(data) != size):
+            raise IntegrityError(blob, digest(data), "image blob from the master")
+        return path
