@@ -78,7 +78,9 @@ class Daemon:
             settings, self.master, getattr(runner, "engine", None), self.work_dir, self.slots.slots,
             settings.memory_bytes,
         )  # fmt: skip
-        self.executor = Executor(attempts_dir, self.cache, self.master, runner, self.spool, provisioner=self.provisioner)
+        self.executor = Executor(
+            attempts_dir, self.cache, self.master, runner, self.spool, provisioner=self.provisioner
+        )
         self.identity: Identity | None = None
         self.exit: Exit | None = None
         self.counts: Counter[str] = Counter()  # attempts by how they ended
@@ -407,6 +409,7 @@ class Daemon:
             "spool": {"results": spooled, "bytes": spool_bytes},
             "cache": {"bytes": cache_bytes, "files": cache_files, "limit": self.cache.max_bytes},
             "counts": counts,
+            "image_bytes": self.provisioner.received,
         }
 
     def _write_status(self, state: str) -> None:

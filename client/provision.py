@@ -121,7 +121,8 @@ class Provisioner:
         """A job may name ``name@sha256:...`` from a registry: pulled by digest only, and only by a
         volunteer that allows registries. No signature can vouch for it through the master."""
         if not self.settings.allow_registries:
-            return RunOutcome(ErrorKind.REFUSED, stderr_tail=f"{ref:.120}: this volunteer does not pull from registries")
+            why = f"{ref:.120}: this volunteer does not pull from registries"
+            return RunOutcome(ErrorKind.REFUSED, stderr_tail=why)
         if not self.settings.allow_unsigned:
             return RunOutcome(ErrorKind.UNTRUSTED, stderr_tail=f"{ref:.120} comes from a registry, unsigned")
         if self.patterns and not any(fnmatch.fnmatchcase(ref, p) for p in self.patterns):

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--certfile", help="PEM certificate chain: serve HTTPS (with --keyfile)")
     p.add_argument("--keyfile", help="the PEM private key of --certfile")
     p.add_argument("--behind-proxy", action="store_true", default=None,
-                   help="a TLS proxy is in front: trust its X-Forwarded-Proto, X-Forwarded-Host and X-Real-Ip")  # fmt: skip
+                   help="a TLS proxy is in front: trust its X-Forwarded-Proto/-Host and X-Real-Ip")  # fmt: skip
 
     p = command("submit", cmd_submit, "submit a job: chunk and upload the input, create the job")
     p.add_argument("jobfile")
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unsigned", action="store_true", default=None,
                    help="run images no trusted key signed (a lab only)")  # fmt: skip
     p.add_argument("--allow-images", action="append", metavar="PATTERN",
-                   help="run only images whose tag matches one of these shell patterns, e.g. 'dockercomp/*'")  # fmt: skip
+                   help="run only images with a tag matching one of these shell patterns, e.g. 'dockercomp/*'")  # fmt: skip
     p.add_argument("--allow-registries", action="store_true", default=None,
                    help="pull images a job names as name@sha256:... from their registry (never by tag)")  # fmt: skip
     p.add_argument("--max-timeout", help="refuse units that may run longer than this, e.g. 2h (default 24h)")
@@ -213,7 +213,7 @@ def _server_arg(p: argparse.ArgumentParser) -> None:
         "--server", default=None, help="master URL (default http://$DC_HOST:$DC_PORT or http://127.0.0.1:8080)"
     )
     p.add_argument("--ca", metavar="FILE", default=os.environ.get("DOCKERCOMP_CA") or None,
-                   help="PEM CA certificates to trust for the master instead of the system's (default $DOCKERCOMP_CA)")  # fmt: skip
+                   help="PEM CA certificates to trust instead of the system's (default $DOCKERCOMP_CA)")  # fmt: skip
     p.add_argument("--insecure", action="store_true",
                    help="allow plain http:// to a master not on loopback (a lab network)")  # fmt: skip
     p.add_argument("--token", help="your token (default $DOCKERCOMP_TOKEN, else the local master's operator.token)")
@@ -311,13 +311,19 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(key["token"])
     elif args.action == "list":
         keys = scientist.keys()
-        rows = [(k["name"], k["role"], k["account"], k["state"],
-                 time.strftime("%Y-%m-%d", time.gmtime(k["expires_at"])) if k["expires_at"] else "-") for k in keys]  # fmt: skip
+        rows = [
+            (k["name"], k["role"], k["account"], k["state"], _day(k["expires_at"]) if k["expires_at"] else "-")
+            for k in keys
+        ]
         _print(args, {"keys": keys}, _table(("NAME", "ROLE", "ACCOUNT", "STATE", "EXPIRES"), rows))
     else:
         revoked = scientist.revoke_key(args.name)
         print(f"revoked {revoked} key(s)" + (f" of {args.name}" if revoked else f"; {args.name} was revoked already"))
     return 0
+
+
+def _day(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(timestamp))
 
 
 def cmd_images(args: argparse.Namespace) -> int:

@@ -1,11 +1,15 @@
 """``python -m dockercomp.demo`` (what ``./dev demo`` runs): the whole system on this machine.
 
-It checks that a Docker engine answers, builds the wordfreq image offline, starts a master
-and two volunteer client daemons (each a process of its own, with its own work directory),
-writes a sample text, submits the wordfreq job with every unit computed by both volunteers
-(replicas 2, quorum 2), follows it, downloads the result and checks it against a count made
-here in one pass without Docker. Then it shows the top words and the volunteers, stops the
-daemons (SIGTERM) and the master, and removes what it created.
+It checks that a Docker engine answers, builds the wordfreq image offline, starts a master,
+pushes the image to it and signs it with a project key made for the demo, and starts two
+volunteer client daemons (each a process of its own, with its own work directory, enrolled
+with a volunteer token and trusting only the project key; as root the first one runs on an
+empty Docker engine of its own, so it gets the image from the master). It writes a sample
+text, submits the wordfreq job with every unit computed by both volunteers (replicas 2,
+quorum 2), follows it, downloads the result and checks it against a count made here in one
+pass without Docker. Then it shows the top words, the volunteers and the image bytes each
+received from the master, stops the daemons (SIGTERM) and the master, and removes what it
+created.
 
 Exit 0 when the result is verified; 1 when any step fails (it says which, with the end of
 the logs); 130 when interrupted. Everything lives in one temporary directory, kept with
@@ -39,7 +43,7 @@ from dockercomp.protocol.quantities import format_size, parse_size
 from dockercomp.scientist import TERMINAL_JOB, MasterError, Progress, Scientist
 
 WORKLOAD = "wordfreq"
-LISTENING = re.compile(r"master listening on (http://[0-9.]+:\d+)")
+LISTENING = re.compile(r"master listening on (https?://[0-9.]+:\d+)")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
 # The master tells clients to heartbeat (and to ask again for work) every second, so the
@@ -67,10 +71,12 @@ def say(text: str) -> None:
 class Service:
     """A ``dockercomp`` process started by the demo, its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+    def __init__(self, name: str, args: list[str], log_path: Path, docker_host: str = "") -> None:
         self.name = name
         self.log_path = log_path
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKERCOMP_SERVER_", "DOCKERCOMP_CLIENT_"))}
+        if docker_host:
+            env["DOCKER_HOST"] = docker_host
         with open(log_path, "wb") as log:
             # a session of its own: Ctrl-C reaches the demo, which then stops it in order
             self.proc = subprocess.Popen(
@@ -118,6 +124,8 @@ class Demo:
         self.daemons: list[Service] = []
         self.url = ""
         self.client_ids: list[str] = []
+        self.engines = contextlib.ExitStack()  # the empty engine of the first volunteer, when there is one
+        self.engine_urls: dict[str, str] = {}  # volunteer -> the engine it runs on, when not the local one
 
     # -- the steps ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -125,12 +133,14 @@ class Demo:
         try:
             self.build_image(docker_client)
             self.start_master()
+            self.push_image()
             self.start_daemons()
             sample = self.write_sample()
             job = self.submit(sample)
             self.follow(job)
             self.verify(job, sample)
             self.show_clients()
+            self.show_deliveries()
             self.stop_all()
             self.check_no_containers(docker_client)
         finally:
@@ -181,9 +191,31 @@ class Demo:
                 raise DemoError(f"the master did not start within {START_TIMEOUT:.0f}s")
             else:
                 time.sleep(0.05)
-        self.scientist = Scientist(self.url, timeout=30)
+        wait_until(lambda: (data / "operator.token").exists(), START_TIMEOUT, "the master's operator token")
+        token = (data / "operator.token").read_text().strip()
+        self.scientist = Scientist(self.url, timeout=30, token=token)
         wait_until(lambda: self._answers(), START_TIMEOUT, "the master to answer")
-        say(f"master at {self.url} (data in {data})")
+        say(f"master at {self.url} (data in {data}); the operator's token is in {data / 'operator.token'}")
+
+    def push_image(self) -> None:
+        from dockercomp.client import delivery, images
+        from dockercomp.protocol import signing
+
+        step(f"pushing the {WORKLOAD} image to the master and signing it (dockercomp images push / sign)")
+        docker_client = images.connect()
+        try:
+            with tempfile.TemporaryDirectory(prefix="push-", dir=self.root) as tmp:
+                exported = delivery.export_image(docker_client, images.workload_tag(WORKLOAD), Path(tmp))
+                record, sent = self.scientist.push_image(exported, progress=True)
+        except (images.ImageError, delivery.DeliveryError) as exc:
+            raise DemoError(str(exc)) from None
+        finally:
+            docker_client.close()
+        say(f"{record['id']}: {len(exported.layers)} layers, {format_size(sent)} sent")
+        self.key = self.root / "project.key"
+        fingerprint = signing.keygen(str(self.key), f"{self.key}.pub")
+        self.scientist.add_signature(record["id"], signing.sign(signing.load_private(str(self.key)), record["id"]))
+        say(f"signed with the demo's project key {fingerprint[:16]}…; volunteers trust only that key")
 
     def _answers(self) -> bool:
         try:
@@ -193,14 +225,23 @@ class Demo:
         return True
 
     def start_daemons(self) -> None:
-        step("starting two volunteer client daemons (1 slot each)")
+        from dockercomp.engines import EngineUnavailable, empty_engine
+
+        step("starting two volunteer client daemons (1 slot each), enrolled with a volunteer token")
         config = self.root / "client.toml"
         config.write_text(CLIENT_CONFIG)
+        enroll = self.scientist.create_key("demo-volunteers", "volunteer")["token"]
+        try:
+            self.engine_urls["volunteer-1"] = self.engines.enter_context(empty_engine(self.root / "engine-1"))
+            say("volunteer-1 runs on an empty Docker engine of its own: it gets the image from the master")
+        except EngineUnavailable as exc:
+            say(f"both volunteers share this machine's engine ({exc})")
         for n in (1, 2):
             name = f"volunteer-{n}"
             args = ["client", "--server", self.url, "--work-dir", str(self.root / name), "--slots", "1"]
-            args += ["--name", name, "--memory", "1GiB", "--config", str(config)]
-            self.daemons.append(Service(name, args, self.root / f"{name}.log"))
+            args += ["--name", name, "--memory", "1GiB", "--config", str(config), "--enroll", enroll]
+            args += ["--trust", f"{self.key}.pub"]
+            self.daemons.append(Service(name, args, self.root / f"{name}.log", self.engine_urls.get(name, "")))
 
         def registered() -> list[dict[str, Any]] | None:
             for daemon in self.daemons:
@@ -273,9 +314,12 @@ class Demo:
         say(f"job {job} done: {shown}")
 
     def _units(self, job: str) -> list[dict[str, Any]]:
+        headers = dict(self.scientist.http.headers)
         units: list[dict[str, Any]] = []
         while True:
-            response = requests.get(f"{self.url}/api/v1/jobs/{job}/units", params={"offset": len(units)}, timeout=30)
+            response = requests.get(
+                f"{self.url}/api/v1/jobs/{job}/units", params={"offset": len(units)}, headers=headers, timeout=30
+            )
             response.raise_for_status()
             page = response.json()["units"]
             if not page:
@@ -331,6 +375,16 @@ class Demo:
         for row in rows:
             say("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
+    def show_deliveries(self) -> None:
+        from dockercomp.client import status
+
+        step("image bytes each volunteer received from the master")
+        for daemon in self.daemons:
+            current = status.read_status(str(self.root / daemon.name)) or {}
+            got = int(current.get("image_bytes") or 0)
+            where = "its own engine" if daemon.name in self.engine_urls else "this machine's engine, with the image"
+            say(f"{daemon.name} ({where}): {format_size(got) if got else 'nothing'}")
+
     def stop_all(self) -> None:
         step("stopping the volunteers (SIGTERM) and the master")
         problems = []
@@ -350,16 +404,23 @@ class Demo:
             raise DemoError("; ".join(problems))
 
     def check_no_containers(self, docker_client: Any) -> None:
+        import docker
+
         from dockercomp.client.runner import LABEL_CLIENT
 
+        engines = [docker_client, *(docker.DockerClient(base_url=url) for url in self.engine_urls.values())]
         left = [
             c["Id"][:12]
+            for engine in engines
             for client in self.client_ids
-            for c in docker_client.api.containers(all=True, filters={"label": f"{LABEL_CLIENT}={client}"})
+            for c in engine.api.containers(all=True, filters={"label": f"{LABEL_CLIENT}={client}"})
         ]
+        for engine in engines[1:]:
+            engine.close()
         if left:
             raise DemoError(f"containers left behind: {', '.join(left)} (docker ps -a --filter label={LABEL_CLIENT})")
         say("no container of the volunteers is left")
+        self.engines.close()
 
     # -- the end ------------------------------------------------------------------------------
     def show_logs(self) -> None:
@@ -372,6 +433,7 @@ class Demo:
             daemon.stop(STOP_TIMEOUT)
         if self.master is not None:
             self.master.stop(STOP_TIMEOUT)
+        self.engines.close()
         if self.args.keep:
             step(f"kept {self.root} (logs, work directories, the master's data)")
             return

@@ -186,7 +186,12 @@ class Scientist:
         return status
 
     def results(self, job_id: str, partial: bool = False) -> Iterator[bytes]:
-        response = self._call("GET", f"/jobs/{job_id}/results", params={"partial": int(partial)}, stream=True)
+        try:
+            response = self._call("GET", f"/jobs/{job_id}/results", params={"partial": int(partial)}, stream=True)
+        except MasterError as exc:
+            if str(exc).endswith("(HTTP 409)"):  # not done yet: the operation failed, not the input (exit 1)
+                exc.bad_input = False
+            raise
         try:
             yield from response.iter_content(1 << 20)
         except requests.RequestException as exc:

@@ -85,8 +85,7 @@ def make_app(master: Master) -> Application:
         return {"feed": feed} if issubclass(handler, dashboard.DashboardHandler) else {}
 
     handlers = [
-        (path, handler, {"master": master, "access": access} | feeds(handler))
-        for path, handler, access in ROUTES
+        (path, handler, {"master": master, "access": access} | feeds(handler)) for path, handler, access in ROUTES
     ]
     return Application(
         handlers + dashboard.pages(),

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import msgpack
 import requests
+from masters import auth
 
 from dockercomp.protocol.integrity import digest, verify
 
@@ -74,7 +75,7 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: fl
 
 def put_blob(url: str, data: bytes) -> str:
     blob = digest(data)
-    response = requests.put(f"{url}{API}/blobs/{blob}", data=data, timeout=30)
+    response = requests.put(f"{url}{API}/blobs/{blob}", data=data, headers=auth(url), timeout=30)
     assert response.status_code == 201, response.text
     return blob
 
@@ -82,13 +83,13 @@ def put_blob(url: str, data: bytes) -> str:
 def create_job(url: str, job: dict[str, Any], chunks: Iterable[bytes]) -> str:
     """Upload every chunk, then create the job; its id."""
     hashes = [put_blob(url, chunk) for chunk in chunks]
-    response = requests.post(f"{url}{API}/jobs", json={"job": job, "chunks": hashes}, timeout=30)
+    response = requests.post(f"{url}{API}/jobs", json={"job": job, "chunks": hashes}, headers=auth(url), timeout=30)
     assert response.status_code == 201, response.text
     return response.json()["job"]
 
 
 def job_status(url: str, job_id: str) -> dict[str, Any]:
-    response = requests.get(f"{url}{API}/jobs/{job_id}", timeout=30)
+    response = requests.get(f"{url}{API}/jobs/{job_id}", headers=auth(url), timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -96,7 +97,9 @@ def job_status(url: str, job_id: str) -> dict[str, Any]:
 def job_units(url: str, job_id: str) -> list[dict[str, Any]]:
     units: list[dict[str, Any]] = []
     while True:
-        response = requests.get(f"{url}{API}/jobs/{job_id}/units", params={"offset": len(units)}, timeout=30)
+        response = requests.get(
+            f"{url}{API}/jobs/{job_id}/units", params={"offset": len(units)}, headers=auth(url), timeout=30
+        )
         assert response.status_code == 200, response.text
         page = response.json()["units"]
         if not page:
@@ -127,13 +130,13 @@ class SimClient:
         name: str = "sim",
         mode: str = "honest",
         batch: int = 2,
-        enroll_key: str = "",
+        enroll: str = "",
         heartbeat_every: float = 0.5,
         idle_wait: float = 0.05,
     ) -> None:
         assert mode in ("honest", "liar", "vanisher"), mode
         self.urls = itertools.cycle([urls] if isinstance(urls, str) else urls)
-        self.name, self.mode, self.batch, self.enroll_key = name, mode, batch, enroll_key
+        self.name, self.mode, self.batch, self.enroll = name, mode, batch, enroll
         self.heartbeat_every, self.idle_wait = heartbeat_every, idle_wait
         self.http = requests.Session()
         self.id = self.token = ""
@@ -156,9 +159,9 @@ class SimClient:
         return reply
 
     def register(self, slots: int = 2) -> dict[str, Any]:
+        """Register, with the volunteer token when given (else as a stranger: open enrollment)."""
         body = {"name": self.name, "slots": slots, "host": {"cores": 2, "os": "linux", "arch": "x86_64"}}
-        if self.enroll_key:
-            body["enroll_key"] = self.enroll_key
+        self.token = self.enroll
         reply = self.call("/clients/register", body)
         self.id, self.token = reply["client"], reply["token"]
         return reply
@@ -182,7 +185,8 @@ class SimClient:
     def fetch(self, ref: dict[str, Any]) -> bytes:
         """An input by its URL, verified against its hash; each hash is downloaded once."""
         if ref["hash"] not in self.cache:
-            response = self.http.get(f"{next(self.urls)}{ref['url']}", timeout=30)
+            headers = {"Authorization": f"Bearer {self.token}"}
+            response = self.http.get(f"{next(self.urls)}{ref['url']}", headers=headers, timeout=30)
             if response.status_code != 200:
                 raise ApiError(response.status_code, response.text)
             verify(response.content, ref["hash"], f"input {ref['name']}")

@@ -75,12 +75,12 @@ def test_flags_override_the_environment(toml, monkeypatch):
 
 
 def test_every_layer_at_once(toml, monkeypatch):
-    path = toml('[server]\nhost = "file"\nport = 1\nenroll_key = "file"\nlease_slack = 1\n')
+    path = toml('[server]\nhost = "file"\nport = 1\ndata_dir = "file"\nlease_slack = 1\n')
     monkeypatch.setenv("DOCKERCOMP_SERVER_PORT", "2")
-    monkeypatch.setenv("DOCKERCOMP_SERVER_ENROLL_KEY", "env")
+    monkeypatch.setenv("DOCKERCOMP_SERVER_DATA_DIR", "env")
     monkeypatch.setenv("DOCKERCOMP_SERVER_LEASE_SLACK", "2")
     settings = server(path, {"lease_slack": 3.0})
-    assert (settings.host, settings.port, settings.enroll_key, settings.lease_slack) == ("file", 2, "env", 3.0)
+    assert (settings.host, settings.port, settings.data_dir, settings.lease_slack) == ("file", 2, "env", 3.0)
     assert settings.online_window == 60.0
 
 
@@ -123,11 +123,13 @@ def test_derived_values(monkeypatch):
 def test_environment_strings_are_converted(monkeypatch):
     monkeypatch.setenv("DOCKERCOMP_SERVER_PORT", " 9090 ")
     monkeypatch.setenv("DOCKERCOMP_SERVER_HEARTBEAT_TIMEOUT", "2.5")
-    monkeypatch.setenv("DOCKERCOMP_SERVER_ENROLL_KEY", "123")
+    monkeypatch.setenv("DOCKERCOMP_SERVER_DATA_DIR", "123")
+    monkeypatch.setenv("DOCKERCOMP_SERVER_OPEN_ENROLLMENT", "yes")
     settings = server()
     assert settings.port == 9090 and type(settings.port) is int
     assert settings.heartbeat_timeout == 2.5 and type(settings.heartbeat_timeout) is float
-    assert settings.enroll_key == "123"
+    assert settings.data_dir == "123"
+    assert settings.open_enrollment is True
 
 
 def test_file_values_are_converted(toml):
@@ -202,7 +204,8 @@ def test_bad_environment_values_name_the_setting(monkeypatch, variable, value, n
         ("port = {n = 80}", "port"),
         ('host = ["a", "b"]', "host"),
         ("host = 1979-05-27", "host"),
-        ("enroll_key = false", "enroll_key"),
+        ("data_dir = false", "data_dir"),
+        ("open_enrollment = 2", "open_enrollment"),
         ("heartbeat_timeout = true", "heartbeat_timeout"),
         ("heartbeat_timeout = nan", "heartbeat_timeout"),
         ("heartbeat_timeout = inf", "heartbeat_timeout"),

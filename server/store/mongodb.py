@@ -25,8 +25,8 @@ from typing import Any, ParamSpec, TypeVar
 try:
     from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
     from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure
-except ImportError as exc:  # pragma: no cover - pymongo is a dependency, but say what to install
-    raise ImportError("the mongodb store needs PyMongo 4.13 or newer: pip install 'pymongo>=4.13'") from exc
+except ImportError as exc:  # pragma: no cover - pymongo comes with the server extra, but say what to install
+    raise ImportError("the mongodb store needs PyMongo 4.13 or newer: pip install 'dockercomp[server]'") from exc
 
 from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
 from dockercomp.protocol.messages import Ack, Grant, Heartbeat, HostFacts, LeaseRequest, ResultReport

@@ -3,6 +3,7 @@
 from typing import Any
 
 import requests
+from masters import auth
 from sim import MSGPACK, SimClient, pack, unpack
 
 
@@ -45,10 +46,10 @@ def registered(url: str, name: str = "sim", **kwargs: Any) -> SimClient:
 
 def jobs(url: str) -> list[dict]:
     """Every job the master lists."""
-    response = requests.get(f"{url}/api/v1/jobs")
+    response = requests.get(f"{url}/api/v1/jobs", headers=auth(url))
     assert response.status_code == 200
     return response.json()["jobs"]
 
 
 def post_job(url: str, body: object) -> requests.Response:
-    return requests.post(f"{url}/api/v1/jobs", json=body)
+    return requests.post(f"{url}/api/v1/jobs", json=body, headers=auth(url))

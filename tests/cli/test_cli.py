@@ -17,6 +17,7 @@ from needs import skip_or_fail
 from sim import Fleet, SimClient, compute, job_file, job_status, wait_for, wait_job
 
 UNIT_STATES = {"ready", "running", "done", "failed", "cancelled", "suspended"}
+TOKEN: dict[str, str] = {}  # DOCKERCOMP_TOKEN for every command: the module master's operator
 
 
 @pytest.fixture(scope="module")
@@ -24,22 +25,19 @@ def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterProcess]:
     """A master with three honest simulated clients working for it the whole time."""
     masters = Masters(tmp_path_factory.mktemp("cli"))
     master = masters.start("--reap-interval", "0.2")
+    TOKEN["DOCKERCOMP_TOKEN"] = master.token
     with Fleet([SimClient(master.url, name=f"sim-{i}", idle_wait=0.05) for i in range(3)]):
         yield master
     masters.close()
 
 
-def dockercomp(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, check_image: bool = False
-) -> subprocess.CompletedProcess:
+def dockercomp(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ("DC_HOST", "DC_PORT") and not k.startswith("DOCKERCOMP_")}
-    if args[:1] == ("submit",) and not check_image:
-        args = (*args, "--no-image-check")  # simulated clients run no container: the image need not exist
     result = subprocess.run(
         [sys.executable, "-m", "dockercomp", *args],
         capture_output=True,
         text=True,
-        env=base | (env or {}),
+        env=base | TOKEN | (env or {}),
         cwd=cwd,
         timeout=120,
         stdin=subprocess.DEVNULL,
@@ -198,12 +196,12 @@ def test_without_dc_host_and_dc_port_the_server_is_local_port_8080(files):
     ],
 )
 def test_a_bad_job_file_is_exit_code_2(master, files, tmp_path, content, fragment):
-    before = requests.get(f"{master.api}/jobs").json()["jobs"]
+    before = requests.get(f"{master.api}/jobs", headers=master.headers).json()["jobs"]
     jobfile = write(tmp_path / "bad.json", content)
     result = dockercomp("submit", str(jobfile), str(files["in1"]), "--server", master.url)
     assert result.returncode == 2
     assert result.stderr.startswith("dockercomp: ") and fragment in result.stderr
-    assert requests.get(f"{master.api}/jobs").json()["jobs"] == before
+    assert requests.get(f"{master.api}/jobs", headers=master.headers).json()["jobs"] == before
 
 
 def test_a_missing_job_file_or_input_is_exit_code_2(master, files, tmp_path):
@@ -216,14 +214,14 @@ def test_a_missing_job_file_or_input_is_exit_code_2(master, files, tmp_path):
 
 @pytest.mark.parametrize("on_master", [False, True])
 def test_an_empty_input_is_exit_code_2(master, files, tmp_path, on_master):
-    before = requests.get(f"{master.api}/jobs").json()["jobs"]
+    before = requests.get(f"{master.api}/jobs", headers=master.headers).json()["jobs"]
     empty = write(tmp_path / "empty.txt", b"")
     args = ["submit", str(files["job"]), str(empty), "--server", master.url] + (
         ["--chunk-on-master"] if on_master else []
     )
     result = dockercomp(*args)
     assert result.returncode == 2 and "empty" in result.stderr
-    assert requests.get(f"{master.api}/jobs").json()["jobs"] == before
+    assert requests.get(f"{master.api}/jobs", headers=master.headers).json()["jobs"] == before
 
 
 def test_bad_usage_is_exit_code_2(master):
@@ -266,10 +264,16 @@ def test_submit_wait_for_a_job_that_fails_is_exit_code_1(master, tmp_path):
     jobfile = write(tmp_path / "doomed.json", spec)
     data = write(tmp_path / "data.txt", b"x\n")
     args = [sys.executable, "-m", "dockercomp", "submit", str(jobfile), str(data), "--server", master.url, "--wait"]
-    args.append("--no-image-check")
-    with subprocess.Popen([*args, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    env = os.environ | TOKEN
+    with subprocess.Popen(
+        [*args, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
         jobs = wait_for(
-            lambda: [j for j in requests.get(f"{master.api}/jobs").json()["jobs"] if j["name"] == "doomed"],
+            lambda: [
+                j
+                for j in requests.get(f"{master.api}/jobs", headers=master.headers).json()["jobs"]
+                if j["name"] == "doomed"
+            ],
             30,
             "the job to be created",
         )
@@ -316,7 +320,7 @@ def test_a_sweep_job_is_submitted_without_inputs(master, tmp_path):
 
 
 def test_inputs_for_a_sweep_or_none_for_other_jobs_are_exit_code_2(master, files, tmp_path):
-    before = requests.get(f"{master.api}/jobs").json()["jobs"]
+    before = requests.get(f"{master.api}/jobs", headers=master.headers).json()["jobs"]
     jobfile = write(tmp_path / "sweep.json", job_file("sweep", sweep=[{"A": 1}]))
     result = dockercomp("submit", str(jobfile), str(files["in1"]), "--server", master.url)
     assert result.returncode == 2 and "is a sweep" in result.stderr and "not INPUT files" in result.stderr
@@ -325,14 +329,15 @@ def test_inputs_for_a_sweep_or_none_for_other_jobs_are_exit_code_2(master, files
     bad = write(tmp_path / "bad.json", job_file("sweep", sweep={"start": 3, "end": 1}))
     result = dockercomp("submit", str(bad), "--server", master.url)
     assert result.returncode == 2 and "sweep.end (1) must be greater than sweep.start (3)" in result.stderr
-    assert requests.get(f"{master.api}/jobs").json()["jobs"] == before
+    assert requests.get(f"{master.api}/jobs", headers=master.headers).json()["jobs"] == before
 
 
-def test_submit_refuses_an_image_no_volunteer_could_build_and_creates_nothing(master, tmp_path):
+def test_submit_refuses_an_image_not_pushed_to_the_master_and_creates_nothing(master, tmp_path):
     jobfile = write(tmp_path / "job.json", {"name": "nosuch", "image": "dockercomp/unknown"})
     data = write(tmp_path / "data.txt", b"x\n")
-    result = dockercomp("submit", str(jobfile), str(data), "--server", master.url, check_image=True)
+    result = dockercomp("submit", str(jobfile), str(data), "--server", master.url)
     assert result.returncode == 2, result.stderr
-    assert "no workload builds the image dockercomp/unknown" in result.stderr
-    assert "dockercomp/wordfreq:latest" in result.stderr  # the known ones are named
-    assert [j for j in requests.get(f"{master.api}/jobs").json()["jobs"] if j["name"] == "nosuch"] == []
+    assert "no image 'dockercomp/unknown'" in result.stderr and "push it first" in result.stderr
+    assert [
+        j for j in requests.get(f"{master.api}/jobs", headers=master.headers).json()["jobs"] if j["name"] == "nosuch"
+    ] == []

@@ -13,7 +13,7 @@ def test_settings_defaults_come_from_this_machine(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("DC_HOST", "master.example")
     monkeypatch.setenv("DC_PORT", "9000")
     monkeypatch.setenv("XDG_DATA_HOME", "/data")
-    settings = ClientSettings()
+    settings = ClientSettings(insecure=True)  # plain http:// to a master off loopback (tests/tls has the rule)
     settings.validate()
     assert settings.server_url == "http://master.example:9000"
     assert settings.work_path == "/data/dockercomp/client"

@@ -3,12 +3,16 @@ dockercomp client`` in a process of its own, with its own work directory and log
 running units in real containers of the local Docker engine), the scientist's calls to the
 master, and the wordfreq answers computed here without Docker."""
 
+import atexit
 import contextlib
 import importlib.util
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -20,9 +24,11 @@ import docker
 import docker.errors
 import requests
 
-from dockercomp.client import images, status
+from dockercomp.client import delivery, images, status
 from dockercomp.client.runner import LABEL_CLIENT
+from dockercomp.protocol import signing
 from dockercomp.protocol.integrity import digest
+from dockercomp.scientist import Scientist
 
 STARTED_CLIENTS: set[str] = set()  # the client ids of every daemon this test session started
 START_TIMEOUT = 30.0
@@ -112,7 +118,7 @@ class Daemons:
         work_dir = work_dir or self.tmp / f"client-{n}"
         log_path = self.tmp / f"client-{n}-{time.monotonic_ns()}.log"
         args = [sys.executable, "-m", "dockercomp", "client", "--server", master.url, "--work-dir", str(work_dir)]
-        args += ["--slots", str(slots), "--name", name, "--config", str(self.config)]
+        args += ["--slots", str(slots), "--name", name, "--config", str(self.config), "--trust", signing_key()[1]]
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKERCOMP_")}
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
@@ -190,7 +196,7 @@ def describe(containers: list[dict[str, Any]]) -> list[str]:
 
 
 def job_status(master: Any, job: str) -> dict[str, Any]:
-    response = requests.get(f"{master.api}/jobs/{job}", timeout=10)
+    response = requests.get(f"{master.api}/jobs/{job}", headers=master.headers, timeout=10)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -217,7 +223,8 @@ def wait_job(master: Any, job: str, timeout: float) -> dict[str, Any]:
 def job_units(master: Any, job: str) -> list[dict[str, Any]]:
     units: list[dict[str, Any]] = []
     while True:
-        response = requests.get(f"{master.api}/jobs/{job}/units", params={"offset": len(units)}, timeout=10)
+        params = {"offset": len(units)}
+        response = requests.get(f"{master.api}/jobs/{job}/units", params=params, headers=master.headers, timeout=10)
         assert response.status_code == 200, response.text
         page = response.json()["units"]
         if not page:
@@ -226,17 +233,59 @@ def job_units(master: Any, job: str) -> list[dict[str, Any]]:
 
 
 def clients(master: Any) -> list[dict[str, Any]]:
-    response = requests.get(f"{master.api}/clients", timeout=10)
+    response = requests.get(f"{master.api}/clients", headers=master.headers, timeout=10)
     assert response.status_code == 200, response.text
     return response.json()["clients"]
 
 
-def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run ``dockercomp ARGS`` as the scientist would."""
+def cli(*args: str, master: Any = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``dockercomp ARGS`` as the scientist would; with ``master``, against it with the
+    operator's token (and for ``submit JOBFILE``, the job's image pushed and signed first)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKERCOMP_", "DC_"))}
+    if master is not None:
+        if args[0] == "submit":
+            publish(master, json.loads(Path(args[1]).read_text())["image"])
+        args = (*args, "--server", master.url, "--token", master.token)
     return subprocess.run(
         [sys.executable, "-m", "dockercomp", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+# -- images: pushed to the master and signed, as the project's operator does ----------------------
+
+_SIGNING: list[str] = []
+_PUBLISHED: dict[tuple[str, str], str] = {}
+
+
+def signing_key() -> tuple[str, str]:
+    """The tests' project key pair (private, public), made once per session; daemons trust it."""
+    if not _SIGNING:
+        where = tempfile.mkdtemp(prefix="dockercomp-signing-")
+        atexit.register(shutil.rmtree, where, True)
+        private = os.path.join(where, "project.key")
+        signing.keygen(private, private + ".pub")
+        _SIGNING.extend([private, private + ".pub"])
+    return _SIGNING[0], _SIGNING[1]
+
+
+def publish(master: Any, ref: str, *, sign: bool = True) -> str:
+    """Push the local engine's image ``ref`` to ``master`` (only what it lacks) and sign it
+    with the tests' key, once per master; its image id."""
+    if (master.url, ref) not in _PUBLISHED:
+        scientist = Scientist(
+            master.url, token=master.token, ca=master.verify if isinstance(master.verify, str) else None
+        )
+        docker_client = images.connect()
+        try:
+            with tempfile.TemporaryDirectory(prefix="push-") as tmp:
+                exported = delivery.export_image(docker_client, ref, Path(tmp))
+                record, _ = scientist.push_image(exported, progress=False)
+        finally:
+            docker_client.close()
+        if sign:
+            scientist.add_signature(record["id"], signing.sign(signing.load_private(signing_key()[0]), record["id"]))
+        _PUBLISHED[(master.url, ref)] = record["id"]
+    return _PUBLISHED[(master.url, ref)]
 
 
 # -- wordfreq, computed here ---------------------------------------------------------------------
@@ -269,21 +318,24 @@ def sample_text(path: Path, size: str, seed: int = 1) -> Path:
 
 
 def submit(master: Any, job: dict[str, Any], chunks: list[bytes]) -> tuple[str, list[str]]:
-    """Upload each chunk and create the job from a job file as given (extra keys and all);
-    the job id and the chunks' hashes, in unit order."""
+    """Upload each chunk and create the job from a job file as given (extra keys and all),
+    its image pushed and signed first; the job id and the chunks' hashes, in unit order."""
+    publish(master, job["image"])
     hashes = []
     for chunk in chunks:
         blob = digest(chunk)
-        response = requests.put(f"{master.api}/blobs/{blob}", data=chunk, timeout=30)
+        response = requests.put(f"{master.api}/blobs/{blob}", data=chunk, headers=master.headers, timeout=30)
         assert response.status_code == 201, response.text
         hashes.append(blob)
-    response = requests.post(f"{master.api}/jobs", json={"job": job, "chunks": hashes}, timeout=30)
+    body = {"job": job, "chunks": hashes}
+    response = requests.post(f"{master.api}/jobs", json=body, headers=master.headers, timeout=30)
     assert response.status_code == 201, response.text
     return response.json()["job"], hashes
 
 
 def partial_results(master: Any, job: str) -> bytes:
-    response = requests.get(f"{master.api}/jobs/{job}/results", params={"partial": 1}, timeout=30)
+    response = requests.get(f"{master.api}/jobs/{job}/results", params={"partial": 1}, headers=master.headers,
+                            timeout=30)  # fmt: skip
     assert response.status_code == 200, response.text
     return response.content
 

@@ -16,6 +16,7 @@ from cluster import (
     job_status,
     job_units,
     partial_results,
+    publish,
     sample_text,
     submit,
     wait_for,
@@ -67,12 +68,12 @@ def test_wordfreq_with_two_replicas_on_two_daemons_gives_the_counts_computed_her
     )
     one, two = daemons.start(master, "one"), daemons.start(master, "two")
 
-    submitted = cli("submit", str(jobfile), str(text), "--server", master.url, "--json")
+    submitted = cli("submit", str(jobfile), str(text), "--json", master=master)
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)["job"]
     assert wait_job(master, job, JOB_WAIT)["state"] == "done"
     out = tmp_path / "result.txt"
-    downloaded = cli("results", job, "-o", str(out), "--server", master.url)
+    downloaded = cli("results", job, "-o", str(out), master=master)
     assert downloaded.returncode == 0, downloaded.stderr
     assert out.read_bytes() == wordfreq_expected(text)
 
@@ -143,7 +144,8 @@ def test_a_corrupted_chunk_is_reported_as_an_integrity_failure_and_never_compute
             reduce=None,
         )
     )
-    scientist = Scientist(master.url)
+    publish(master, spec.image)
+    scientist = Scientist(master.url, token=master.token)
     hashes = scientist.upload_chunks(spec, [str(text)], progress=False)
     job = scientist.create_job(spec, hashes)
     assert len(hashes) == 3
@@ -168,7 +170,7 @@ def test_a_corrupted_chunk_is_reported_as_an_integrity_failure_and_never_compute
     for i, output in good.items():
         assert units[i]["state"] == "done" and units[i]["output"] == digest(output), units[i]
     assert partial_results(master, job) == good[0] + good[2], "the failed unit adds nothing to the result"
-    refused = cli("results", job, "-o", str(tmp_path / "out"), "--server", master.url)
+    refused = cli("results", job, "-o", str(tmp_path / "out"), master=master)
     assert refused.returncode == 1 and "failed" in refused.stderr
     for daemon in (one, two):
         log = daemon.log()

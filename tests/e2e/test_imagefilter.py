@@ -151,12 +151,12 @@ def test_imagefilter_on_two_daemons_gives_the_edges_computed_here(
     jobfile = tmp_path / "job.json"
     jobfile.write_text(json.dumps(job))
     one, two = daemons.start(master, "one"), daemons.start(master, "two")
-    submitted = cli("submit", str(jobfile), *map(str, inputs), "--server", master.url, "--json")
+    submitted = cli("submit", str(jobfile), *map(str, inputs), "--json", master=master)
     assert submitted.returncode == 0, submitted.stderr
     job_id = json.loads(submitted.stdout)["job"]
     assert wait_job(master, job_id, JOB_WAIT)["state"] == "done"
     result = tmp_path / "edges.tar"
-    downloaded = cli("results", job_id, "-o", str(result), "--server", master.url)
+    downloaded = cli("results", job_id, "-o", str(result), master=master)
     assert downloaded.returncode == 0, downloaded.stderr
 
     units = job_units(master, job_id)

@@ -95,13 +95,13 @@ def test_kmers_on_two_daemons_gives_the_counts_computed_here(
 
     jobs = []
     for jobfile in (forward, folded):
-        submitted = cli("submit", str(jobfile), str(fasta), "--server", master.url, "--json")
+        submitted = cli("submit", str(jobfile), str(fasta), "--json", master=master)
         assert submitted.returncode == 0, submitted.stderr
         jobs.append(json.loads(submitted.stdout)["job"])
     for job, jobfile, k, canonical in zip(jobs, (forward, folded), (5, 3), (False, True), strict=True):
         assert wait_job(master, job, JOB_WAIT)["state"] == "done"
         out = tmp_path / f"{job}.tsv"
-        downloaded = cli("results", job, "-o", str(out), "--server", master.url)
+        downloaded = cli("results", job, "-o", str(out), master=master)
         assert downloaded.returncode == 0, downloaded.stderr
         assert out.read_bytes() == expected_counts(fasta, k, canonical)
 

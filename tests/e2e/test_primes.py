@@ -69,14 +69,14 @@ def test_primes_counts_up_to_ten_million_match_known_values_and_a_sieve_run_here
 
     jobs = {}
     for upto, jobfile in jobfiles.items():
-        submitted = cli("submit", str(jobfile), "--server", master.url, "--json")
+        submitted = cli("submit", str(jobfile), "--json", master=master)
         assert submitted.returncode == 0, submitted.stderr
         jobs[upto] = json.loads(submitted.stdout)["job"]
     table = is_prime_table(10**7)
     for upto, job in jobs.items():
         assert wait_job(master, job, JOB_WAIT)["state"] == "done"
         out = tmp_path / f"pi-{upto}.txt"
-        downloaded = cli("results", job, "-o", str(out), "--server", master.url)
+        downloaded = cli("results", job, "-o", str(out), master=master)
         assert downloaded.returncode == 0, downloaded.stderr
         assert out.read_text() == f"{PI[upto]}\n" == f"{table[: upto + 1].count(1)}\n"
 
@@ -102,11 +102,11 @@ def test_primes_up_to_a_hundred_million_in_twenty_units(
     jobfile = sample_job(tmp_path / "hundred-million.json", 10**8, 20)
     assert parse_jobfile(json.loads(jobfile.read_text())).sweep == RangeSweep(1, 10**8 + 1, 5_000_000)
     daemons.start(master, "solo", slots=2)
-    submitted = cli("submit", str(jobfile), "--server", master.url, "--wait", "--json")
+    submitted = cli("submit", str(jobfile), "--wait", "--json", master=master)
     assert submitted.returncode == 0, submitted.stderr
     reply = json.loads(submitted.stdout)
     assert reply["state"] == "done" and reply["units"]["done"] == 21  # 20 map units and the reduce
     out = tmp_path / "pi.txt"
-    downloaded = cli("results", reply["job"], "-o", str(out), "--server", master.url)
+    downloaded = cli("results", reply["job"], "-o", str(out), master=master)
     assert downloaded.returncode == 0, downloaded.stderr
     assert out.read_text() == f"{PI[10**8]}\n"

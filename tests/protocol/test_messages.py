@@ -43,7 +43,6 @@ SAMPLES: dict[type[Message], dict] = {
     HostFacts: {"cores": 8, "memory": 16 << 30, "os": "linux", "arch": "x86_64", "docker": "26.1.5"},
     RegisterRequest: {
         "name": "laptop",
-        "enroll_key": "k",
         "slots": 4,
         "host": {"cores": 8, "memory": 1 << 30, "os": "linux", "arch": "arm64", "docker": "24"},
     },

@@ -21,9 +21,12 @@ from needs import skip_or_fail
 from dockercomp.protocol.integrity import digest
 from dockercomp.protocol.jobfile import JobSpec, params_json, parse_jobfile
 from dockercomp.protocol.messages import ContainerInfo, ErrorKind, Heartbeat, HostFacts, LeaseRequest, ResultReport
+from dockercomp.protocol.signing import Signed
+from dockercomp.server.auth import Key, Role, token_hash
 from dockercomp.server.blobs import BlobStore, DirectoryBlobStore
-from dockercomp.server.errors import NotFound
+from dockercomp.server.errors import Conflict, NotFound
 from dockercomp.server.lifecycle import AttemptState, JobState, LeasePolicy, UnitState, Validity
+from dockercomp.server.models import Image, Layer
 from dockercomp.server.store.base import Store, map_inputs, sweep_inputs
 from dockercomp.server.store.sqlite import SQLiteStore
 
@@ -172,7 +175,11 @@ def failed(attempt: str) -> ResultReport:
 
 
 async def clients(s: Store, n: int, now: float = T0) -> list[str]:
-    return [(await s.register_client(f"c{i}", 2, HostFacts(cores=4), now)).id for i in range(n)]
+    return [(await register(s, f"c{i}", 2, HostFacts(cores=4), now)).id for i in range(n)]
+
+
+async def register(s: Store, name: str, slots: int, host: HostFacts, now: float, account: str = "acct") -> Any:
+    return await s.register_client(name, slots, host, now, account, token_hash(secrets.token_hex(16)))
 
 
 async def lease(s: Store, client: str, n: int = 1, now: float = T0, **request: Any) -> list[Any]:
@@ -230,8 +237,8 @@ async def test_secret_is_created_once(b: Backend) -> None:
 @contract
 async def test_clients(b: Backend) -> None:
     s = b.store
-    zed = await s.register_client("zed", 4, HostFacts(cores=8, memory=1 << 30, os="linux"), T0)
-    amy = await s.register_client("amy", 1, HostFacts(), T0 + 1)
+    zed = await register(s, "zed", 4, HostFacts(cores=8, memory=1 << 30, os="linux"), T0)
+    amy = await register(s, "amy", 1, HostFacts(), T0 + 1)
     got = await s.get_client(zed.id)
     assert (got.name, got.slots, got.host.cores, got.host.os, got.registered_at) == ("zed", 4, 8, "linux", T0)
     assert (got.valid, got.invalid, got.errors, got.reliability) == (0, 0, 0, 1.0)
@@ -657,6 +664,81 @@ async def test_two_masters_lease_and_finish_concurrently(b: Backend) -> None:
 
 async def _sequence(calls: list[Awaitable[list[tuple[str, Any]]]]) -> list[list[tuple[str, Any]]]:
     return [await call for call in calls]
+
+
+# -- keys and images --------------------------------------------------------------------------
+
+
+@contract
+async def test_keys_are_found_by_hash_and_names_are_unique(b: Backend) -> None:
+    s = b.store
+    alice = Key("alice", Role.SCIENTIST, token_hash("t-alice"), T0, "alice", expires_at=T0 + 60)
+    await s.add_key(alice)
+    assert await s.find_key(token_hash("t-alice")) == alice
+    assert await s.find_key(token_hash("t-other")) is None
+    with pytest.raises(Conflict, match="alice"):
+        await s.add_key(Key("alice", Role.OPERATOR, token_hash("t-2"), T0, "alice"))
+    assert [k.name for k in await s.list_keys()] == ["alice"]
+    assert await (await b.another()).find_key(token_hash("t-alice")) == alice  # every master sees it
+
+
+@contract
+async def test_revoking_an_account_revokes_its_machines_and_nothing_else(b: Backend) -> None:
+    s = b.store
+    await s.add_key(Key("vol", Role.VOLUNTEER, token_hash("v"), T0, "vol"))
+    await s.add_key(Key("sci", Role.SCIENTIST, token_hash("s"), T0, "sci"))
+    one = await s.register_client("one", 1, HostFacts(), T0, "vol", token_hash("c1"))
+    two = await s.register_client("two", 1, HostFacts(), T0, "vol", token_hash("c2"))
+    other = await s.register_client("three", 1, HostFacts(), T0, "open-x", token_hash("c3"))
+    assert (await s.get_client(one.id)).account == "vol"
+    client_key = await s.find_key(token_hash("c1"))
+    assert client_key is not None and (client_key.role, client_key.client, client_key.account) == (
+        Role.CLIENT, one.id, "vol"
+    )  # fmt: skip
+    assert await s.revoke_key(two.id, T0 + 1) == 1  # one machine
+    assert await s.revoke_key(two.id, T0 + 2) == 0  # already
+    assert await s.revoke_key("vol", T0 + 3) == 2  # the account and its remaining machine
+    revoked = {k.name: k.revoked_at for k in await s.list_keys()}
+    assert revoked == {"vol": T0 + 3, "sci": None, one.id: T0 + 3, two.id: T0 + 1, other.id: None}
+    assert await s.revoke_key("nobody", T0) == 0
+
+
+def layer(n: int) -> Layer:
+    return Layer(f"sha256:{n:064x}", 10 * n, (digest(b"%d" % n),))
+
+
+@contract
+async def test_images_by_id_and_by_tag(b: Backend) -> None:
+    s = b.store
+    await s.add_layer(layer(1))
+    await s.add_layer(layer(1))  # again: no change
+    assert await s.get_layer(layer(1).digest) == layer(1)
+    assert await s.get_layer(layer(2).digest) is None
+    first = Image(f"sha256:{1:064x}", digest(b"c1"), 100, (layer(1).digest,), "alice", T0, ("w:latest", "w:1"))
+    second = Image(f"sha256:{2:064x}", digest(b"c2"), 200, (layer(1).digest,), "alice", T0 + 1, ("w:latest",))
+    assert await s.add_image(first) == first
+    await s.add_image(second)
+    assert (await s.get_image("w:latest")).id == second.id  # type: ignore[union-attr]  # the last pushed
+    assert (await s.get_image("w:1")).id == first.id  # type: ignore[union-attr]
+    assert await s.get_image("w:2") is None
+    again = await s.add_image(replace_tags(first, ("w:2",)))  # pushed again: keeps its record, gains the tag
+    assert again.pushed_at == T0 and set(again.tags) >= {"w:1", "w:2"}
+    assert [i.id for i in await s.list_images()] == [second.id, first.id]
+    assert await s.list_images(owner="bob") == []
+    signed = await s.add_signature(first.id, Signed("k1", "aa", "01"))
+    await s.add_signature(first.id, Signed("k2", "bb", "02"))
+    resigned = await s.add_signature(first.id, Signed("k1", "aa", "03"))  # one per key: the new one replaces it
+    assert signed.signatures == (Signed("k1", "aa", "01"),)
+    assert sorted((x.key, x.signature) for x in resigned.signatures) == [("k1", "03"), ("k2", "02")]
+    assert (await (await b.another()).get_image(first.id)).signatures == resigned.signatures  # type: ignore[union-attr]
+    with pytest.raises(NotFound):
+        await s.add_signature(f"sha256:{9:064x}", Signed("k1", "aa", "01"))
+
+
+def replace_tags(image: Image, tags: tuple[str, ...]) -> Image:
+    from dataclasses import replace
+
+    return replace(image, tags=tags, pushed_at=T0 + 5)
 
 
 def test_open_mongodb_takes_the_database_from_the_url() -> None:

@@ -98,15 +98,9 @@ def masters(tmp_path: Path) -> Iterator[MasterStarter]:
 
 
 @pytest.fixture
-def tls_master(masters: MasterStarter, pki: Pki, tmp_path: Path) -> MasterProcess:
+def tls_master(masters: MasterStarter, pki: Pki) -> MasterProcess:
     """A master serving HTTPS with a certificate of our CA for 127.0.0.1; anyone may enroll."""
-    config = tmp_path / "open.toml"
-    config.write_text("[server]\nopen_enrollment = true\n")
-    return masters("--certfile", str(pki.cert), "--keyfile", str(pki.key), "--config", str(config), verify=str(pki.ca))
-
-
-def operator_token(master: MasterProcess) -> str:
-    return (master.data_dir / "operator.token").read_text().strip()
+    return masters("--certfile", str(pki.cert), "--keyfile", str(pki.key), "--open-enrollment", verify=str(pki.ca))
 
 
 @pytest.fixture
@@ -166,7 +160,7 @@ def test_the_daemons_session_verifies_the_masters_certificate(tls_master: Master
 
 def test_a_certificate_of_an_unknown_ca_is_refused_at_once(tls_master: MasterProcess) -> None:
     session = MasterSession(tls_master.url, backoff=Backoff(0.01, 0.02))  # the system's CAs only
-    with pytest.raises(MasterUntrusted, match="certificate .* was refused: .*(issuer|self.signed)"):
+    with pytest.raises(MasterUntrusted, match=r"certificate .* was refused: .*(issuer|self.signed)"):
         session.register(RegisterRequest("tls-test", 1), tries=20)
     assert session.retries == 0
 
@@ -235,7 +229,7 @@ def test_client_settings_refuse_plain_http_off_loopback(no_network: list[object]
     for url in ("http://127.0.0.1:8080", "http://127.1.2.3", "http://localhost:1/", "http://[::1]:8080",
                 "https://10.1.2.3:8443", "https://master.example"):  # fmt: skip
         ClientSettings(server=url).validate()
-    with pytest.raises(SettingsError, match="ca .* is not a readable file"):
+    with pytest.raises(SettingsError, match=r"ca .* is not a readable file"):
         ClientSettings(server="https://master.example", ca=str(tmp_path / "none.pem")).validate()
     assert no_network == []
 
@@ -262,7 +256,8 @@ def test_the_scientist_refuses_plain_http_off_loopback(no_network: list[object],
 
 
 def test_the_scientists_cli_verifies_the_masters_certificate(tls_master: MasterProcess, pki: Pki) -> None:
-    token = operator_token(tls_master)
+    token = tls_master.token
+    assert token
     assert Scientist(tls_master.url, ca=str(pki.ca), token=token).jobs() == []
     for args, env in ((["--ca", str(pki.ca)], {}), ([], {"DOCKERCOMP_CA": str(pki.ca)})):
         done = dockercomp("jobs", "--server", tls_master.url, "--token", token, *args, env=env)
