@@ -29,6 +29,7 @@
   const time = (t) => (t ? new Date(t * 1000).toLocaleTimeString() : "–");
 
   function route() {
+    if (!$("#signin").hidden) return;
     const hash = location.hash || "#/";
     const m = hash.match(/^#\/jobs\/(.+)$/);
     const page = m ? "job" : hash === "#/clients" ? "clients" : hash === "#/jobs" ? "jobs" : "overview";
@@ -146,8 +147,50 @@
     }
   }
 
+  // The operator signs in once: the token goes to /api/v1/session as a bearer token and comes
+  // back as an HttpOnly cookie, which the event stream and the page's requests then carry.
+  function showSignIn(message) {
+    $("#signin").hidden = false;
+    $("#signout").hidden = true;
+    document.querySelectorAll("main > .page").forEach((p) => (p.hidden = true));
+    $("#signin-error").textContent = message || "";
+    $("#conn").textContent = "signed out";
+    $("#conn").className = "conn off";
+  }
+
+  async function signedIn() {
+    const r = await fetch("/api/v1/dashboard/overview");
+    return r.ok;
+  }
+
+  $("#signin-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const token = $("#token").value.trim();
+    const r = await fetch("/api/v1/session", { method: "POST", headers: { Authorization: `Bearer ${token}` } });
+    const d = await r.json().catch(() => ({}));
+    if (!r.ok) { showSignIn(d.error || `sign-in failed (HTTP ${r.status})`); return; }
+    $("#token").value = "";
+    start();
+  });
+
+  $("#signout").addEventListener("click", async (e) => {
+    e.preventDefault();
+    await fetch("/api/v1/session", { method: "DELETE" });
+    if (source) source.close();
+    showSignIn("signed out");
+  });
+
+  let source = null;
+  async function start() {
+    if (!(await signedIn())) { showSignIn(); return; }
+    $("#signin").hidden = true;
+    $("#signout").hidden = false;
+    route();
+    connect();
+  }
+
   function connect() {
-    const source = new EventSource("/api/v1/events");
+    source = new EventSource("/api/v1/events");
     source.addEventListener("snapshot", (e) => {
       snap = JSON.parse(e.data);
       $("#conn").textContent = "live";
@@ -157,7 +200,10 @@
     source.onerror = () => {
       $("#conn").textContent = "reconnecting…";
       $("#conn").className = "conn off";
-      if (source.readyState === EventSource.CLOSED) { source.close(); setTimeout(connect, 1000); }
+      if (source.readyState === EventSource.CLOSED) {
+        source.close();
+        setTimeout(async () => ((await signedIn()) ? connect() : showSignIn("the token is no longer valid")), 1000);
+      }
     };
   }
 
@@ -167,6 +213,5 @@
   $("#prev").addEventListener("click", () => { pageNo = Math.max(0, pageNo - 1); renderClients(); });
   $("#next").addEventListener("click", () => { pageNo++; renderClients(); });
   window.addEventListener("hashchange", route);
-  route();
-  connect();
+  start();
 })();

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unsigned", action="store_true", default=None,
                    help="run images no trusted key signed (a lab only)")  # fmt: skip
     p.add_argument("--allow-images", action="append", metavar="PATTERN",
-                   help="run only images with a tag matching one of these shell patterns, e.g. 'dockercomp/*'")  # fmt: skip
+                   help="run only images with a tag matching one of these patterns, e.g. 'dockercomp/*'")  # fmt: skip
     p.add_argument("--allow-registries", action="store_true", default=None,
                    help="pull images a job names as name@sha256:... from their registry (never by tag)")  # fmt: skip
     p.add_argument("--max-timeout", help="refuse units that may run longer than this, e.g. 2h (default 24h)")

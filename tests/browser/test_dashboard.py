@@ -23,6 +23,36 @@ def card(page: Any, name: str) -> int:
     return int(page.inner_text(f"#card-{name} .v"))
 
 
+def sign_in(page: Any, master: Any) -> None:
+    """The page asks for a token; a wrong one is refused on the page; the operator's opens it."""
+    page.wait_for_selector("#signin-form", state="visible", timeout=5000)
+    assert page.is_hidden("#page-overview")
+    page.fill("#token", "not-a-token")
+    page.click("#signin-form button")
+    page.wait_for_selector("#signin-error:has-text('unknown token')", timeout=5000)
+    page.fill("#token", master.token)
+    page.click("#signin-form button")
+    page.wait_for_selector("#signin-form", state="hidden", timeout=5000)
+
+
+def test_the_dashboard_asks_for_a_token_and_its_data_needs_one(master_factory: Any, page: Any) -> None:
+    master = master_factory()
+    scientist = master.key("scientist")
+    page.goto(f"{master.url}/")
+    page.wait_for_selector("#signin-form", state="visible", timeout=5000)
+    page.fill("#token", scientist)  # a scientist's token is no operator's
+    page.click("#signin-form button")
+    page.wait_for_selector("#signin-error:has-text('may not')", timeout=5000)
+    assert page.evaluate("fetch('/api/v1/dashboard').then((r) => r.status)") == 401
+    page.fill("#token", master.token)
+    page.click("#signin-form button")
+    page.wait_for_selector("#conn.on", timeout=5000)
+    assert page.evaluate("fetch('/api/v1/dashboard').then((r) => r.status)") == 200
+    page.click("#signout")
+    page.wait_for_selector("#signin-form", state="visible", timeout=5000)
+    assert page.evaluate("fetch('/api/v1/dashboard').then((r) => r.status)") == 401
+
+
 def test_the_dashboard_follows_two_daemons_live(
     master_factory: Any, daemons: Daemons, probe_image: str, page: Any, tmp_path: Path
 ) -> None:
@@ -32,6 +62,7 @@ def test_the_dashboard_follows_two_daemons_live(
     out = tmp_path / "screenshots"
     out.mkdir()
     page.goto(f"{master.url}/")
+    sign_in(page, master)
     page.wait_for_selector("#conn.on", timeout=5000)
 
     one, two = daemons.start(master, "volunteer-one", slots=2), daemons.start(master, "volunteer-two", slots=2)
