@@ -22,7 +22,7 @@ from dockercomp.protocol.messages import (
 )
 
 from .auth import Role, new_token, token_hash
-from .errors import BadRequest, NotFound, RangeNotSatisfiable, Unauthorized
+from .errors import BadRequest, Forbidden, NotFound, RangeNotSatisfiable, Unauthorized
 from .handlers import BaseHandler
 from .store.base import new_id
 
@@ -41,6 +41,8 @@ class RegisterHandler(BaseHandler):
         settings = self.master.settings
         if self.caller.role == Role.VOLUNTEER:
             account = self.caller.name
+        elif self.caller.role != Role.ANONYMOUS:
+            raise Forbidden(f"a {self.caller.role} token may not register a machine; use a volunteer token")
         elif settings.open_enrollment:
             account = f"open-{new_id(8)}"
         else:

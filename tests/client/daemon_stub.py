@@ -124,7 +124,7 @@ class Daemons:
         options: dict[str, Any] = {
             "server": master.url, "work_dir": str(self.tmp_path / "client"), "slots": 2, "memory": "1GiB",
             "backoff_base": 0.05, "backoff_max": 0.3, "status_interval": 0.2, "request_timeout": 5.0,
-            "name": "test-client",
+            "name": "test-client", "allow_unsigned": True,
         } | kw  # fmt: skip
         settings = ClientSettings(**options)
         settings.validate()
@@ -150,9 +150,16 @@ def attempts_in(master: Any, job: str, state: str) -> list[dict[str, Any]]:
 
 
 def results(master: Any, job: str) -> bytes:
-    response = requests.get(f"{master.api}/jobs/{job}/results", timeout=10)
+    response = requests.get(f"{master.api}/jobs/{job}/results", headers=master.headers, timeout=10)
     assert response.status_code == 200, response.text
     return response.content
+
+
+def image_id(master: Any, ref: str = "dockercomp/sim:latest") -> str:
+    """The id of an image the master holds (jobs name their image by it)."""
+    response = requests.get(f"{master.api}/images/{ref}", headers=master.headers, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
 
 
 def job(name: str = "sim", *, reduce: bool = False, **sections: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from daemon_stub import WAIT, StubRunner, attempts_in, attempts_of, job, results
+from daemon_stub import WAIT, StubRunner, attempts_in, attempts_of, image_id, job, results
 from sim import SimClient, compute, create_job, wait_for, wait_job
 
 from dockercomp.client import status
@@ -36,7 +36,7 @@ def test_a_job_with_a_reduce_step_completes_with_the_right_outputs(fast_master: 
     assert results(fast_master, job_id) == compute("reduce", maps)
     assert daemon.daemon.cache.downloads == 3 + 3  # each distinct chunk once, and each distinct map output
     spec = next(s for s in daemon.runner.runs if s.unit.endswith(".4"))
-    assert spec.client == daemon.daemon.identity.client and spec.image == "dockercomp/sim"  # type: ignore[union-attr]
+    assert spec.client == daemon.daemon.identity.client and spec.image == image_id(fast_master)  # type: ignore[union-attr]
     wait_for(lambda: len(daemon.daemon.spool) == 0, WAIT, "the spool to empty")
     daemon.daemon.stop()
     assert daemon.exit_code() == 0
