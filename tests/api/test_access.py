@@ -3,6 +3,7 @@ HTTP against a real master: no token, a wrong one, an expired one, a revoked one
 the route does not admit are refused (401, or 403 for a known caller of the wrong role), a
 scientist's job is invisible to another (404), and none of those refusals changes anything."""
 
+import json
 import re
 import time
 from typing import Any
@@ -211,7 +212,7 @@ def test_a_cross_site_form_post_makes_no_job(world: World) -> None:
     """A browser may send text/plain or a form to any site without asking: never read as JSON."""
     headers = world.bearer(Role.OPERATOR)
     before = world.state()
-    body = '{"job": {"name": "x", "image": "dockercomp/sim"}, "chunks": ["%s"]}' % world.blob
+    body = json.dumps({"job": {"name": "x", "image": "dockercomp/sim"}, "chunks": [world.blob]})
     for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
         response = requests.post(f"{world.master.api}/jobs", data=body, headers=headers | {"Content-Type": ctype})
         assert_error(response, 415, "application/json")
