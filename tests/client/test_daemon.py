@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import requests
 from daemon_stub import WAIT, StubRunner, attempts_in, attempts_of, image_id, job, results
 from sim import SimClient, compute, create_job, wait_for, wait_job
 
@@ -195,11 +196,14 @@ def test_a_restart_after_a_crash_releases_what_the_crashed_run_held(
 def test_a_master_that_refuses_the_registration_stops_the_daemon(
     master_factory: Callable, start_daemon: Callable
 ) -> None:
-    master = master_factory("--enroll-key", "the-right-key")
-    refused = start_daemon(master, enroll_key="a-wrong-key")
-    assert refused.exit_code() == 1 and refused.daemon.identity is None
-    welcome = start_daemon(master, enroll_key="the-right-key")  # the lock of the work directory was let go
+    master = master_factory(open_enrollment=False)
+    for token in ("", "a-wrong-token", master.key("scientist")):  # none, unknown, not a volunteer's
+        refused = start_daemon(master, enroll=token)
+        assert refused.exit_code() == 1 and refused.daemon.identity is None
+    welcome = start_daemon(master, enroll=master.key("volunteer", "alice"))  # the work directory's lock was let go
     wait_for(lambda: welcome.daemon.identity, WAIT, "the registration")
+    clients = requests.get(f"{master.api}/clients", headers=master.headers, timeout=10).json()["clients"]
+    assert [(c["id"], c["account"]) for c in clients] == [(welcome.daemon.identity.client, "alice")]  # type: ignore[union-attr]
 
 
 def test_a_daemon_whose_master_never_answers_still_stops_at_once(start_daemon: Callable) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon_stub import WAIT, attempts_in, attempts_of, job, results
+from daemon_stub import WAIT, attempts_in, attempts_of, image_id, job, results
 from sim import SimClient, create_job, job_units, wait_for, wait_job
 
 from dockercomp.client import status
@@ -96,7 +96,7 @@ def test_client_status_shows_what_runs(fast_master: Any, start_daemon: Callable,
     shown = client_status()
     assert shown.returncode == 0, shown.stderr
     client = daemon.daemon.identity.client  # type: ignore[union-attr]
-    for expected in (client, "test-client", fast_master.url, "1 busy of 1", job_id, f"{job_id}.0", "dockercomp/sim",
+    for expected in (client, "test-client", fast_master.url, "1 busy of 1", job_id, f"{job_id}.0", image_id(fast_master),
                      "64.0MiB", "running"):  # fmt: skip
         assert expected in shown.stdout, (expected, shown.stdout)
     daemon.runner.gate.set()
@@ -115,14 +115,20 @@ def test_the_cli_daemon_runs_a_job_in_docker_and_stops_cleanly_on_sigterm(
     """`dockercomp client` as a volunteer runs it: the real DockerRunner, signals, exit code."""
     spec = json.loads((Path(__file__).parents[2] / "workloads" / "wordfreq" / "job.json").read_text())
     spec.pop("description", None)
-    job_id = create_job(fast_master.url, spec, [b"the cat and the hat\n", b"The cat sat\n"])
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKERCOMP_")}
+    push = subprocess.run(
+        [sys.executable, "-m", "dockercomp", "images", "push", wordfreq_image, "--server", fast_master.url,
+         "--token", fast_master.token],
+        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert push.returncode == 0, push.stderr
+    job_id = create_job(fast_master.url, spec, [b"the cat and the hat\n", b"The cat sat\n"])
     log_path = tmp_path / "client.log"
     work_dir = tmp_path / "volunteer"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dockercomp", "client", "--server", fast_master.url, "--work-dir", str(work_dir),
-             "--slots", "2", "--memory", "1GiB", "--name", "volunteer"],
+             "--slots", "2", "--memory", "1GiB", "--name", "volunteer", "--allow-unsigned"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )  # fmt: skip
     try:

@@ -67,6 +67,7 @@ class DaemonProcess:
     proc: subprocess.Popen[bytes]
     client: str = ""  # its client id, once registered
     killed: bool = False
+    docker_host: str = ""  # the engine it runs containers on, when not the local one
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -109,20 +110,32 @@ class Daemons:
         self.config.write_text(CLIENT_CONFIG)
 
     def start(
-        self, master: Any, name: str = "", *, slots: int = 2, work_dir: Path | None = None, wait: bool = True
+        self,
+        master: Any,
+        name: str = "",
+        *,
+        slots: int = 2,
+        work_dir: Path | None = None,
+        wait: bool = True,
+        docker_host: str = "",
+        flags: tuple[str, ...] = (),
     ) -> DaemonProcess:
         """Start a daemon for ``master``; with ``wait``, return once it is registered and
-        leasing (its status file names its client id)."""
+        leasing (its status file names its client id). ``docker_host``: another engine to run
+        on (an empty one, say); ``flags``: more command-line flags."""
         n = len(self.started)
         name = name or f"volunteer-{n}"
         work_dir = work_dir or self.tmp / f"client-{n}"
         log_path = self.tmp / f"client-{n}-{time.monotonic_ns()}.log"
         args = [sys.executable, "-m", "dockercomp", "client", "--server", master.url, "--work-dir", str(work_dir)]
         args += ["--slots", str(slots), "--name", name, "--config", str(self.config), "--trust", signing_key()[1]]
+        args += flags
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKERCOMP_")}
+        if docker_host:
+            env["DOCKER_HOST"] = docker_host
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        daemon = DaemonProcess(name, work_dir, log_path, args, proc)
+        daemon = DaemonProcess(name, work_dir, log_path, args, proc, docker_host=docker_host)
         self.started.append(daemon)
         if wait:
             self.wait_registered(daemon)
@@ -161,12 +174,17 @@ class Daemons:
                 failures.append(f"daemon {daemon.name!r} exited with {code} after SIGTERM:\n{log[-4000:]}")
             elif "Traceback" in log:
                 failures.append(f"daemon {daemon.name!r} logged a traceback:\n{log[-8000:]}")
-        for client in {d.client for d in self.started if d.client}:
-            left = self.containers(client)
+        for daemon in self.started:
+            if not daemon.client:
+                continue
+            engine = docker.DockerClient(base_url=daemon.docker_host) if daemon.docker_host else self.docker
+            left = labelled_containers(engine, daemon.client)
             for container in left:
-                remove_container(self.docker, container)
+                remove_container(engine, container)
             if left:
-                failures.append(f"client {client} left {len(left)} container(s): {describe(left)}")
+                failures.append(f"client {daemon.client} left {len(left)} container(s): {describe(left)}")
+            if daemon.docker_host:
+                engine.close()
         assert not failures, "\n".join(failures)
 
 
