@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="the workloads, their image tags and what they compute")
     b = actions.add_parser("build", help="build workload images offline (the base image first when missing)")
     b.add_argument("names", nargs="*", metavar="NAME", help="workloads to build (default: all)")
+    b.add_argument("--push", action="store_true", help="push each image to the master (--server) once built")
+    b.add_argument("--sign", metavar="KEYFILE", help="with --push: sign each pushed image with this private key")
+    _server_arg(b)
     r = actions.add_parser(
         "run",
         help="run a workload's job here, without a master: its map units, then its reduce",
@@ -335,36 +338,53 @@ def cmd_images(args: argparse.Namespace) -> int:
         _print(args, {"images": found}, _table(("IMAGE", "TAGS", "LAYERS", "OWNER", "SIGNED BY"), rows))
         return 0
     if args.action == "sign":
-        from dockercomp.protocol import signing
-
-        key = signing.load_private(args.key)
-        image = scientist.image(args.image)
-        signed = signing.sign(key, image["id"])
-        scientist.add_signature(image["id"], signed)
-        print(f"signed {image['id']} with key {signed.key}")
+        _sign(scientist, scientist.image(args.image)["id"], _signing_key(args.key))
         return 0
-    return push_image(scientist, args)
-
-
-def push_image(scientist: Scientist, args: argparse.Namespace) -> int:
     _require("client")
+    from dockercomp.client import delivery, images
+
+    try:
+        record, sent, size = _push(scientist, args.image, None, quiet=args.json)
+    except (images.ImageError, delivery.DeliveryError) as exc:
+        print(f"dockercomp: {exc}", file=sys.stderr)
+        return 1
+    text = f"pushed {record['id']} ({', '.join(record['tags']) or 'no tag'}): {sent} of {size} bytes sent"
+    _print(args, {"image": record["id"], "tags": record["tags"], "sent": sent, "size": size}, text)
+    return 0
+
+
+def _push(scientist: Scientist, ref: str, key: Any, quiet: bool) -> tuple[dict[str, Any], int, int]:
+    """Export ``ref`` from the local engine and push what the master lacks (signed with
+    ``key`` when given): the master's record, the bytes sent, the image's size."""
     import tempfile
     from pathlib import Path
 
     from dockercomp.client import delivery, images
 
+    client = images.connect()
     try:
-        client = images.connect()
         with tempfile.TemporaryDirectory(prefix="dockercomp-push-") as tmp:
-            exported = delivery.export_image(client, args.image, Path(tmp))
-            record, sent = scientist.push_image(exported, progress=sys.stderr.isatty() and not args.json)
-    except (images.ImageError, delivery.DeliveryError) as exc:
-        print(f"dockercomp: {exc}", file=sys.stderr)
-        return 1
-    size = sum(layer.size for layer in exported.layers)
-    text = f"pushed {record['id']} ({', '.join(record['tags']) or 'no tag'}): {sent} of {size} bytes sent"
-    _print(args, {"image": record["id"], "tags": record["tags"], "sent": sent, "size": size}, text)
-    return 0
+            exported = delivery.export_image(client, ref, Path(tmp))
+            record, sent = scientist.push_image(exported, progress=sys.stderr.isatty() and not quiet)
+    finally:
+        client.close()
+    if key is not None:
+        _sign(scientist, record["id"], key)
+    return record, sent, sum(layer.size for layer in exported.layers)
+
+
+def _signing_key(path: str) -> Any:
+    from dockercomp.protocol import signing
+
+    return signing.load_private(path)  # SigningError is bad input: exit 2
+
+
+def _sign(scientist: Scientist, image_id: str, key: Any) -> None:
+    from dockercomp.protocol import signing
+
+    signed = signing.sign(key, image_id)
+    scientist.add_signature(image_id, signed)
+    print(f"signed {image_id} with key {signed.key}")
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
@@ -494,7 +514,7 @@ def cmd_client_uninstall(args: argparse.Namespace) -> int:
 
 def cmd_workloads(args: argparse.Namespace) -> int:
     _require("client")
-    from dockercomp.client import images, local_run
+    from dockercomp.client import delivery, images, local_run
 
     if args.action == "run":
         return cmd_workloads_run(args)
@@ -506,11 +526,19 @@ def cmd_workloads(args: argparse.Namespace) -> int:
     unknown = [n for n in args.names if n not in names]
     if unknown:
         raise UsageError(f"no workload named {', '.join(unknown)}; known: {', '.join(names) or 'none'}")
+    if args.sign and not args.push:
+        raise UsageError("--sign signs what --push pushes: give both")
+    key = _signing_key(args.sign) if args.sign else None
+    scientist = _scientist(args) if args.push else None
     try:
         docker_client = images.connect()
         for name in args.names or names:
-            print(images.build_workload(docker_client, name))
-    except images.ImageError as exc:
+            tag = images.build_workload(docker_client, name)
+            print(tag)
+            if scientist is not None:
+                record, sent, _ = _push(scientist, tag, key, quiet=True)
+                print(f"pushed {record['id']}: {sent} bytes sent")
+    except (images.ImageError, delivery.DeliveryError) as exc:
         print(f"dockercomp: {exc}", file=sys.stderr)
         return 1
     return 0

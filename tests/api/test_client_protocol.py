@@ -27,18 +27,29 @@ def test_register_returns_a_client_id_a_token_and_the_heartbeat_interval(master)
     assert response.headers["Content-Type"] == MSGPACK
     reply = decoded(response)
     assert set(reply) == {"client", "token", "heartbeat_interval"}
-    assert reply["token"].startswith(reply["client"] + ".")
+    assert len(reply["token"]) >= 40 and reply["client"] not in reply["token"]  # random, not derived from the id
     assert reply["heartbeat_interval"] > 0
-    clients = requests.get(f"{master.api}/clients").json()["clients"]
+    clients = requests.get(f"{master.api}/clients", headers=master.headers).json()["clients"]
     assert [(c["id"], c["name"], c["slots"], c["host"]["cores"]) for c in clients] == [(reply["client"], "vol-1", 4, 8)]
+    assert clients[0]["account"].startswith("open-")  # open enrollment: an account of its own
+    assert post_mp(master.url, "/clients/heartbeat", {"slots": 4}, reply["token"]).status_code == 200
 
 
-def test_register_refuses_a_missing_or_wrong_enrollment_key(master_factory):
-    master = master_factory("--enroll-key", "s3cret")
-    assert_error(post_mp(master.url, "/clients/register", {"name": "a"}), 401, "enrollment key")
-    assert_error(post_mp(master.url, "/clients/register", {"name": "a", "enroll_key": "guess"}), 401, "enrollment")
-    client = registered(master.url, enroll_key="s3cret")
+def test_register_needs_a_volunteer_token_without_open_enrollment(master_factory):
+    master = master_factory(open_enrollment=False)
+    body = {"name": "a", "slots": 1}
+    assert_error(post_mp(master.url, "/clients/register", body), 401, "token")
+    assert_error(post_mp(master.url, "/clients/register", body, "a-guessed-token"), 401, "unknown token")
+    assert_error(post_mp(master.url, "/clients/register", body, master.key("scientist")), 403, "volunteer")
+    assert_error(post_mp(master.url, "/clients/register", body, master.token), 403, "volunteer")
+    assert requests.get(f"{master.api}/clients", headers=master.headers).json()["clients"] == []
+    client = registered(master.url, "laptop", enroll=master.key("volunteer", "alice"))
     assert client.lease() == []
+    (listed,) = requests.get(f"{master.api}/clients", headers=master.headers).json()["clients"]
+    assert (listed["id"], listed["name"], listed["account"]) == (client.id, "laptop", "alice")
+    # the volunteer's token registers machines and nothing else; the client's token is no volunteer's
+    assert_error(post_mp(master.url, "/lease", {"max_units": 1}, client.enroll), 403)
+    assert_error(post_mp(master.url, "/clients/register", body, client.token), 403, "volunteer")
 
 
 @pytest.mark.parametrize(
@@ -74,7 +85,7 @@ def test_missing_or_forged_tokens_are_401(shared_master, path):
         response = requests.post(
             f"{shared_master.api}{path}", data=b"\x80", headers={"Content-Type": MSGPACK, **headers}, timeout=10
         )
-        assert_error(response, 401, "register")
+        assert_error(response, 401, "token")
     # the same request with the real token is taken (or refused for its body, not its token)
     endpoint = {"/clients/heartbeat": "slots", "/lease": "max_units", "/results": "results", "/release": "attempts"}
     response = post_mp(shared_master.url, path, {endpoint[path]: body[endpoint[path]]}, client.token)
@@ -102,7 +113,7 @@ def test_heartbeat_records_the_containers_and_aborts_unknown_attempts(master):
     reply = client.heartbeat([grant, ghost])
     assert reply["interval"] > 0
     assert reply["commands"] == [{"action": "abort", "attempt": "not-an-attempt"}]
-    (listed,) = requests.get(f"{master.api}/clients").json()["clients"]
+    (listed,) = requests.get(f"{master.api}/clients", headers=master.headers).json()["clients"]
     assert listed["busy"] == 2 and listed["online"] is True
     assert [c["attempt"] for c in listed["containers"]] == [grant["attempt"], "not-an-attempt"]
 
@@ -254,7 +265,7 @@ def test_a_result_with_an_impossible_runtime_is_refused(master):
         (ack,) = client.upload([dict(client.report(grant), runtime=runtime)])
         assert ack["accepted"] is False and "runtime" in ack["reason"]
     assert client.upload([client.report(grant)])[0]["accepted"] is True
-    (listed,) = requests.get(f"{master.api}/jobs").json()["jobs"]
+    (listed,) = requests.get(f"{master.api}/jobs", headers=master.headers).json()["jobs"]
     assert listed["state"] == "done"
 
 
@@ -271,7 +282,7 @@ def test_results_in_a_batch_are_acked_one_by_one_in_order(master):
     assert "hashes to" in acks[1]["reason"] and "not uploaded" in acks[2]["reason"]
     # an output PUT as a blob first may be referred to by its hash alone
     output = client.output(grants[2])
-    assert requests.put(f"{master.api}/blobs/{digest(output)}", data=output).status_code == 201
+    assert requests.put(f"{master.api}/blobs/{digest(output)}", data=output, headers=master.headers).status_code == 201
     assert client.upload([missing])[0]["accepted"] is True
     units = job_status(master.url, job)["units"]
     assert (units["done"], units["running"]) == (2, 1)
@@ -288,7 +299,9 @@ def test_an_errored_result_sends_the_unit_to_another_client(master):
     assert again["unit"] == grant["unit"]
     b.upload([b.report(again)])
     assert job_status(master.url, job)["state"] == "done"
-    errors = {c["name"]: c["errors"] for c in requests.get(f"{master.api}/clients").json()["clients"]}
+    errors = {
+        c["name"]: c["errors"] for c in requests.get(f"{master.api}/clients", headers=master.headers).json()["clients"]
+    }
     assert errors == {"a": 1, "b": 0}
 
 
@@ -340,7 +353,9 @@ def test_a_result_for_a_decided_unit_is_refused(master_factory):
     (ack,) = a.upload([a.report(late)])
     assert ack["accepted"] is False and "already done" in ack["reason"]
     assert attempt_states(master.url, job)[late["attempt"]] == "timed_out"
-    (client_a,) = [c for c in requests.get(f"{master.api}/clients").json()["clients"] if c["id"] == a.id]
+    (client_a,) = [
+        c for c in requests.get(f"{master.api}/clients", headers=master.headers).json()["clients"] if c["id"] == a.id
+    ]
     assert client_a["errors"] == 1  # the expired lease
 
 
@@ -391,18 +406,24 @@ DATA = bytes(range(256)) * 40
 
 def test_blob_put_then_get_and_head_with_etag(shared_master):
     blob = digest(DATA)
-    response = requests.put(f"{shared_master.api}/blobs/{blob}", data=DATA)
+    response = requests.put(f"{shared_master.api}/blobs/{blob}", data=DATA, headers=shared_master.headers)
     assert response.status_code == 201 and response.json() == {"hash": blob, "size": len(DATA)}
-    assert requests.put(f"{shared_master.api}/blobs/{blob}", data=DATA).status_code == 201  # idempotent
-    got = requests.get(f"{shared_master.api}/blobs/{blob}")
+    assert (
+        requests.put(f"{shared_master.api}/blobs/{blob}", data=DATA, headers=shared_master.headers).status_code == 201
+    )  # idempotent
+    got = requests.get(f"{shared_master.api}/blobs/{blob}", headers=shared_master.headers)
     assert got.status_code == 200 and got.content == DATA
     assert got.headers["ETag"] == f'"{blob}"' and got.headers["Accept-Ranges"] == "bytes"
-    head = requests.head(f"{shared_master.api}/blobs/{blob}")
+    head = requests.head(f"{shared_master.api}/blobs/{blob}", headers=shared_master.headers)
     assert head.status_code == 200 and head.content == b""
     assert head.headers["Content-Length"] == str(len(DATA)) and head.headers["ETag"] == f'"{blob}"'
-    cached = requests.get(f"{shared_master.api}/blobs/{blob}", headers={"If-None-Match": f'"{blob}"'})
+    cached = requests.get(
+        f"{shared_master.api}/blobs/{blob}", headers=shared_master.headers | {"If-None-Match": f'"{blob}"'}
+    )
     assert cached.status_code == 304 and cached.content == b""
-    other = requests.get(f"{shared_master.api}/blobs/{blob}", headers={"If-None-Match": '"0123"'})
+    other = requests.get(
+        f"{shared_master.api}/blobs/{blob}", headers=shared_master.headers | {"If-None-Match": '"0123"'}
+    )
     assert other.status_code == 200 and other.content == DATA
 
 
@@ -413,8 +434,8 @@ def test_blob_put_then_get_and_head_with_etag(shared_master):
 )  # fmt: skip
 def test_blob_range_is_206_with_content_range(shared_master, header, start, end):
     blob = digest(DATA)
-    requests.put(f"{shared_master.api}/blobs/{blob}", data=DATA)
-    response = requests.get(f"{shared_master.api}/blobs/{blob}", headers={"Range": header})
+    requests.put(f"{shared_master.api}/blobs/{blob}", data=DATA, headers=shared_master.headers)
+    response = requests.get(f"{shared_master.api}/blobs/{blob}", headers=shared_master.headers | {"Range": header})
     assert response.status_code == 206
     assert response.headers["Content-Range"] == f"bytes {start}-{end - 1}/{len(DATA)}"
     assert response.content == DATA[start:end]
@@ -423,8 +444,8 @@ def test_blob_range_is_206_with_content_range(shared_master, header, start, end)
 @pytest.mark.parametrize("header", ["bytes=10240-", "bytes=20000-", "bytes=20000-30000", "bytes=-0"])
 def test_an_unsatisfiable_range_is_416(shared_master, header):
     blob = digest(DATA)
-    requests.put(f"{shared_master.api}/blobs/{blob}", data=DATA)
-    response = requests.get(f"{shared_master.api}/blobs/{blob}", headers={"Range": header})
+    requests.put(f"{shared_master.api}/blobs/{blob}", data=DATA, headers=shared_master.headers)
+    response = requests.get(f"{shared_master.api}/blobs/{blob}", headers=shared_master.headers | {"Range": header})
     assert_error(response, 416, "range")
     assert response.headers["Content-Range"] == f"bytes */{len(DATA)}"
 
@@ -432,23 +453,36 @@ def test_an_unsatisfiable_range_is_416(shared_master, header):
 @pytest.mark.parametrize("header", ["lines=1-2", "bytes=a-b", "bytes=9-3", "bytes=0-1,5-6", "bytes=-", "bytes=\xb2-"])
 def test_a_range_that_is_not_understood_is_ignored(shared_master, header):
     blob = digest(DATA)
-    requests.put(f"{shared_master.api}/blobs/{blob}", data=DATA)
-    response = requests.get(f"{shared_master.api}/blobs/{blob}", headers={"Range": header})
+    requests.put(f"{shared_master.api}/blobs/{blob}", data=DATA, headers=shared_master.headers)
+    response = requests.get(f"{shared_master.api}/blobs/{blob}", headers=shared_master.headers | {"Range": header})
     assert response.status_code == 200 and response.content == DATA
     assert "Content-Range" not in response.headers
 
 
 def test_a_blob_that_does_not_match_its_hash_is_refused_with_422(shared_master):
     blob = digest(b"the real bytes")
-    assert_error(requests.put(f"{shared_master.api}/blobs/{blob}", data=b"other bytes"), 422, "hashes to", blob)
-    assert_error(requests.get(f"{shared_master.api}/blobs/{blob}"), 404, "no blob")
+    assert_error(
+        requests.put(f"{shared_master.api}/blobs/{blob}", data=b"other bytes", headers=shared_master.headers),
+        422,
+        "hashes to",
+        blob,
+    )
+    assert_error(requests.get(f"{shared_master.api}/blobs/{blob}", headers=shared_master.headers), 404, "no blob")
 
 
 def test_a_malformed_hash_is_400_and_a_missing_blob_404(shared_master):
-    assert_error(requests.get(f"{shared_master.api}/blobs/NOT-A-HASH"), 400, "32 lowercase hex digits")
-    assert_error(requests.put(f"{shared_master.api}/blobs/abc", data=b"x"), 400, "32 lowercase hex digits")
-    assert_error(requests.get(f"{shared_master.api}/blobs/{'0' * 32}"), 404, "no blob")
-    head = requests.head(f"{shared_master.api}/blobs/{'0' * 32}")
+    assert_error(
+        requests.get(f"{shared_master.api}/blobs/NOT-A-HASH", headers=shared_master.headers),
+        400,
+        "32 lowercase hex digits",
+    )
+    assert_error(
+        requests.put(f"{shared_master.api}/blobs/abc", data=b"x", headers=shared_master.headers),
+        400,
+        "32 lowercase hex digits",
+    )
+    assert_error(requests.get(f"{shared_master.api}/blobs/{'0' * 32}", headers=shared_master.headers), 404, "no blob")
+    head = requests.head(f"{shared_master.api}/blobs/{'0' * 32}", headers=shared_master.headers)
     assert head.status_code == 404 and head.content == b""
 
 
@@ -458,12 +492,14 @@ def test_a_malformed_hash_is_400_and_a_missing_blob_404(shared_master):
 def test_oversized_bodies_are_413_with_the_limit(master_factory):
     master = master_factory("--max-body", "2KiB")
     big = b"x" * 4096
-    assert_error(requests.put(f"{master.api}/blobs/{digest(big)}", data=big), 413, "limit of 2048")
+    assert_error(
+        requests.put(f"{master.api}/blobs/{digest(big)}", data=big, headers=master.headers), 413, "limit of 2048"
+    )
     client = registered(master.url)
     report = {"attempt": "a", "status": "succeeded", "output_hash": digest(big), "output": big}
     assert_error(post_mp(master.url, "/results", {"results": [report]}, client.token), 413, "exceeds")
     small = b"x" * 1024
-    assert requests.put(f"{master.api}/blobs/{digest(small)}", data=small).status_code == 201
+    assert requests.put(f"{master.api}/blobs/{digest(small)}", data=small, headers=master.headers).status_code == 201
 
 
 def test_chunked_bodies_past_the_limit_are_refused(master_factory):
@@ -475,14 +511,14 @@ def test_chunked_bodies_past_the_limit_are_refused(master_factory):
             yield big[i : i + 1024]
 
     try:
-        response = requests.put(f"{master.api}/blobs/{digest(big)}", data=pieces(), timeout=10)
+        response = requests.put(f"{master.api}/blobs/{digest(big)}", data=pieces(), headers=master.headers, timeout=10)
     except requests.RequestException:
         pass  # the master may close the connection while the body is still coming
     else:
         assert 400 <= response.status_code < 500 and "Traceback" not in response.text
-    assert requests.get(f"{master.api}/blobs/{digest(big)}").status_code == 404
+    assert requests.get(f"{master.api}/blobs/{digest(big)}", headers=master.headers).status_code == 404
     small = b"y" * 1024
-    assert requests.put(f"{master.api}/blobs/{digest(small)}", data=small).status_code == 201
+    assert requests.put(f"{master.api}/blobs/{digest(small)}", data=small, headers=master.headers).status_code == 201
 
 
 @pytest.mark.parametrize(
@@ -516,4 +552,4 @@ def test_a_sim_client_round_trip(master):
     client.register()
     assert client.work_once() == 2
     assert job_status(master.url, job)["state"] == "done"
-    assert requests.get(f"{master.api}/jobs/{job}/results").content == b"ONE\nTWO\n"
+    assert requests.get(f"{master.api}/jobs/{job}/results", headers=master.headers).content == b"ONE\nTWO\n"
