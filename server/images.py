@@ -78,7 +78,7 @@ class LayerHandler(BaseHandler):
             raise BadRequest(f"the pieces hold {sum(n or 0 for n in sizes)} bytes, not the {size} given as size")
         actual = await self._sha256(pieces)
         if actual != digest:
-            raise IntegrityError(digest, actual, "layer (the sha256 of its pieces in order)")
+            raise IntegrityError(digest, actual, "the layer's pieces in order")
         await self.master.store.add_layer(Layer(digest, size, tuple(pieces)))
         self.reply({"digest": digest, "size": size, "pieces": pieces}, status=201)
 
@@ -116,7 +116,7 @@ class ImagesHandler(BaseHandler):
         config = await self.master.blobs.read(config_hash)
         image_id = f"sha256:{hashlib.sha256(config).hexdigest()}"
         if body.get("id") is not None and check_image_id(body["id"]) != image_id:
-            raise IntegrityError(body["id"], image_id, "image id (the sha256 of its config)")
+            raise IntegrityError(body["id"], image_id, "the config (whose sha256 is the image id)")
         layers = await self._layers(_diff_ids(config))
         for tag in tags:
             held = await self.master.store.get_image(tag)

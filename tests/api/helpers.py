@@ -53,3 +53,19 @@ def jobs(url: str) -> list[dict]:
 
 def post_job(url: str, body: object) -> requests.Response:
     return requests.post(f"{url}/api/v1/jobs", json=body, headers=auth(url))
+
+
+def image_id(master: Any, ref: str = "dockercomp/sim:latest") -> str:
+    """The id of an image the master holds: jobs and grants name their image by it."""
+    response = requests.get(f"{master.api}/images/{ref}", headers=master.headers, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def small_body_master(master_factory: Any, limit: str = "2KiB") -> Any:
+    """A master whose body limit is ``limit``: one started first with the default limit (a
+    stub image is pushed to every test master, in pieces larger than 2KiB), then again on
+    its store with the small one."""
+    first = master_factory()
+    assert first.stop() == 0
+    return master_factory("--max-body", limit, data_dir=first.data_dir, token=first.token)

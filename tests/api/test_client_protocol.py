@@ -9,7 +9,7 @@ import pytest
 import requests
 from sim import MSGPACK, SimClient, create_job, digest, job_file, job_status, job_units, wait_for
 
-from .helpers import assert_error, decoded, post_mp, registered
+from .helpers import assert_error, decoded, image_id, post_mp, registered, small_body_master
 
 FAST_EXPIRY = ("--lease-slack", "0", "--reap-interval", "0.2")
 
@@ -161,7 +161,7 @@ def test_lease_hands_out_units_in_batches_in_order(master):
     assert [g["unit"] for g in first] == [f"{job}.0", f"{job}.1", f"{job}.2"]
     grant = first[0]
     assert grant["job"] == job and grant["kind"] == "map" and grant["mode"] == "batch"
-    assert grant["image"] == "dockercomp/sim" and grant["command"] == ["sim"] and grant["env"] == {"LANG": "C"}
+    assert grant["image"] == image_id(master) and grant["command"] == ["sim"] and grant["env"] == {"LANG": "C"}
     assert grant["cpus"] == 1.0 and grant["timeout"] == 30.0
     assert before + 30 <= grant["deadline"] <= time.time() + 30 + 120 + 1  # timeout + the default slack
     (ref,) = grant["inputs"]
@@ -490,7 +490,7 @@ def test_a_malformed_hash_is_400_and_a_missing_blob_404(shared_master):
 
 
 def test_oversized_bodies_are_413_with_the_limit(master_factory):
-    master = master_factory("--max-body", "2KiB")
+    master = small_body_master(master_factory)
     big = b"x" * 4096
     assert_error(
         requests.put(f"{master.api}/blobs/{digest(big)}", data=big, headers=master.headers), 413, "limit of 2048"
@@ -503,7 +503,7 @@ def test_oversized_bodies_are_413_with_the_limit(master_factory):
 
 
 def test_chunked_bodies_past_the_limit_are_refused(master_factory):
-    master = master_factory("--max-body", "2KiB")
+    master = small_body_master(master_factory)
     big = b"y" * 8192
 
     def pieces():
