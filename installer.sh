@@ -1,11 +1,13 @@
 #!/bin/sh
 # Join a dockercomp master as a volunteer:
 #
-#   curl -fsSL https://MASTER/install.sh | sh -s -- [--slots N] [--memory SIZE] [--enroll KEY]
+#   curl -fsSL https://MASTER/install.sh | sh -s -- --enroll TOKEN --trust FINGERPRINT [--slots N] [--memory SIZE]
 #   ./installer.sh --server URL [options]
 #
 # Plain http:// is refused unless the master is on loopback (or --insecure is given); a master
 # with a private CA is trusted with --ca FILE (curl --cacert ... for the download itself).
+# --trust pins the project's signing key by its fingerprint: the key is fetched from the
+# master and kept only when it has that fingerprint, and the daemon runs only images it signed.
 #
 # It installs the client into a virtualenv under one directory (--prefix, default
 # ~/.local/share/dockercomp), writes its config file, starts the daemon (a systemd user
@@ -21,16 +23,18 @@ REGISTER_WAIT="${DOCKERCOMP_REGISTER_WAIT:-60}"
 
 usage() {
     cat <<'EOF'
-usage: installer.sh [--server URL] [--slots N] [--memory SIZE] [--enroll KEY] [--name NAME]
-                    [--prefix DIR] [--ca FILE] [--insecure] [--yes] [--docker-group]
-                    [--no-systemd] [--dry-run]
+usage: installer.sh [--server URL] [--enroll TOKEN] [--trust FINGERPRINT] [--slots N] [--memory SIZE]
+                    [--name NAME] [--prefix DIR] [--ca FILE] [--insecure] [--allow-unsigned] [--yes]
+                    [--docker-group] [--no-systemd] [--dry-run]
 
   --server URL     the master (default: the master this script was downloaded from)
   --ca FILE        PEM CA certificates to trust for the master instead of the system's
   --insecure       allow plain http:// to a master that is not on loopback (a lab network)
   --slots N        units run at once (default: the cores minus one)
   --memory SIZE    memory donated to containers, e.g. 4GiB (default: half of this machine's)
-  --enroll KEY     the master's enrollment key, when it asks for one
+  --enroll TOKEN   the volunteer token the master's operator gave you (none: a master that enrolls openly)
+  --trust FPR      the fingerprint of the project's signing key: only images it signed are run
+  --allow-unsigned run images no trusted key signed (a lab only; instead of --trust)
   --name NAME      the name operators see (default: the host name)
   --prefix DIR     where everything goes (default ~/.local/share/dockercomp)
   --yes            install missing packages (Docker, Python's venv) without asking
@@ -50,6 +54,8 @@ SERVER="$DEFAULT_SERVER"
 SLOTS=''
 MEMORY=''
 ENROLL=''
+TRUST=''
+ALLOW_UNSIGNED=0
 NAME=''
 PREFIX=''
 CA=''
@@ -69,6 +75,8 @@ while [ "$#" -gt 0 ]; do
         --slots) need_value "$@"; SLOTS="$2"; shift 2 ;;
         --memory) need_value "$@"; MEMORY="$2"; shift 2 ;;
         --enroll) need_value "$@"; ENROLL="$2"; shift 2 ;;
+        --trust) need_value "$@"; TRUST="$2"; shift 2 ;;
+        --allow-unsigned) ALLOW_UNSIGNED=1; shift ;;
         --name) need_value "$@"; NAME="$2"; shift 2 ;;
         --prefix) need_value "$@"; PREFIX="$2"; shift 2 ;;
         --ca) need_value "$@"; CA="$2"; shift 2 ;;
@@ -151,7 +159,13 @@ esac
 case "$MEMORY" in
     *[!0-9A-Za-z.]*) die "--memory must be a size such as 4GiB" ;;
 esac
-valid_text "$ENROLL" || die "--enroll: the key may hold letters, digits and ._:@+=,/- only"
+valid_text "$ENROLL" || die "--enroll: the token may hold letters, digits and ._:@+=,/- only"
+case "$TRUST" in
+    '') [ "$ALLOW_UNSIGNED" -eq 1 ] ||
+        die "give --trust FINGERPRINT, the project's signing key (its one-line install carries it), or --allow-unsigned for a lab" ;;
+    *[!0-9a-f]*) die "--trust takes a key fingerprint: 64 lowercase hex digits (dockercomp sign fingerprint KEY.pub)" ;;
+esac
+[ -z "$TRUST" ] || [ "${#TRUST}" -eq 64 ] || die "--trust takes a key fingerprint: 64 lowercase hex digits"
 valid_text "$NAME" || die "--name may hold letters, digits, spaces and ._:@+=,/- only"
 
 [ -n "${HOME:-}" ] || die "HOME is not set"
@@ -170,6 +184,7 @@ esac
 VENV="$PREFIX/venv"
 CONFIG="$PREFIX/client.toml"
 CA_FILE="$PREFIX/ca.pem"
+TRUST_FILE="$PREFIX/trusted-keys.pem"
 WORK_DIR="$PREFIX/client"
 RUN_DIR="$PREFIX/run"
 LOG_DIR="$PREFIX/log"
@@ -468,6 +483,7 @@ install_client() {
             manifest file "$CA_FILE"
         fi
     fi
+    pin_key
     write_config
     write_supervisor
     if [ "$DRY_RUN" -eq 0 ] && [ -f "$TMP_DIR/cleanup" ]; then
@@ -475,6 +491,22 @@ install_client() {
         chmod 755 "$PREFIX/cleanup"
         manifest file "$PREFIX/cleanup"
     fi
+}
+
+# The project's public key, from the master, kept only if it has the fingerprint given: a master
+# cannot hand out another key, and the daemon then runs only images that key signed.
+pin_key() {
+    [ -n "$TRUST" ] || return 0
+    plan "fetch the project's signing key $TRUST from the master, check its fingerprint, keep it as $TRUST_FILE"
+    [ "$DRY_RUN" -eq 0 ] || return 0
+    fetch "$SERVER/api/v1/signers/$TRUST" "$TMP_DIR/signer.pem" ||
+        die "the master has no signing key $TRUST (has the project signed its images there?)"
+    got="$("$VENV/bin/dockercomp" sign fingerprint "$TMP_DIR/signer.pem" 2>/dev/null | head -n 1)"
+    [ "$got" = "$TRUST" ] || die "the master sent a signing key whose fingerprint is not $TRUST; it is not trusted"
+    cp "$TMP_DIR/signer.pem" "$TRUST_FILE.tmp"
+    chmod 644 "$TRUST_FILE.tmp"
+    mv "$TRUST_FILE.tmp" "$TRUST_FILE"
+    manifest file "$TRUST_FILE"
 }
 
 write_config() {
@@ -486,7 +518,9 @@ write_config() {
         printf 'work_dir = "%s"\n' "$WORK_DIR"
         [ -z "$SLOTS" ] || printf 'slots = %s\n' "$SLOTS"
         [ -z "$MEMORY" ] || printf 'memory = "%s"\n' "$MEMORY"
-        [ -z "$ENROLL" ] || printf 'enroll_key = "%s"\n' "$ENROLL"
+        [ -z "$ENROLL" ] || printf 'enroll = "%s"\n' "$ENROLL"
+        [ -z "$TRUST" ] || printf 'trust = "%s"\n' "$TRUST_FILE"
+        [ "$ALLOW_UNSIGNED" -eq 0 ] || printf 'allow_unsigned = true\n'
         [ -z "$NAME" ] || printf 'name = "%s"\n' "$NAME"
         [ -z "$CA" ] || printf 'ca = "%s"\n' "$CA_FILE"
         [ "$INSECURE" -eq 0 ] || printf 'insecure = true\n'

@@ -158,13 +158,18 @@ class Masters:
         self.started: list[MasterProcess] = []
 
     def start(
-        self, *flags: str, data_dir: Path | None = None, open_enrollment: bool = True, token: str = ""
+        self,
+        *flags: str,
+        data_dir: Path | None = None,
+        open_enrollment: bool = True,
+        token: str = "",
+        verify: bool | str = True,
     ) -> MasterProcess:
         """A master; by default anyone may register with it (simulated clients do) and it holds a
         stub image tagged dockercomp/sim (see push_stub_image). ``token``: the operator's, for a
         master that shares the store of one started before (only the first makes one)."""
         flags = (*flags, "--open-enrollment") if open_enrollment else flags
-        master = start_master(self.tmp / f"m{len(self.started)}", *flags, data_dir=data_dir)
+        master = start_master(self.tmp / f"m{len(self.started)}", *flags, data_dir=data_dir, verify=verify)
         self.started.append(master)
         master.token = master.token or token
         OPERATOR_TOKENS[master.url] = master.token

@@ -11,7 +11,7 @@ STATES = {"ready", "running", "done", "failed", "cancelled", "suspended"}
 
 
 def get(master: Any, path: str, **params: Any) -> Any:
-    response = requests.get(f"{master.api}{path}", params=params, timeout=10)
+    response = requests.get(f"{master.api}{path}", params=params, timeout=10, headers=master.headers)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("application/json")
     return response.json()
@@ -86,7 +86,7 @@ def test_clients_are_filtered_sorted_and_paginated(master: Any) -> None:
     assert get(master, "/dashboard/clients", state="offline") == {"total": 0, "clients": []}
     assert get(master, "/dashboard/clients", state="online")["total"] == 3
     for bad in ({"state": "asleep"}, {"sort": "shoe size"}, {"limit": "0"}, {"offset": "-1"}):
-        response = requests.get(f"{master.api}/dashboard/clients", params=bad, timeout=10)
+        response = requests.get(f"{master.api}/dashboard/clients", params=bad, timeout=10, headers=master.headers)
         assert response.status_code == 400, bad
         assert "error" in response.json()
 
@@ -110,7 +110,7 @@ def test_a_job_page_lists_units_with_attempts_clients_and_timings(master: Any) -
     assert done["first_leased"] <= done["last_finished"]
     assert done["history"][0]["state"] == "succeeded" and done["history"][0]["validity"] == "valid"
     assert get(master, f"/dashboard/jobs/{job}", offset=3, limit=1)["units"][0]["index"] == 3
-    missing = requests.get(f"{master.api}/dashboard/jobs/nosuchjob", timeout=10)
+    missing = requests.get(f"{master.api}/dashboard/jobs/nosuchjob", timeout=10, headers=master.headers)
     assert missing.status_code == 404 and "error" in missing.json()
 
 
@@ -123,7 +123,7 @@ def test_the_whole_snapshot_in_one_call(master: Any) -> None:
 
 def events(master: Any, timeout: float = 10.0) -> Any:
     """Yield each ``snapshot`` event of the live feed, decoded."""
-    with requests.get(f"{master.api}/events", stream=True, timeout=timeout) as response:
+    with requests.get(f"{master.api}/events", stream=True, timeout=timeout, headers=master.headers) as response:
         assert response.status_code == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
         event = ""

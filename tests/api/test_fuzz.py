@@ -18,9 +18,12 @@ from urllib.parse import quote
 
 import msgpack
 import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sim import MSGPACK, create_job, digest, job_file, job_status
 
-from .helpers import registered
+from dockercomp.protocol import signing
+
+from .helpers import registered, small_body_master
 
 SEED = int(os.environ.get("DOCKERCOMP_FUZZ_SEED", "20261121"))  # another seed explores further
 REQUESTS = 5000
@@ -30,31 +33,70 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 
 @dataclass
 class World:
-    """Real ids the fuzzer mixes into its requests, so mutations reach past the first checks."""
+    """Real ids the fuzzer mixes into its requests, so mutations reach past the first checks,
+    and a token of every role (``tokens``), so requests get past the door to the handlers."""
 
     token: str
     client: str
     job: str
     attempts: list[str]
     hashes: list[str]
+    tokens: dict[str, str]  # role -> token: operator, scientist, volunteer, client
+    image: dict[str, Any]  # the stub image the master holds, with its layers and signature
+    keys: list[str]  # names of keys that may be revoked (never the operator's or the fuzz client's)
 
 
-def setup_world(url: str) -> World:
+def setup_world(master: Any) -> World:
+    url = master.url
     chunks = [b"line %d\n" % i for i in range(20)]
     job = create_job(url, job_file(redundancy={"replicas": 2, "quorum": 2}), chunks)
     client = registered(url, "fuzz")
     grants = client.lease(4)
-    return World(client.token, client.id, job, [g["attempt"] for g in grants], [digest(c) for c in chunks])
+    tokens = {"operator": master.token, "scientist": master.key("scientist", "fuzz-scientist"),
+              "volunteer": master.key("volunteer", "fuzz-volunteer"), "client": client.token}  # fmt: skip
+    keys = [f"victim-{i}" for i in range(3)]
+    for name in keys:
+        master.key("scientist", name)
+    image = requests.get(f"{master.api}/images/dockercomp/sim:latest", headers=master.headers, timeout=10).json()
+    signed = signing.sign(Ed25519PrivateKey.generate(), image["id"])
+    body = {"key": signed.key, "public_key": signed.public_key, "signature": signed.signature}
+    response = requests.post(
+        f"{master.api}/images/{image['id']}/signatures", json=body, headers=master.headers, timeout=10
+    )
+    assert response.status_code == 201, response.text
+    image["signature"] = body
+    hashes = [digest(c) for c in chunks]
+    return World(client.token, client.id, job, [g["attempt"] for g in grants], hashes, tokens, image, keys)
+
+
+PROTOCOL = ("/clients/heartbeat", "/lease", "/results", "/release")
+ANONYMOUS = ("/health", "/signers/", "/session")
+
+
+def right_roles(path: str, method: str) -> tuple[str, ...]:
+    """The roles a request to ``path`` should mostly carry to reach its handler (server/app.py ROUTES)."""
+    if path.startswith("/clients/register"):
+        return ("volunteer", "")  # no token: open enrollment
+    if path.startswith(PROTOCOL):
+        return ("client",)
+    if path.startswith(("/blobs/", "/layers/", "/images/")) and method in ("GET", "HEAD"):
+        return ("client", "operator", "scientist")
+    if path.startswith(("/clients", "/keys", "/dashboard", "/session")):
+        return ("operator",)
+    if path.startswith(ANONYMOUS):
+        return ("", "operator")
+    return ("operator", "scientist")
 
 
 def templates(world: World) -> dict[str, Any]:
     """A valid body for every endpoint that takes one."""
     output = b"OUT\n"
+    (layer,) = world.image["layers"]
     container = {"container": "abcdef012345", "attempt": world.attempts[0], "unit": f"{world.job}.0",
                  "job": world.job, "image": "dockercomp/sim", "cpus": 1.0, "memory": 1 << 28,
                  "state": "running", "started_at": 1.5, "cpu_percent": 3.5, "memory_usage": 1000}  # fmt: skip
     return {
-        "/clients/register": {"name": "n", "enroll_key": "", "slots": 2,
+        "/clients/register": {"name": "n", "slots": 2,
                               "host": {"cores": 4, "memory": 1 << 30, "os": "linux", "arch": "x86_64", "docker": "27"}},
         "/clients/heartbeat": {"slots": 2, "busy": 1, "containers": [container]},
         "/lease": {"max_units": 2, "cpus": 2.0, "memory": 1 << 32, "images": ["dockercomp/sim"]},
@@ -68,6 +110,10 @@ def templates(world: World) -> dict[str, Any]:
                                   resources={"cpus": 1, "memory": "64MiB", "timeout": "5m"},
                                   reduce={"command": ["r"]}, env={"A": "b"}, priority=1),
                   "chunks": world.hashes[:3]},
+        "/keys": {"name": "fuzz-made", "role": "scientist", "expires": "30d"},
+        "/images": {"config": world.image["config"], "id": world.image["id"], "tags": ["fuzz/image:1"]},
+        "/layers": {"size": layer["size"], "pieces": layer["pieces"]},
+        "/signatures": world.image["signature"],
     }  # fmt: skip
 
 
@@ -143,7 +189,12 @@ class Fuzzer:
 
     def body(self, path: str, ctype: str) -> bytes:
         r = self.rng
-        template = self.templates.get(path.split("?")[0], {"x": 1})
+        path = path.split("?")[0]
+        if path.startswith("/layers/"):
+            path = "/layers"
+        elif path.endswith("/signatures"):
+            path = "/signatures"
+        template = self.templates.get(path, {"x": 1})
         kind = r.random()
         if kind < 0.45:
             return self.encode(self.mutate(template), ctype)
@@ -172,10 +223,19 @@ class Fuzzer:
         r, w = self.rng, self.world
         job = r.choice([w.job, "nope", q(self.text()), "%ff", "..", "0" * 300])
         blob = r.choice([*w.hashes, f"{r.getrandbits(128):032x}", "ABC", q(self.text()), "0" * 32])
+        image_id, layer = w.image["id"], w.image["layers"][0]["digest"]
+        image = r.choice([image_id, "dockercomp/sim:latest", "dockercomp/sim", "sha256:" + "0" * 64, "a/b/c",
+                          "Not%20A%20Tag", "%ff", q(self.text())])  # fmt: skip
+        signed = r.choice([image_id, "sha256:" + "f" * 64, "sha256:" + "F" * 64, q(self.text())])
+        layer = r.choice([layer, "sha256:" + "0" * 64, "sha256:xyz", "a/b", q(self.text())])
+        signer = r.choice([w.image["signature"]["key"], "0" * 64, q(self.text()), "%00"])
+        key = r.choice([*w.keys, "nobody", "fuzz-made", q(self.text()), "%ff", "a" * 300])
         return [
             "/clients/register", "/clients/heartbeat", "/lease", "/results", "/release", f"/blobs/{blob}",
             "/chunks", "/jobs", f"/jobs/{job}", f"/jobs/{job}/units", f"/jobs/{job}/results", "/clients",
-            f"/{q(self.text())}",
+            f"/{q(self.text())}", "/keys", f"/keys/{key}", "/images", f"/images/{image}",
+            f"/images/{signed}/signatures", f"/layers/{layer}", f"/signers/{signer}", "/session", "/health",
+            "/dashboard", "/dashboard/overview", "/dashboard/clients", "/dashboard/jobs", f"/dashboard/jobs/{job}",
         ]  # fmt: skip
 
     def path(self, endpoint: int | None = None) -> str:
@@ -188,7 +248,7 @@ class Fuzzer:
         path = paths[endpoint] if endpoint is not None else r.choice(paths)
         return f"{path}?{query}" if query else path
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, path: str, method: str) -> dict[str, str]:
         r, w = self.rng, self.world
         headers = {}
         ctype = r.choice([MSGPACK, MSGPACK, "application/json", "application/json", "", "text/plain", "a/b; c=d"])
@@ -198,7 +258,11 @@ class Fuzzer:
             headers["Accept"] = r.choice([MSGPACK, "application/json", "*/*", "text/html"])
         auth = r.random()
         if auth < 0.6:
-            headers["Authorization"] = f"Bearer {w.token}"
+            token = w.tokens.get(r.choice(right_roles(path, method)))
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+        elif auth < 0.7:
+            headers["Authorization"] = f"Bearer {r.choice(list(w.tokens.values()))}"  # often the wrong role
         elif auth < 0.85:
             token = r.choice([f"{w.client}.{'0' * 32}", "x", ".", "é.é", f"{w.token} extra", "a" * 500])
             headers["Authorization"] = r.choice(["Bearer ", "bearer ", "Basic ", ""]) + token
@@ -212,7 +276,7 @@ class Fuzzer:
         """A random request; to the given endpoint (an index into paths()) and method if given."""
         path = self.path(endpoint)
         method = method or self.rng.choice(["POST"] * 6 + ["GET"] * 3 + ["PUT", "HEAD"] + list(METHODS))
-        headers = self.headers()
+        headers = self.headers(path, method)
         quiet = method in ("GET", "HEAD") and self.rng.random() < 0.8
         return method, path, headers, b"" if quiet else self.body(path, headers.get("Content-Type", ""))
 
@@ -268,7 +332,7 @@ def check_reply(method: str, response: requests.Response) -> str | None:
 
 def test_random_and_mutated_requests_never_get_a_5xx(master_factory):
     master = master_factory("--max-body", f"{MAX_BODY}B", "--reap-interval", "0.2")
-    world = setup_world(master.url)
+    world = setup_world(master)
     fuzzer = Fuzzer(random.Random(SEED), world)
     session = requests.Session()
     problems: list[str] = []
@@ -281,6 +345,7 @@ def test_random_and_mutated_requests_never_get_a_5xx(master_factory):
             problems.append(f"{what}: no reply ({exc.__class__.__name__}: {exc})")
             session = requests.Session()
             continue
+        session.cookies.clear()  # a sign-in (POST /session) holds for its own request only
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         problem = check_reply(method, response)
         if problem:
@@ -295,7 +360,7 @@ def test_random_and_mutated_requests_never_get_a_5xx(master_factory):
     assert grant["job"] == job
     assert client.upload([client.report(grant)])[0]["accepted"] is True
     assert job_status(master.url, job)["state"] == "done"
-    assert requests.get(f"{master.api}/jobs/{job}/results").content == b"STILL ALIVE\n"
+    assert requests.get(f"{master.api}/jobs/{job}/results", headers=master.headers).content == b"STILL ALIVE\n"
     assert "Traceback" not in master.log()
 
 
@@ -311,7 +376,7 @@ def raw_exchange(port: int, request: bytes) -> bytes:
 
 
 def test_malformed_http_gets_a_4xx_and_a_refused_body_closes_the_connection(master_factory):
-    master = master_factory("--max-body", "2KiB")
+    master = small_body_master(master_factory)
     host = b"Host: 127.0.0.1\r\n"
     for request in (
         b"GARBAGE\r\n\r\n",
@@ -328,10 +393,18 @@ def test_malformed_http_gets_a_4xx_and_a_refused_body_closes_the_connection(mast
         assert b"Traceback" not in reply
 
     # a body refused before it was read: the reply says so, and says the connection ends
-    for path in (b"/api/v1/lease", b"/api/v1/blobs/" + b"0" * 32, b"/api/v1/nowhere"):
+    client = registered(master.url, "raw")
+    for path, token in ((b"/api/v1/lease", client.token), (b"/api/v1/blobs/" + b"0" * 32, master.token),
+                        (b"/api/v1/nowhere", None)):  # fmt: skip
         method = b"PUT " if b"blobs" in path else b"POST "
-        request = method + path + b" HTTP/1.1\r\n" + host + b"Content-Length: 4096\r\n\r\n" + b"x" * 4096
+        bearer = b"Authorization: Bearer " + token.encode() + b"\r\n" if token else b""
+        request = method + path + b" HTTP/1.1\r\n" + host + bearer + b"Content-Length: 4096\r\n\r\n" + b"x" * 4096
         head, _, body = raw_exchange(master.port, request).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 413 ") and b"\r\nConnection: close" in head, head
         assert json.loads(body)["error"].startswith("request body of 4096 bytes exceeds the limit of 2048")
-    assert requests.get(f"{master.api}/jobs").status_code == 200
+        if token:  # refused for its missing token before its body was read: the connection ends too
+            request = request.replace(bearer, b"")
+            head, _, body = raw_exchange(master.port, request).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 401 ") and b"\r\nConnection: close" in head, head
+            assert "needs a token" in json.loads(body)["error"]
+    assert requests.get(f"{master.api}/jobs", headers=master.headers).status_code == 200

@@ -19,7 +19,7 @@ from sim import (
     wait_job,
 )
 
-from .helpers import assert_error, jobs, post_job, registered
+from .helpers import assert_error, image_id, jobs, post_job, registered, small_body_master
 
 UNIT_STATES = {"ready", "running", "done", "failed", "cancelled", "suspended"}
 
@@ -33,12 +33,12 @@ def test_create_a_job_and_follow_its_status(master):
     response = post_job(master.url, {"job": job_file("counts", priority=5), "chunks": hashes})
     assert response.status_code == 201 and response.headers["Content-Type"] == "application/json"
     job = response.json()["job"]
-    assert set(response.json()) == {"job"}
+    assert response.json() == {"job": job, "image": image_id(master)}  # the tag, resolved to the pushed image
     status = job_status(master.url, job)
     assert status["job"] == status["id"] == job
     assert (status["name"], status["image"], status["state"], status["units"]) == (
         "counts",
-        "dockercomp/sim",
+        image_id(master),
         "running",
         {**dict.fromkeys(UNIT_STATES, 0), "ready": 3},
     )
@@ -64,6 +64,7 @@ def test_job_creation_with_chunks_not_uploaded_is_400_and_creates_nothing(shared
         ({"job": {"name": "x"}, "chunks": ["0" * 32]}, ["image is required"]),
         ({"job": {"image": "x"}, "chunks": ["0" * 32]}, ["name is required"]),
         ({"job": job_file(image="Not An Image")}, ["not a valid Docker image reference"]),
+        ({"job": job_file(image="never/pushed")}, ["no image 'never/pushed'", "push it first"]),
         ({"job": job_file(redundancy={"replicas": 1, "quorum": 2})}, ["quorum (2) cannot exceed", "replicas (1)"]),
         ({"job": job_file(resources={"memory": "lots"})}, ["resources.memory", "256MiB"]),
         ({"job": job_file(resources={"timeout": "0s"})}, ["resources.timeout"]),
@@ -92,30 +93,39 @@ def test_a_chunk_size_of_zero_is_400(shared_master, size):
     chunk = put_blob(shared_master.url, b"input\n")
     body = {"job": job_file(chunking={"by": "bytes", "size": size}), "chunks": [chunk]}
     assert_error(post_job(shared_master.url, body), 400, "chunking.size must be greater than zero")
-    response = requests.post(f"{shared_master.api}/chunks", params={"by": "bytes", "size": str(size)}, data=b"abc")
+    response = requests.post(
+        f"{shared_master.api}/chunks",
+        params={"by": "bytes", "size": str(size)},
+        data=b"abc",
+        headers=shared_master.headers,
+    )
     assert_error(response, 400, "chunking.size must be greater than zero")
 
 
 def test_malformed_json_is_400(shared_master):
     for data in (b"{", b"\xff\xfe", b"[1, 2", b"NaN-ish", b""):
-        response = requests.post(f"{shared_master.api}/jobs", data=data, headers={"Content-Type": "application/json"})
+        response = requests.post(
+            f"{shared_master.api}/jobs", data=data, headers=shared_master.headers | {"Content-Type": "application/json"}
+        )
         assert_error(response, 400)
 
 
 def test_msgpack_is_spoken_when_asked(shared_master):
     headers = {"Content-Type": MSGPACK, "Accept": MSGPACK}
-    response = requests.post(f"{shared_master.api}/jobs", data=pack({"job": {}}), headers=headers)
+    response = requests.post(
+        f"{shared_master.api}/jobs", data=pack({"job": {}}), headers=shared_master.headers | headers
+    )
     assert_error(response, 400, "name is required")
-    listed = requests.get(f"{shared_master.api}/jobs", headers={"Accept": MSGPACK})
+    listed = requests.get(f"{shared_master.api}/jobs", headers=shared_master.headers | {"Accept": MSGPACK})
     assert listed.headers["Content-Type"] == MSGPACK and "jobs" in unpack(listed.content)
 
 
 def test_oversized_bodies_are_413(master_factory):
-    master = master_factory("--max-body", "2KiB")
+    master = small_body_master(master_factory)
     chunk = put_blob(master.url, b"x\n")
     body = {"job": job_file(description="d" * 4096), "chunks": [chunk]}
     assert_error(post_job(master.url, body), 413, "limit of 2048")
-    assert_error(requests.post(f"{master.api}/chunks", data=b"line\n" * 1000), 413, "exceeds")
+    assert_error(requests.post(f"{master.api}/chunks", data=b"line\n" * 1000, headers=master.headers), 413, "exceeds")
     assert jobs(master.url) == []
 
 
@@ -124,7 +134,7 @@ def test_oversized_bodies_are_413(master_factory):
 
 @pytest.mark.parametrize("path", ["/jobs/nope", "/jobs/nope/units", "/jobs/nope/results", "/jobs/%2E%2E/units"])
 def test_an_unknown_job_is_404(shared_master, path):
-    assert_error(requests.get(f"{shared_master.api}{path}"), 404, "no job")
+    assert_error(requests.get(f"{shared_master.api}{path}", headers=shared_master.headers), 404, "no job")
 
 
 def test_unknown_endpoints_are_404_and_wrong_methods_405(shared_master):
@@ -138,7 +148,9 @@ def test_units_list_in_order_with_their_attempts(master):
     job = create_job(master.url, job_file(), [b"%d\n" % i for i in range(7)])
     client = registered(master.url)
     client.upload([client.report(g) for g in client.lease(2)])
-    page = requests.get(f"{master.api}/jobs/{job}/units", params={"offset": 1, "limit": 3}).json()["units"]
+    page = requests.get(
+        f"{master.api}/jobs/{job}/units", params={"offset": 1, "limit": 3}, headers=master.headers
+    ).json()["units"]
     assert [u["index"] for u in page] == [1, 2, 3]
     assert [u["state"] for u in page] == ["done", "ready", "ready"]
     done = page[0]
@@ -152,24 +164,28 @@ def test_units_list_in_order_with_their_attempts(master):
     )
     assert len(job_units(master.url, job)) == 7
     for params in ({"limit": 0}, {"limit": 1001}, {"offset": -1}, {"limit": "x"}):
-        assert_error(requests.get(f"{master.api}/jobs/{job}/units", params=params), 400, "must be an integer")
+        assert_error(
+            requests.get(f"{master.api}/jobs/{job}/units", params=params, headers=master.headers),
+            400,
+            "must be an integer",
+        )
 
 
 def test_results_are_409_until_the_job_is_done_then_the_outputs_in_unit_order(master):
     chunks = [b"first line\n", b"second line\n", b"third line\n"]
     job = create_job(master.url, job_file(redundancy={"replicas": 2, "quorum": 2}), chunks)
     url = f"{master.api}/jobs/{job}/results"
-    assert_error(requests.get(url), 409, "is running", "0 units done", "partial=1")
+    assert_error(requests.get(url, headers=master.headers), 409, "is running", "0 units done", "partial=1")
     a, b = registered(master.url, "a"), registered(master.url, "b")
     for client in (a, b):
         (grant,) = client.lease(1)
         client.upload([client.report(grant)])
-    assert_error(requests.get(url), 409, "1 units done")
-    partial = requests.get(url, params={"partial": 1})
+    assert_error(requests.get(url, headers=master.headers), 409, "1 units done")
+    partial = requests.get(url, params={"partial": 1}, headers=master.headers)
     assert partial.status_code == 200 and partial.content == b"FIRST LINE\n"
     with Fleet([SimClient(master.url, name=f"c{i}") for i in range(2)]):
         assert wait_job(master.url, job)["state"] == "done"
-    response = requests.get(url)
+    response = requests.get(url, headers=master.headers)
     assert response.status_code == 200 and response.headers["Content-Type"] == "application/octet-stream"
     assert response.content == b"".join(chunks).upper()
 
@@ -186,7 +202,7 @@ def test_results_of_a_job_with_a_reduce_step_are_the_reduce_output(master):
     expected = compute("reduce", [compute("map", [c]) for c in chunks])
     assert expected.startswith(b"6 lines, 28 bytes")
     assert units[-1]["output"] == digest(expected)
-    assert requests.get(f"{master.api}/jobs/{job}/results").content == expected
+    assert requests.get(f"{master.api}/jobs/{job}/results", headers=master.headers).content == expected
 
 
 def test_jobs_are_listed_newest_first(master):
@@ -195,9 +211,11 @@ def test_jobs_are_listed_newest_first(master):
     listed = jobs(master.url)
     assert [j["id"] for j in listed] == ids[::-1]
     assert [(j["name"], j["state"], j["units"]) for j in listed] == [(f"job-{i}", "running", 1) for i in (2, 1, 0)]
-    assert [j["id"] for j in requests.get(f"{master.api}/jobs", params={"limit": 2}).json()["jobs"]] == ids[:0:-1]
+    assert [
+        j["id"] for j in requests.get(f"{master.api}/jobs", params={"limit": 2}, headers=master.headers).json()["jobs"]
+    ] == ids[:0:-1]
     for limit in ("0", "-1", "x", "10001"):
-        assert_error(requests.get(f"{master.api}/jobs", params={"limit": limit}), 400, "limit")
+        assert_error(requests.get(f"{master.api}/jobs", params={"limit": limit}, headers=master.headers), 400, "limit")
 
 
 def test_clients_are_listed_with_their_counts(master):
@@ -207,7 +225,7 @@ def test_clients_are_listed_with_their_counts(master):
     (grant,) = failing.lease(1)
     failing.upload([{"attempt": grant["attempt"], "status": "errored", "error": "exit_nonzero", "exit_code": 3}])
     assert job_status(master.url, job)["units"]["done"] == 1
-    listed = {c["name"]: c for c in requests.get(f"{master.api}/clients").json()["clients"]}
+    listed = {c["name"]: c for c in requests.get(f"{master.api}/clients", headers=master.headers).json()["clients"]}
     assert set(listed) == {"honest", "failing"}
     assert {k for k in listed["honest"]} >= {"id", "online", "slots", "busy", "valid", "errors", "reliability", "host"}
     assert (listed["honest"]["valid"], listed["honest"]["errors"], listed["honest"]["online"]) == (1, 0, True)
@@ -229,12 +247,12 @@ def test_clients_are_listed_with_their_counts(master):
     ],
 )
 def test_chunks_are_cut_and_stored_on_the_master(shared_master, params, data, expected):
-    response = requests.post(f"{shared_master.api}/chunks", params=params, data=data)
+    response = requests.post(f"{shared_master.api}/chunks", params=params, data=data, headers=shared_master.headers)
     assert response.status_code == 201, response.text
     chunks = response.json()["chunks"]
     assert chunks == [{"hash": digest(c), "size": len(c)} for c in expected]
     for chunk, raw in zip(chunks, expected, strict=True):
-        assert requests.get(f"{shared_master.api}/blobs/{chunk['hash']}").content == raw
+        assert requests.get(f"{shared_master.api}/blobs/{chunk['hash']}", headers=shared_master.headers).content == raw
     body = {"job": job_file(), "chunks": [c["hash"] for c in chunks]}
     job = post_job(shared_master.url, body).json()["job"]
     assert job_status(shared_master.url, job)["units"]["ready"] == len(expected)
@@ -251,4 +269,8 @@ def test_chunks_are_cut_and_stored_on_the_master(shared_master, params, data, ex
     ],
 )
 def test_bad_chunking_requests_are_400(shared_master, params, data, fragment):
-    assert_error(requests.post(f"{shared_master.api}/chunks", params=params, data=data), 400, fragment)
+    assert_error(
+        requests.post(f"{shared_master.api}/chunks", params=params, data=data, headers=shared_master.headers),
+        400,
+        fragment,
+    )

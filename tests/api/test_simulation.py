@@ -29,7 +29,7 @@ def test_fifty_clients_finish_a_replicated_job_with_only_right_outputs(master_fa
     # every canonical output is the right one, and so is the job's result
     units = job_units(master.url, job)
     assert [u["output"] for u in units] == [digest(compute("map", [c])) for c in chunks]
-    result = requests.get(f"{master.api}/jobs/{job}/results")
+    result = requests.get(f"{master.api}/jobs/{job}/results", headers=master.headers)
     assert result.content == b"".join(compute("map", [c]) for c in chunks)
 
     # replicas went to distinct clients (released attempts aside); valid results came from honest ones only
@@ -44,7 +44,7 @@ def test_fifty_clients_finish_a_replicated_job_with_only_right_outputs(master_fa
     assert all(c.vanished for c in clients if c.mode == "vanisher")
 
     # the quorum found the liars out: their reliability fell below every honest client's
-    listed = {c["id"]: c for c in requests.get(f"{master.api}/clients").json()["clients"]}
+    listed = {c["id"]: c for c in requests.get(f"{master.api}/clients", headers=master.headers).json()["clients"]}
     honest = [listed[c.id] for c in clients if c.mode == "honest"]
     liars = [listed[c.id] for c in clients if c.mode == "liar"]
     assert all(c["invalid"] == 0 and c["reliability"] == 1.0 for c in honest)

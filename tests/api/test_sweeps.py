@@ -29,7 +29,7 @@ def test_a_range_sweep_makes_one_unit_per_step_with_its_range(master):
     client.upload([client.report(g) for g in grants])
     assert wait_job(master.url, job)["state"] == "done"
     expected = b"".join(compute("map", [client.fetch(g["inputs"][0])]) for g in grants)
-    assert requests.get(f"{master.api}/jobs/{job}/results").content == expected
+    assert requests.get(f"{master.api}/jobs/{job}/results", headers=master.headers).content == expected
 
 
 def test_a_list_sweep_gives_each_unit_its_object_over_the_jobs_env(master):

@@ -17,14 +17,14 @@ def test_two_masters_on_one_sqlite_file_finish_a_replicated_job(master_factory, 
     db = tmp_path / "shared" / "dockercomp.db"
     flags = ("--store", f"sqlite:///{db}", "--heartbeat-timeout", "1.5", "--reap-interval", "0.2")
     a = master_factory(*flags, data_dir=tmp_path / "a")
-    b = master_factory(*flags, data_dir=tmp_path / "b")
+    b = master_factory(*flags, data_dir=tmp_path / "b", token=a.token)  # the operator a made, in the store
     assert a.port != b.port
 
     # what one master is told, the other knows: jobs, blobs, client tokens
     chunks = [b"shared line %02d\n" % i for i in range(UNITS)]
     job = create_job(a.url, job_file("two-masters", redundancy={"replicas": 2, "quorum": 2, "max_attempts": 6}), chunks)
     assert job_status(b.url, job)["units"]["ready"] == UNITS
-    assert requests.get(f"{b.api}/blobs/{digest(chunks[0])}").content == chunks[0]
+    assert requests.get(f"{b.api}/blobs/{digest(chunks[0])}", headers=b.headers).content == chunks[0]
     probe = registered(a.url, "probe")
     probe.urls = itertools.repeat(b.url)
     assert probe.heartbeat()["commands"] == []
@@ -42,8 +42,8 @@ def test_two_masters_on_one_sqlite_file_finish_a_replicated_job(master_factory, 
     units = job_units(a.url, job)
     assert [u["output"] for u in units] == [digest(compute("map", [c])) for c in chunks]
     expected = b"".join(compute("map", [c]) for c in chunks)
-    assert requests.get(f"{a.api}/jobs/{job}/results").content == expected
-    assert requests.get(f"{b.api}/jobs/{job}/results").content == expected
+    assert requests.get(f"{a.api}/jobs/{job}/results", headers=a.headers).content == expected
+    assert requests.get(f"{b.api}/jobs/{job}/results", headers=b.headers).content == expected
 
     # never two live (not released) attempts of one unit for one client, as the masters report it and in the file
     per_unit_client = collections.Counter(

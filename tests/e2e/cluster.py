@@ -3,16 +3,13 @@ dockercomp client`` in a process of its own, with its own work directory and log
 running units in real containers of the local Docker engine), the scientist's calls to the
 master, and the wordfreq answers computed here without Docker."""
 
-import atexit
 import contextlib
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -23,12 +20,11 @@ from typing import Any
 import docker
 import docker.errors
 import requests
+from publish import publish, signing_key
 
-from dockercomp.client import delivery, images, status
+from dockercomp.client import images, status
 from dockercomp.client.runner import LABEL_CLIENT
-from dockercomp.protocol import signing
 from dockercomp.protocol.integrity import digest
-from dockercomp.scientist import Scientist
 
 STARTED_CLIENTS: set[str] = set()  # the client ids of every daemon this test session started
 START_TIMEOUT = 30.0
@@ -267,43 +263,6 @@ def cli(*args: str, master: Any = None, timeout: float = 60.0) -> subprocess.Com
     return subprocess.run(
         [sys.executable, "-m", "dockercomp", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
-
-
-# -- images: pushed to the master and signed, as the project's operator does ----------------------
-
-_SIGNING: list[str] = []
-_PUBLISHED: dict[tuple[str, str], str] = {}
-
-
-def signing_key() -> tuple[str, str]:
-    """The tests' project key pair (private, public), made once per session; daemons trust it."""
-    if not _SIGNING:
-        where = tempfile.mkdtemp(prefix="dockercomp-signing-")
-        atexit.register(shutil.rmtree, where, True)
-        private = os.path.join(where, "project.key")
-        signing.keygen(private, private + ".pub")
-        _SIGNING.extend([private, private + ".pub"])
-    return _SIGNING[0], _SIGNING[1]
-
-
-def publish(master: Any, ref: str, *, sign: bool = True) -> str:
-    """Push the local engine's image ``ref`` to ``master`` (only what it lacks) and sign it
-    with the tests' key, once per master; its image id."""
-    if (master.url, ref) not in _PUBLISHED:
-        scientist = Scientist(
-            master.url, token=master.token, ca=master.verify if isinstance(master.verify, str) else None
-        )
-        docker_client = images.connect()
-        try:
-            with tempfile.TemporaryDirectory(prefix="push-") as tmp:
-                exported = delivery.export_image(docker_client, ref, Path(tmp))
-                record, _ = scientist.push_image(exported, progress=False)
-        finally:
-            docker_client.close()
-        if sign:
-            scientist.add_signature(record["id"], signing.sign(signing.load_private(signing_key()[0]), record["id"]))
-        _PUBLISHED[(master.url, ref)] = record["id"]
-    return _PUBLISHED[(master.url, ref)]
 
 
 # -- wordfreq, computed here ---------------------------------------------------------------------

@@ -16,13 +16,18 @@ from typing import Any
 import docker
 import pytest
 import requests
+from engines import empty_engine
 from needs import skip_or_fail
+from pki import make_pki
+from publish import publish, signing_key
 
 from dockercomp.client import images
+from dockercomp.protocol import signing
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALLER = ROOT / "installer.sh"
 CLEANUP = ROOT / "cleanup"
+LAB = ("--allow-unsigned",)  # for runs that never get to a daemon: the plan, refusals
 HOSTILE = [
     "$(touch {marker})",
     "`touch {marker}`",
@@ -41,10 +46,13 @@ def env_for(home: Path) -> dict[str, str]:
     return env
 
 
-def run(script: Path, *args: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run(
+    script: Path, *args: str, home: Path, timeout: float = 300, docker_host: str = ""
+) -> subprocess.CompletedProcess[str]:
+    env = env_for(home) | ({"DOCKER_HOST": docker_host} if docker_host else {})
     return subprocess.run(
         ["sh", str(script), *args],
-        env=env_for(home),
+        env=env,
         cwd=home,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -60,11 +68,26 @@ def test_shellcheck() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_a_volunteer_names_the_key_it_trusts(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    base = ["--server", "http://127.0.0.1:1", "--prefix", str(tmp_path / "prefix"), "--dry-run"]
+    refused = run(INSTALLER, *base, home=home)
+    assert refused.returncode != 0 and "give --trust FINGERPRINT" in refused.stderr
+    short = run(INSTALLER, *base, "--trust", "abc", home=home)
+    assert short.returncode != 0 and "64 lowercase hex digits" in short.stderr
+    planned = run(INSTALLER, *base, "--trust", "ab" * 32, home=home)
+    assert planned.returncode == 0, planned.stderr
+    assert f"would: fetch the project's signing key {'ab' * 32} from the master, check its fingerprint" in (
+        planned.stderr
+    )
+
+
 def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     prefix = tmp_path / "prefix"
-    done = run(INSTALLER, "--server", "http://127.0.0.1:1", "--prefix", str(prefix), "--dry-run", home=home)
+    done = run(INSTALLER, "--server", "http://127.0.0.1:1", "--prefix", str(prefix), "--dry-run", *LAB, home=home)
     assert done.returncode == 0, done.stderr
     assert "dry run: nothing is changed" in done.stderr
     assert f"would: create directory {prefix} and the manifest" in done.stderr
@@ -77,7 +100,7 @@ def test_unreachable_master_installs_nothing(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     prefix = tmp_path / "prefix"
-    done = run(INSTALLER, "--server", "http://127.0.0.1:1", "--prefix", str(prefix), "--yes", home=home)
+    done = run(INSTALLER, "--server", "http://127.0.0.1:1", "--prefix", str(prefix), "--yes", *LAB, home=home)
     assert done.returncode != 0
     assert "cannot reach the master at http://127.0.0.1:1" in done.stderr
     assert not prefix.exists()
@@ -93,8 +116,9 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         ["--server", "http://127.0.0.1:1", "--enroll", f"`touch {marker}`"],
         ["--server", "http://127.0.0.1:1", "--name", f"a'; touch {marker}; '"],
         ["--server", "http://127.0.0.1:1", "--slots", "$(id)"],
+        ["--server", "http://127.0.0.1:1", "--trust", f"$(touch {marker})"],
     ):
-        done = run(INSTALLER, *args, "--prefix", str(tmp_path / "prefix"), home=home)
+        done = run(INSTALLER, *args, "--prefix", str(tmp_path / "prefix"), *LAB, home=home)
         assert done.returncode != 0 and "error:" in done.stderr, args
     assert not marker.exists()
     assert not (tmp_path / "prefix").exists()
@@ -138,7 +162,7 @@ def test_hostile_master_executes_nothing(tmp_path: Path, hostile_master: tuple[s
     home.mkdir()
     prefix = tmp_path / "prefix"
     for _ in range(len(HOSTILE) * 2):
-        done = run(INSTALLER, "--server", url, "--prefix", str(prefix), "--yes", "--slots", "1", home=home)
+        done = run(INSTALLER, "--server", url, "--prefix", str(prefix), "--yes", "--slots", "1", *LAB, home=home)
         assert done.returncode != 0
         assert "nothing was installed" in done.stderr, done.stderr
         assert not marker.exists(), done.stderr
@@ -179,62 +203,110 @@ def docker_objects(client: docker.DockerClient) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def wordfreq_image(docker_client: docker.DockerClient) -> str:
+def workload_images(docker_client: docker.DockerClient) -> list[str]:
+    """wordfreq and kmers: two workloads built FROM the same base image."""
     try:
-        return images.build_workload(docker_client, "wordfreq")
+        return [images.build_workload(docker_client, name) for name in ("wordfreq", "kmers")]
     except images.ImageError as exc:
-        skip_or_fail(f"cannot build the wordfreq image: {exc}")
+        skip_or_fail(f"cannot build the workload images: {exc}")
+
+
+def cli(master: Any, ca: Path, *args: str) -> dict[str, Any]:
+    """``dockercomp ARGS --json`` as a scientist would, over TLS with the operator's token."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dockercomp", *args, "--server", master.url, "--ca", str(ca), "--token", master.token,
+         "--json"],
+        capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_install_work_cleanup_leaves_nothing(
-    tmp_path: Path, master: Any, docker_client: docker.DockerClient, wordfreq_image: str
+def test_install_from_a_tls_master_onto_an_empty_engine_work_and_cleanup_leaves_nothing(
+    tmp_path: Path, master_factory: Any, docker_client: docker.DockerClient, workload_images: list[str]
 ) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    prefix = tmp_path / "opt" / "dockercomp"
-    areas = [home, prefix.parent, Path("/etc")]
-    before = listing(*areas), docker_objects(docker_client)
+    """A volunteer with a Docker engine of its own that holds nothing yet installs from a master
+    serving HTTPS (its CA made here), enrolled by token and pinning the project's key by its
+    fingerprint. It gets each workload's image from the master alone: the second workload, on
+    the same base, costs only its own layers. Then cleanup leaves nothing behind."""
+    pki = make_pki(tmp_path / "pki")
+    master = master_factory("--certfile", str(pki.cert), "--keyfile", str(pki.key), open_enrollment=False,
+                            verify=str(pki.ca))  # fmt: skip
+    assert master.url.startswith("https://127.0.0.1:")
+    wordfreq_id, kmers_id = (publish(master, tag) for tag in workload_images)
+    fingerprint = signing.fingerprint(signing.load_public(signing_key()[1])[0])
+    enroll = master.key("volunteer", "lab-volunteers")
+    with empty_engine(tmp_path / "engine") as engine_url:
+        engine = docker.DockerClient(base_url=engine_url)
+        home = tmp_path / "home"
+        home.mkdir()
+        prefix = tmp_path / "opt" / "dockercomp"
+        areas = [home, prefix.parent, Path("/etc")]
+        before = listing(*areas), docker_objects(docker_client)
+        args = ["--server", master.url, "--ca", str(pki.ca), "--enroll", enroll, "--trust", fingerprint]
+        args += ["--prefix", str(prefix), "--slots", "2", "--memory", "512MiB", "--yes"]
+        done = run(INSTALLER, *args, home=home, docker_host=engine_url)
+        assert done.returncode == 0, done.stderr
+        assert "registered as client" in done.stderr
+        assert (prefix / "trusted-keys.pem").read_bytes() == Path(signing_key()[1]).read_bytes()
+        config = (prefix / "client.toml").read_text()
+        assert f'ca = "{prefix}/ca.pem"' in config and f'trust = "{prefix}/trusted-keys.pem"' in config
+        manifest = (prefix / "manifest").read_text()
+        assert f"pidfile {prefix}/run/supervisor.pid" in manifest
 
-    args = ["--server", master.url, "--prefix", str(prefix), "--slots", "2", "--memory", "512MiB", "--yes"]
-    done = run(INSTALLER, *args, home=home)
-    assert done.returncode == 0, done.stderr
-    assert "registered as client" in done.stderr
-    manifest = (prefix / "manifest").read_text()
-    assert f"pidfile {prefix}/run/supervisor.pid" in manifest
+        again = run(INSTALLER, *args, home=home, docker_host=engine_url)  # a second run upgrades in place
+        assert again.returncode == 0, again.stderr
+        assert "upgrading in place" in again.stderr
+        assert (prefix / "manifest").read_text().splitlines()[: len(manifest.splitlines())] == manifest.splitlines()
 
-    again = run(INSTALLER, *args, home=home)  # a second run upgrades in place
-    assert again.returncode == 0, again.stderr
-    assert "upgrading in place" in again.stderr
-    assert (prefix / "manifest").read_text().splitlines()[: len(manifest.splitlines())] == manifest.splitlines()
+        identity = json.loads((prefix / "client" / "identity.json").read_text())
+        clients = requests.get(f"{master.api}/clients", headers=master.headers, verify=str(pki.ca), timeout=10)
+        (client,) = [c for c in clients.json()["clients"] if c["id"] == identity["client"]]
+        assert client["account"] == "lab-volunteers"
+        assert engine.api.images(all=True) == []  # nothing yet
 
-    identity = json.loads((prefix / "client" / "identity.json").read_text())
-    clients = requests.get(f"{master.api}/clients", timeout=10).json()["clients"]
-    assert identity["client"] in {c["id"] for c in clients}
+        text = tmp_path / "input.txt"
+        text.write_text("the quick brown fox jumps over the lazy dog\n" * 2000)
+        first = cli(master, pki.ca, "submit", str(ROOT / "workloads/wordfreq/job.json"), str(text), "--wait")
+        assert first["state"] == "done", (prefix / "log/daemon.log").read_text()
+        got_first = received(prefix)
+        wordfreq = requests.get(f"{master.api}/images/{wordfreq_id}", headers=master.headers, verify=str(pki.ca))
+        record = wordfreq.json()
+        assert got_first == sum(layer["size"] for layer in record["layers"]) + record["config_size"]
 
-    text = tmp_path / "input.txt"
-    text.write_text("the quick brown fox jumps over the lazy dog\n" * 2000)
-    submit = subprocess.run(
-        [sys.executable, "-m", "dockercomp", "submit", str(ROOT / "workloads/wordfreq/job.json"), str(text),
-         "--server", master.url, "--wait", "--json"],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert submit.returncode == 0, submit.stdout + submit.stderr + (prefix / "log/daemon.log").read_text()
-    assert json.loads(submit.stdout.splitlines()[-1])["state"] == "done"
+        fasta = tmp_path / "reads.fa"
+        fasta.write_text(">read1\nACGTACGTAAGGCT\n>read2\nTTGACCAGTACGAA\n")
+        second = cli(master, pki.ca, "submit", str(ROOT / "workloads/kmers/job.json"), str(fasta), "--wait")
+        assert second["state"] == "done", (prefix / "log/daemon.log").read_text()
+        kmers = requests.get(f"{master.api}/images/{kmers_id}", headers=master.headers, verify=str(pki.ca)).json()
+        assert kmers["layers"][0] == record["layers"][0]  # the same base
+        own = sum(layer["size"] for layer in kmers["layers"][1:]) + kmers["config_size"]
+        assert received(prefix) - got_first == own < kmers["layers"][0]["size"] // 100
+        held = engine.api.images(all=True)
+        assert {i["Id"] for i in held} == {wordfreq_id, kmers_id}
+        assert [n for i in held for n in (i.get("RepoDigests") or []) if "<none>" not in n] == []  # none pulled
 
-    supervisor = int((prefix / "run" / "supervisor.pid").read_text())
-    done = run(CLEANUP, "--prefix", str(prefix), home=home)
-    assert done.returncode == 0, done.stderr
-    assert f"stopping the supervisor (pid {supervisor}" in done.stderr
-    assert not Path(f"/proc/{supervisor}").exists()
-    assert "removed directory" in done.stderr
+        supervisor = int((prefix / "run" / "supervisor.pid").read_text())
+        done = run(CLEANUP, "--prefix", str(prefix), home=home, docker_host=engine_url)
+        assert done.returncode == 0, done.stderr
+        assert f"stopping the supervisor (pid {supervisor}" in done.stderr
+        assert not Path(f"/proc/{supervisor}").exists()
+        assert "removed directory" in done.stderr
 
-    after = listing(*areas), docker_objects(docker_client)
-    assert after[0] - before[0] == set(), "files of ours left behind"
-    assert after[1] - before[1] == set(), "Docker objects of ours left behind"
+        after = listing(*areas), docker_objects(docker_client)
+        assert after[0] - before[0] == set(), "files of ours left behind"
+        assert after[1] - before[1] == set(), "Docker objects of ours left behind"
+        assert docker_objects(engine) == set(), "Docker objects of ours left on the volunteer's engine"
+        engine.close()
 
-    twice = run(CLEANUP, "--prefix", str(prefix), home=home)  # safe to run twice
-    assert twice.returncode == 0 and "nothing to remove" in twice.stderr
+        twice = run(CLEANUP, "--prefix", str(prefix), home=home, docker_host=engine_url)  # safe to run twice
+        assert twice.returncode == 0 and "nothing to remove" in twice.stderr
+
+
+def received(prefix: Path) -> int:
+    """The image bytes the installed daemon has downloaded from the master (its status file)."""
+    return int(json.loads((prefix / "client" / "status.json").read_text()).get("image_bytes") or 0)
 
 
 def test_client_uninstall_runs_cleanup(tmp_path: Path) -> None:
