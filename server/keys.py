@@ -27,7 +27,7 @@ class KeysHandler(BaseHandler):
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         roles = ", ".join(r.value for r in MAKEABLE)
-        if body.get("role") not in {r.value for r in MAKEABLE}:
+        if not isinstance(body.get("role"), str) or body["role"] not in {r.value for r in MAKEABLE}:
             raise BadRequest(f"role must be one of {roles}")
         now = self.master.now()
         expires_at = None

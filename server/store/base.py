@@ -43,10 +43,6 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
-    @abstractmethod
-    async def secret(self) -> bytes:
-        """A random key created once per store and shared by all masters (signs client tokens)."""
-
     # -- keys ---------------------------------------------------------------------------
     @abstractmethod
     async def add_key(self, key: Key) -> None:

@@ -18,7 +18,6 @@ Blobs live in GridFS through gridfs.py; ``open_mongodb`` returns both, on one cl
 import contextlib
 import functools
 import inspect
-import os
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
@@ -95,7 +94,6 @@ class MongoStore(Store):
 
     def __init__(self, target: Any, database: str = "dockercomp") -> None:
         self.db, self._client = _database(target, database)
-        self._meta = self.db["meta"]
         self._jobs = self.db["jobs"]
         self._units = self.db["units"]
         self._clients = self.db["clients"]
@@ -127,13 +125,6 @@ class MongoStore(Store):
         if self._client is not None:
             await self._client.close()
             self._client = None
-
-    @_guard
-    async def secret(self) -> bytes:
-        with contextlib.suppress(DuplicateKeyError):  # another master inserted it first: theirs stands
-            await self._meta.update_one({"_id": "secret"}, {"$setOnInsert": {"value": os.urandom(32)}}, upsert=True)
-        doc = await self._meta.find_one({"_id": "secret"})
-        return bytes(doc["value"])
 
     # -- keys ---------------------------------------------------------------------------
     @_guard

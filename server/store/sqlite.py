@@ -48,7 +48,6 @@ from .base import (
 )
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL,
     account TEXT NOT NULL, client TEXT, expires_at REAL, revoked_at REAL);
@@ -134,11 +133,6 @@ class SQLiteStore(Store):
             raise StoreUnavailable("the store is not open")
         with _transaction(self._db) as db:
             yield db
-
-    async def secret(self) -> bytes:
-        with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (os.urandom(32),))
-            return db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()[0]
 
     # -- keys ---------------------------------------------------------------------------
     async def add_key(self, key: Key) -> None:

@@ -223,14 +223,6 @@ async def test_jobs_and_units(b: Backend) -> None:
             await call
 
 
-@contract
-async def test_secret_is_created_once(b: Backend) -> None:
-    key = await b.store.secret()
-    assert isinstance(key, bytes) and len(key) == 32
-    assert await b.store.secret() == key
-    assert await (await b.another()).secret() == key
-
-
 # -- clients --------------------------------------------------------------------------------
 
 
