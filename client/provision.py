@@ -22,6 +22,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import docker.errors
+
 from dockercomp.protocol.errors import IntegrityError, ProtocolError
 from dockercomp.protocol.images import PINNED_RE, ImageInfo
 from dockercomp.protocol.integrity import digest
@@ -155,9 +157,10 @@ class Provisioner:
         try:
             self.engine.images.get(info.id)
             return
-        except Exception as exc:
-            if type(exc).__name__ != "ImageNotFound":
-                raise delivery.DeliveryError("docker", f"cannot inspect image {info.id}: {exc}") from exc
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.DockerException as exc:
+            raise delivery.DeliveryError("docker", f"cannot inspect image {info.id}: {exc}") from exc
         root = Path(self.work_dir) / "images"
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="load-", dir=root))
