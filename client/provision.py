@@ -102,6 +102,9 @@ class Provisioner:
                 if cancel.is_set():
                     return RunOutcome(ErrorKind.ABORTED)
                 return RunOutcome(ErrorKind.IMAGE_MISSING, stderr_tail=f"image {image} not fetched: {exc}")
+            except (OSError, docker.errors.DockerException) as exc:  # this host's disk, or its engine gone
+                log.error("image %s not fetched: %s", image, exc)
+                return RunOutcome(ErrorKind.CLIENT, stderr_tail=f"image {image} not fetched: {exc}"[:4096])
         return None
 
     # -- the volunteer's own rules -------------------------------------------------------------

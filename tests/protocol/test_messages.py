@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from dockercomp.protocol import codec
 from dockercomp.protocol.errors import ProtocolError
+from dockercomp.protocol.images import ImageInfo, LayerInfo, SignatureInfo
 from dockercomp.protocol.messages import (
     Ack,
     AckBatch,
@@ -142,6 +143,18 @@ SAMPLES: dict[type[Message], dict] = {
     Ack: {"attempt": "a1", "accepted": True, "reason": ""},
     AckBatch: {"acks": [{"attempt": "a1", "accepted": False, "reason": "duplicate"}]},
     ReleaseRequest: {"attempts": ["a1", "a2"]},
+    LayerInfo: {"digest": "sha256:" + "a" * 64, "size": 3, "pieces": [HASH]},
+    SignatureInfo: {"key": "f" * 64, "public_key": "0" * 64, "signature": "1" * 128},
+    ImageInfo: {
+        "id": "sha256:" + "b" * 64,
+        "config": HASH,
+        "config_size": 1024,
+        "layers": [{"digest": "sha256:" + "a" * 64, "size": 3, "pieces": [HASH]}],
+        "tags": ["dockercomp/wordfreq:latest"],
+        "signatures": [{"key": "f" * 64, "public_key": "0" * 64, "signature": "1" * 128}],
+        "owner": "operator",
+        "pushed_at": 1.5,
+    },
 }
 
 
