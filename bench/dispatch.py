@@ -132,17 +132,19 @@ def run_once(params: dict[str, Any]) -> dict[str, Any]:
     port = _free_port()
     master = subprocess.Popen(
         [sys.executable, "-m", "dockercomp", "--log-level", "warning", "server", "--host", "127.0.0.1",
-         "--port", str(port), "--data-dir", data_dir],
+         "--port", str(port), "--data-dir", data_dir, "--open-enrollment"],
         cwd=data_dir,
     )  # fmt: skip
     try:
         _wait_ready(port, master)
-        job_id = _create_job(port, params)
+        with open(os.path.join(data_dir, "operator.token")) as f:
+            token = f.read().strip()
+        job_id = _create_job(port, params, token)
         ctx = multiprocessing.get_context("spawn")
         queue = ctx.Queue()
         go, abort = ctx.Event(), ctx.Event()
         procs = [
-            ctx.Process(target=client_process, args=(port, job_id, n, params, go, abort, queue), daemon=True)
+            ctx.Process(target=client_process, args=(port, job_id, n, params, token, go, abort, queue), daemon=True)
             for n in _shares(params["clients"], params["procs"])
         ]
         for p in procs:
@@ -159,7 +161,7 @@ def run_once(params: dict[str, Any]) -> dict[str, Any]:
         failed = [r["error"] for r in reports if r["error"]]
         if failed:
             raise RuntimeError(f"a simulated client failed: {failed[0]}")
-        job = _get(port, f"{API}/jobs/{job_id}")
+        job = _get(port, f"{API}/jobs/{job_id}", token)
         return _summarise(params, job, reports, cpu_after - cpu_before)
     finally:
         master.terminate()
@@ -217,10 +219,13 @@ def _ms(seconds: float) -> float:
 # -- the simulated clients -------------------------------------------------------------------
 
 
-def client_process(port: int, job_id: str, n: int, params: dict[str, Any], go: Any, abort: Any, queue: Any) -> None:
+def client_process(
+    port: int, job_id: str, n: int, params: dict[str, Any], token: str, go: Any, abort: Any, queue: Any
+) -> None:
     """Run ``n`` clients as threads; report their samples to the parent when all are done.
-    When one client fails, ``abort`` stops the others (its leases would hold the job up)."""
-    clients = [Client(port, job_id, f"bench-{os.getpid()}-{i}", params, abort) for i in range(n)]
+    When one client fails, ``abort`` stops the others (its leases would hold the job up).
+    ``token`` is the operator's, for asking whether the job has ended."""
+    clients = [Client(port, job_id, f"bench-{os.getpid()}-{i}", params, token, abort) for i in range(n)]
     try:
         for c in clients:
             c.register()
@@ -253,8 +258,9 @@ def client_process(port: int, job_id: str, n: int, params: dict[str, Any], go: A
 class Client:
     """One volunteer daemon reduced to its protocol: lease a batch, compute, upload, repeat."""
 
-    def __init__(self, port: int, job_id: str, name: str, params: dict[str, Any], abort: Any) -> None:
+    def __init__(self, port: int, job_id: str, name: str, params: dict[str, Any], token: str, abort: Any) -> None:
         self.abort = abort
+        self.port, self.operator = port, token
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         self.job_id = job_id
         self.name = name
@@ -318,7 +324,7 @@ class Client:
         }
 
     def job_finished(self) -> bool:
-        return self.call(f"/jobs/{self.job_id}", None, "GET")["state"] != "running"
+        return _get(self.port, f"{API}/jobs/{self.job_id}", self.operator)["state"] != "running"
 
     def call(self, path: str, body: Any, method: str = "POST") -> Any:
         payload = None if body is None else msgpack.packb(body, use_bin_type=True)
@@ -348,39 +354,42 @@ def _wait_ready(port: int, master: subprocess.Popen) -> None:
         if master.poll() is not None:
             raise RuntimeError(f"the master exited with code {master.returncode}")
         try:
-            _get(port, f"{API}/jobs")
+            _get(port, f"{API}/health", "")
             return
         except OSError:
             time.sleep(0.1)
     raise RuntimeError("the master did not answer within 30 s")
 
 
-def _create_job(port: int, params: dict[str, Any]) -> str:
-    """Upload N one-line inputs, chunked one line per unit by the master, and create the job."""
+def _create_job(port: int, params: dict[str, Any], token: str) -> str:
+    """Upload N one-line inputs, chunked one line per unit by the master, and create the job.
+    Its image is a registry reference by digest, which the master takes without a push: the
+    simulated clients never run it."""
     lines = b"".join(b"bench input %08d\n" % i for i in range(params["units"]))
-    chunks = _call(port, "POST", f"{API}/chunks?by=lines&size=1", lines, "application/octet-stream")["chunks"]
+    chunks = _call(port, "POST", f"{API}/chunks?by=lines&size=1", lines, "application/octet-stream", token)["chunks"]
     if len(chunks) != params["units"]:
         raise RuntimeError(f"expected {params['units']} chunks, got {len(chunks)}")
     replicas = params["replicas"]
     job = {
         "name": "bench-dispatch",
-        "image": "dockercomp/bench",
+        "image": "dockercomp/bench@sha256:" + "0" * 64,
         "command": ["true"],
         "redundancy": {"replicas": replicas, "quorum": replicas, "max_attempts": replicas + 2},
         "resources": {"cpus": 1, "memory": "64MiB", "timeout": "10m"},
     }
     body = json.dumps({"job": job, "chunks": [c["hash"] for c in chunks]}).encode()
-    return _call(port, "POST", f"{API}/jobs", body, "application/json")["job"]
+    return _call(port, "POST", f"{API}/jobs", body, "application/json", token)["job"]
 
 
-def _get(port: int, path: str) -> Any:
-    return _call(port, "GET", path, None, None)
+def _get(port: int, path: str, token: str) -> Any:
+    return _call(port, "GET", path, None, None, token)
 
 
-def _call(port: int, method: str, path: str, body: bytes | None, ctype: str | None) -> Any:
+def _call(port: int, method: str, path: str, body: bytes | None, ctype: str | None, token: str) -> Any:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
         headers = {"Accept": "application/json"} | ({"Content-Type": ctype} if ctype else {})
+        headers |= {"Authorization": f"Bearer {token}"} if token else {}
         conn.request(method, path, body, headers)
         response = conn.getresponse()
         data = response.read()

@@ -96,8 +96,8 @@ def test_client_status_shows_what_runs(fast_master: Any, start_daemon: Callable,
     shown = client_status()
     assert shown.returncode == 0, shown.stderr
     client = daemon.daemon.identity.client  # type: ignore[union-attr]
-    for expected in (client, "test-client", fast_master.url, "1 busy of 1", job_id, f"{job_id}.0", image_id(fast_master),
-                     "64.0MiB", "running"):  # fmt: skip
+    for expected in (client, "test-client", fast_master.url, "1 busy of 1", job_id, f"{job_id}.0",
+                     image_id(fast_master), "64.0MiB", "running"):  # fmt: skip
         assert expected in shown.stdout, (expected, shown.stdout)
     daemon.runner.gate.set()
     daemon.daemon.stop()
