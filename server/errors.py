@@ -30,6 +30,14 @@ class NotFound(ServerError):
     status = 404
 
 
+class MethodNotAllowed(ServerError):
+    status = 405
+
+    def __init__(self, message: str, allowed: list[str]) -> None:
+        super().__init__(message)
+        self.headers = {"Allow": ", ".join(allowed)}
+
+
 class Conflict(ServerError):
     """The request is well formed but contradicts the state (a decided unit, a repeated id)."""
 

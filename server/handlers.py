@@ -16,7 +16,7 @@ from dockercomp.protocol.messages import Message
 
 from .auth import ANONYMOUS, Caller, Role, admit, caller_of, token_hash
 from .blobs import BlobStore
-from .errors import BadRequest, ServerError, TooLarge, Unauthorized, UnsupportedMediaType
+from .errors import BadRequest, MethodNotAllowed, ServerError, TooLarge, Unauthorized, UnsupportedMediaType
 from .settings import ServerSettings
 from .store import Store
 
@@ -80,9 +80,11 @@ class BaseHandler(RequestHandler):
     async def prepare(self) -> None:
         method = self.request.method or ""
         allowed = self.access.get(method)
-        if allowed is not None:  # a method the route lacks is Tornado's 405
+        if allowed is not None:
             self.caller = await self.master.caller(self._token(method))
             admit(self.caller, allowed, f"{method} {self.request.path}")
+        elif self.access:  # the table is the whole truth: a method it does not list is no method at all
+            raise MethodNotAllowed(f"{method} is not a method of {self.request.path}", sorted(self.access))
         limit = self.master.settings.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isascii() and length.isdigit() and int(length) > limit:

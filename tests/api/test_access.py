@@ -129,6 +129,16 @@ def test_every_route_refuses_whoever_it_does_not_admit(world: World, pattern: st
     assert world.state() == before
 
 
+@pytest.mark.parametrize(("pattern", "access"), [(p, a) for p, _, a in ROUTES], ids=[p for p, _, _ in ROUTES])
+def test_a_method_the_table_does_not_list_is_not_there(world: World, pattern: str, access: Any) -> None:
+    """Whatever a handler implements, only the methods the table lists can be called."""
+    path = world.path(pattern)
+    for method in {"GET", "POST", "PUT", "DELETE", "PATCH"} - set(access):
+        response = send(world, method, path, world.bearer(Role.OPERATOR))
+        assert_error(response, 405, "is not a method")
+        assert set(response.headers["Allow"].split(", ")) == set(access)
+
+
 def test_anonymous_routes_need_no_token(world: World) -> None:
     anonymous = [(p, m) for p, _, access in ROUTES for m, allowed in access.items() if Role.ANONYMOUS in allowed]
     assert {"/api/v1/health", "/install.sh", "/cleanup"} <= {world.path(p) for p, _ in anonymous}

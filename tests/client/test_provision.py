@@ -1,7 +1,7 @@
 """The volunteer's checks before a grant runs (client/provision.py), one rule per test: its
 own limits, images by id only, signatures by trusted keys, allow_images, registries. The
 master is a stub answering image records; fetching into a real engine is tested end to end
-(tests/e2e/test_images.py)."""
+(tests/e2e/test_image_delivery.py)."""
 
 import threading
 from dataclasses import replace
