@@ -21,6 +21,7 @@ from enum import StrEnum
 from .errors import Forbidden, Unauthorized
 
 TOKEN_BYTES = 32
+TOKEN_PREFIX = "dct_"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 OPERATOR_KEY = "operator"  # the key a master makes on its first start
 
@@ -83,7 +84,9 @@ ANONYMOUS = Caller(Role.ANONYMOUS)
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(TOKEN_BYTES)
+    """32 random bytes, base64url, behind a prefix: a token never starts with "-" (which a
+    command line would take for an option) and is easy to recognise in a leaked file."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
 
 
 def token_hash(token: str) -> str:

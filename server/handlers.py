@@ -84,7 +84,8 @@ class BaseHandler(RequestHandler):
             self.caller = await self.master.caller(self._token(method))
             admit(self.caller, allowed, f"{method} {self.request.path}")
         elif self.access:  # the table is the whole truth: a method it does not list is no method at all
-            raise MethodNotAllowed(f"{method} is not a method of {self.request.path}", sorted(self.access))
+            raise MethodNotAllowed(f"method not allowed: {method} is not a method of {self.request.path}",
+                                   sorted(self.access))  # fmt: skip
         limit = self.master.settings.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isascii() and length.isdigit() and int(length) > limit:

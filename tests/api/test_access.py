@@ -207,7 +207,8 @@ def test_registration_needs_a_volunteer_token_unless_enrollment_is_open(world: W
     volunteer = world.bearer(Role.VOLUNTEER) | packed
     reply = requests.post(url, json=body, headers=volunteer, timeout=10)
     assert reply.status_code == 200, reply.text
-    assert len(reply.json()["token"]) >= 43  # 32 random bytes
+    token = reply.json()["token"]
+    assert token.startswith("dct_") and len(token) >= 4 + 43  # 32 random bytes, never a leading "-"
     open_master = master_factory()
     first = SimClient(open_master.url, name="stranger-1")
     second = SimClient(open_master.url, name="stranger-2")
