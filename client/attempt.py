@@ -7,7 +7,6 @@ output is read without following a link the container may have planted in /outpu
 
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -17,7 +16,8 @@ from typing import BinaryIO
 
 from dockercomp.protocol.errors import IntegrityError, ProtocolError
 from dockercomp.protocol.integrity import check_hash
-from dockercomp.protocol.messages import ErrorKind, Grant, ResultReport
+from dockercomp.protocol.limits import ENV_NAME_RE, STDERR_TAIL
+from dockercomp.protocol.messages import ErrorKind, Grant, ResultReport, ResultStatus
 
 from .cache import ChunkCache, Download, place
 from .errors import Cancelled, MasterError, ResultUnreadable
@@ -27,8 +27,6 @@ from .runner import Runner, RunOutcome, RunSpec, open_result
 from .spool import SAFE_ID, Spool
 
 log = logging.getLogger(__name__)
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-STDERR_TAIL = 4096
 
 
 class Disposition(StrEnum):
@@ -164,7 +162,7 @@ class Executor:
             return self._errored(attempt, RunOutcome(ErrorKind.CLIENT, 0, str(exc), outcome.runtime))
         with output:
             report = ResultReport(
-                attempt.id, "succeeded", exit_code=0, output_hash="", runtime=outcome.runtime,
+                attempt.id, ResultStatus.SUCCEEDED, exit_code=0, output_hash="", runtime=outcome.runtime,
                 peak_memory=outcome.peak_memory, stderr_tail=outcome.stderr_tail[-STDERR_TAIL:],
             )  # fmt: skip
             item = self.spool.add(report, attempt.grant.job, attempt.grant.unit, output)
@@ -176,7 +174,7 @@ class Executor:
         if not SAFE_ID.fullmatch(attempt.id):  # cannot name a spool file: give it back instead
             return Disposition.RELEASE, None
         report = ResultReport(
-            attempt.id, "errored", error=outcome.error or ErrorKind.CLIENT, exit_code=outcome.exit_code,
+            attempt.id, ResultStatus.ERRORED, error=outcome.error or ErrorKind.CLIENT, exit_code=outcome.exit_code,
             stderr_tail=outcome.stderr_tail[-STDERR_TAIL:], runtime=outcome.runtime, peak_memory=outcome.peak_memory,
         )  # fmt: skip
         self.spool.add(report, attempt.grant.job, attempt.grant.unit)
@@ -226,7 +224,7 @@ def check_grant(grant: Grant) -> str:
     if any("\x00" in arg for arg in grant.command):
         return "the command holds a NUL character"
     for key, value in grant.env.items():
-        if not _ENV_NAME.fullmatch(key) or "\x00" in value:
+        if not ENV_NAME_RE.fullmatch(key) or "\x00" in value:
             return f"environment variable {key!r:.40} is not a plain name with a value"
     return ""
 

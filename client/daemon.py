@@ -27,7 +27,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import IO, Any, TypeVar
 
-from dockercomp.protocol.messages import ErrorKind, LeaseRequest, RegisterRequest
+from dockercomp.protocol.messages import ErrorKind, LeaseRequest, RegisterRequest, ResultStatus
 
 from . import status
 from .attempt import Attempt, Disposition, Executor
@@ -70,8 +70,8 @@ class Daemon:
         self.master = MasterSession(
             settings.server_url, timeout=settings.request_timeout, backoff=backoff, ca=settings.ca
         )
-        self.cache = ChunkCache(os.path.join(self.work_dir, "cache"), settings.cache_bytes)
-        self.spool = Spool(os.path.join(self.work_dir, "results"), settings.inline_bytes)
+        self.cache = ChunkCache(os.path.join(self.work_dir, "cache"), settings.cache_size)
+        self.spool = Spool(os.path.join(self.work_dir, "results"), settings.inline_output)
         attempts_dir = os.path.join(self.work_dir, "attempts")
         shutil.rmtree(attempts_dir, ignore_errors=True)  # what a crashed run was preparing
         self.provisioner = Provisioner(
@@ -215,7 +215,8 @@ class Daemon:
                 return True  # another thread registered meanwhile
             identity = None if stale else Identity.load(path, self.master.url)
             if identity is None:
-                request = RegisterRequest(self.settings.client_name, self.slots.slots, host_facts(self._engine()))
+                facts = host_facts(self.runner.engine_version())
+                request = RegisterRequest(self.settings.client_name, self.slots.slots, facts)
                 try:
                     reply = self.master.register(request, until=until, token=self.settings.enroll)
                 except MasterUnavailable:
@@ -248,15 +249,6 @@ class Daemon:
             if not self._register(until or self._halt, stale=client):
                 raise MasterUnavailable("stopped before registering again") from None
         return fn(*args, until=until, **kw)
-
-    def _engine(self) -> str:
-        """The container engine's version, when the runner can tell it (optional)."""
-        version = getattr(self.runner, "engine_version", None)
-        try:
-            return str(version() or "") if callable(version) else ""
-        except Exception as exc:
-            log.debug("no engine version: %s", exc)
-            return ""
 
     # -- leasing ------------------------------------------------------------------------------------
     def _lease_loop(self) -> None:
@@ -362,7 +354,7 @@ class Daemon:
             elif disposition == Disposition.DROP:
                 self._count("aborted")
             elif report is not None:
-                self._count(report.error or "succeeded")
+                self._count(report.error or ResultStatus.SUCCEEDED)
                 self._docker_health(report.error)
                 self.uploader.wake()
 

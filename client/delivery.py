@@ -31,12 +31,14 @@ import docker
 import docker.errors
 import requests
 
+from .errors import ClientError
+
 log = logging.getLogger(__name__)
 
 BLOCK = 1 << 20  # hashing and copying go in 1 MiB blocks: large layers never sit in memory
 
 
-class DeliveryError(Exception):
+class DeliveryError(ClientError):
     """kind: "integrity" (bytes do not match their digest, or an id mismatch: download again),
     "docker" (the engine refused or failed: see the message), or "bad_image" (not a docker
     image, or a save this module cannot read safely)."""

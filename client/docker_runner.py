@@ -27,22 +27,16 @@ import requests
 import urllib3.exceptions
 from docker.types import LogConfig, Mount
 
-from dockercomp.client import images
-from dockercomp.client.runner import (
-    LABEL_ATTEMPT,
-    LABEL_CLIENT,
-    LABEL_JOB,
-    LABEL_UNIT,
-    Runner,
-    RunOutcome,
-    RunSpec,
-)
+from dockercomp.protocol.limits import STDERR_TAIL
 from dockercomp.protocol.messages import ContainerInfo, ErrorKind
+
+from . import images
+from .errors import ClientError
+from .runner import LABEL_ATTEMPT, LABEL_CLIENT, LABEL_JOB, LABEL_UNIT, Runner, RunOutcome, RunSpec
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-STDERR_TAIL_BYTES = 4096
 STDERR_TAIL_LINES = 200
 # How often a waiting run looks at its cancel event (and at the cgroup's peak memory): the
 # latency of an abort, at the cost of one short HTTP request to the engine per slice.
@@ -64,7 +58,7 @@ _PEAK_FILES = (
 )
 
 
-class _EngineError(Exception):
+class _EngineError(ClientError):
     """The engine failed us mid-run; carries the outcome to report."""
 
     def __init__(self, outcome: RunOutcome) -> None:
@@ -124,6 +118,14 @@ class DockerRunner(Runner):
         """The Docker client containers run on (images are fetched into it)."""
         return self._client
 
+    def engine_version(self) -> str:
+        """The engine's version (``docker version``'s Server Version), "" when it does not answer."""
+        try:
+            return str(self._client.version().get("Version") or "")
+        except _ENGINE_ERRORS as exc:
+            log.warning("cannot ask the Docker engine its version: %s", exc)
+            return ""
+
     # --- one unit -----------------------------------------------------------------------
 
     def run(self, spec: RunSpec, cancel: threading.Event) -> RunOutcome:
@@ -167,7 +169,7 @@ class DockerRunner(Runner):
             images.ensure_image(self._client, spec.image)
         except images.ImageError as exc:
             log.warning("%s: %s", where, exc)
-            raise _EngineError(RunOutcome(ErrorKind.IMAGE_MISSING, stderr_tail=str(exc)[-STDERR_TAIL_BYTES:])) from exc
+            raise _EngineError(RunOutcome(ErrorKind.IMAGE_MISSING, stderr_tail=str(exc)[-STDERR_TAIL:])) from exc
         except _ENGINE_ERRORS as exc:
             raise _EngineError(_unavailable(exc, where, f"getting image {spec.image}")) from exc
         try:
@@ -237,7 +239,7 @@ class DockerRunner(Runner):
             code = _exec_failure_code(message)
             if code is not None:  # the unit's command cannot run: its fault, as `docker run` says
                 log.info("%s: container %s could not run its command: %s", where, short, message)
-                return RunOutcome(ErrorKind.EXIT_NONZERO, exit_code=code, stderr_tail=message[-STDERR_TAIL_BYTES:])
+                return RunOutcome(ErrorKind.EXIT_NONZERO, exit_code=code, stderr_tail=message[-STDERR_TAIL:])
             if exc.is_server_error():
                 return _unavailable(exc, where, "starting the container")
             log.error("%s: the engine refused to start container %s: %s", where, short, message)
@@ -298,7 +300,7 @@ class DockerRunner(Runner):
             return _unavailable(exc, where, "reading the container's exit")
         except _ENGINE_ERRORS as exc:
             return _unavailable(exc, where, "reading the container's exit")
-        stderr = bytes(tail)[-STDERR_TAIL_BYTES:].decode(errors="replace")
+        stderr = bytes(tail)[-STDERR_TAIL:].decode(errors="replace")
         near_limit = peak is not None and peak >= OOM_PEAK_RATIO * spec.memory
         if state.get("OOMKilled") or (code == 137 and near_limit):
             log.info("%s: container %s ran out of memory (limit %d bytes)", where, container_id[:12], spec.memory)
@@ -306,7 +308,7 @@ class DockerRunner(Runner):
             return RunOutcome(
                 ErrorKind.OOM,
                 exit_code=code,
-                stderr_tail=(stderr + "\n" + note)[-STDERR_TAIL_BYTES:].lstrip("\n"),
+                stderr_tail=(stderr + "\n" + note)[-STDERR_TAIL:].lstrip("\n"),
                 runtime=runtime,
                 peak_memory=peak,
             )
@@ -521,7 +523,7 @@ def _explain(exc: docker.errors.APIError) -> str:
 def _image_missing(image: str, exc: BaseException) -> RunOutcome:
     message = _explain(exc) if isinstance(exc, docker.errors.APIError) else str(exc)
     text = f"image {image!r} is not available: {message}"
-    return RunOutcome(ErrorKind.IMAGE_MISSING, stderr_tail=text[-STDERR_TAIL_BYTES:])
+    return RunOutcome(ErrorKind.IMAGE_MISSING, stderr_tail=text[-STDERR_TAIL:])
 
 
 def _removed_from_outside(where: str, container_id: str, runtime: float, peak: int | None) -> RunOutcome:
@@ -542,4 +544,4 @@ def _unavailable(exc: BaseException, where: str, doing: str) -> RunOutcome:
     else:
         text = f"talking to the Docker engine failed while {doing}: {type(exc).__name__}: {exc}"
     log.warning("%s: %s", where, text)
-    return RunOutcome(ErrorKind.DOCKER_UNAVAILABLE, stderr_tail=text[-STDERR_TAIL_BYTES:])
+    return RunOutcome(ErrorKind.DOCKER_UNAVAILABLE, stderr_tail=text[-STDERR_TAIL:])

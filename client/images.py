@@ -37,6 +37,8 @@ import docker.errors
 
 from dockercomp import resources
 
+from .errors import ClientError
+
 log = logging.getLogger(__name__)
 
 BASE_REPOSITORY = "dockercomp/base"
@@ -70,7 +72,7 @@ _BASE_CHANGES = (
 _WORKLOAD_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
 
 
-class ImageError(Exception):
+class ImageError(ClientError):
     """An image could not be found or built; the message says what to do about it."""
 
 

@@ -11,7 +11,6 @@ volunteers will compute.
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -26,19 +25,19 @@ from typing import BinaryIO
 from dockercomp.protocol.chunking import chunk_inputs
 from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.jobfile import JobSpec, params_env, params_json, parse_jobfile
+from dockercomp.protocol.limits import ENV_NAME_RE
 
 from . import images
-from .errors import ResultUnreadable
+from .errors import ClientError, ResultUnreadable
 from .runner import Runner, RunOutcome, RunSpec, open_result
 
 log = logging.getLogger(__name__)
 
 LOCAL_CLIENT = "local"  # the dockercomp.client label of the containers a local run starts
 _COPY_BLOCK = 1 << 20
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
-class LocalRunError(Exception):
+class LocalRunError(ClientError):
     """A local run could not be done. ``bad_input`` says whether the caller asked for
     something impossible (an unknown workload, a missing input: fix the command) rather than
     the run failing (no engine, an image that does not build)."""
@@ -85,7 +84,7 @@ def load_job(name: str, env: Mapping[str, str] | None = None, root: Path | None 
     except (OSError, ValueError) as exc:
         raise LocalRunError(f"cannot read {path}: {exc}", bad_input=True) from None
     for key in env or {}:
-        if not _ENV_NAME.fullmatch(key):
+        if not ENV_NAME_RE.fullmatch(key):
             raise LocalRunError(f"variable name {key!r:.40} must be letters, digits and '_', not starting with a digit",
                                 bad_input=True)  # fmt: skip
     if env and isinstance(data, dict) and isinstance(data.get("env") or {}, dict):

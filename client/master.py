@@ -36,7 +36,7 @@ from dockercomp.protocol.messages import (
     ReleaseRequest,
     ResultBatch,
 )
-from dockercomp.protocol.transport import certificate_problem
+from dockercomp.protocol.transport import Transport, certificate_problem, error_message
 
 from .errors import Cancelled, MasterError, MasterRefused, MasterUnavailable, MasterUntrusted, NotRegistered
 
@@ -98,7 +98,7 @@ class Identity:
         os.replace(tmp, path)
 
 
-class MasterSession:
+class MasterSession(Transport):
     """One master, shared by the daemon's threads (each gets its own connection pool).
 
     ``until`` (an event) stops a call's retries when set; ``tries`` bounds them; with
@@ -108,18 +108,12 @@ class MasterSession:
     def __init__(
         self, url: str, *, timeout: float = 30.0, backoff: Backoff | None = None, token: str = "", ca: str = ""
     ) -> None:
-        self.url = url.rstrip("/")
-        self.token = token
-        self.timeout = timeout
-        # the master's certificate is always verified: against ``ca`` (a PEM file) or the system's CAs;
-        # given to every request, as a session's own setting loses to $REQUESTS_CA_BUNDLE
-        self.verify: str | bool = ca or True
+        super().__init__(url, timeout=timeout, token=token, ca=ca)
         self.backoff = backoff or Backoff()
         self.failures = 0  # consecutive failed requests, 0 once the master answers
         self.retries = 0  # requests sent again since the start
         self.last_error = ""
         self.clock_offset = 0.0  # the master's clock minus ours, from its Date header
-        self._local = threading.local()
 
     # -- the protocol ---------------------------------------------------------------------
     def register(self, req: RegisterRequest, token: str = "", **kw: Any) -> RegisterReply:
@@ -154,13 +148,7 @@ class MasterSession:
         body = codec.pack(message.to_wire())
 
         def send() -> requests.Response:
-            return self._session().post(
-                self.url + API + path,
-                data=body,
-                headers=self._headers(codec.MSGPACK, token),
-                timeout=timeout or self.timeout,
-                verify=self.verify,
-            )
+            return self.request("POST", path, data=body, headers=_headers(codec.MSGPACK), token=token, timeout=timeout)
 
         response = self._retrying(path, send, until, tries)
         try:
@@ -172,9 +160,7 @@ class MasterSession:
         """GET a resource under /api/v1 as msgpack, decoded as ``reply``."""
 
         def send() -> requests.Response:
-            return self._session().get(
-                self.url + API + path, headers=self._headers(), timeout=self.timeout, verify=self.verify
-            )
+            return self.request("GET", path, headers=_headers())
 
         response = self._retrying(path, send, until, tries)
         try:
@@ -206,12 +192,10 @@ class MasterSession:
 
         def fetch() -> requests.Response:
             offset = dest.tell()
-            headers = self._headers()
+            headers = _headers()
             if offset:
                 headers["Range"] = f"bytes={offset}-"
-            with self._session().get(
-                where, headers=headers, stream=True, timeout=self.timeout, verify=self.verify
-            ) as response:
+            with self.request("GET", where, headers=headers, stream=True) as response:
                 if response.status_code == 200 and offset:  # the whole blob after all
                     dest.seek(0)
                     dest.truncate()
@@ -231,12 +215,8 @@ class MasterSession:
 
         def send() -> requests.Response:
             with open(path, "rb") as f:
-                return self._session().put(
-                    f"{self.url}{API}/blobs/{check_hash(blob)}",
-                    data=f,
-                    headers=self._headers("application/octet-stream"),
-                    timeout=self.timeout,
-                    verify=self.verify,
+                return self.request(
+                    "PUT", f"/blobs/{check_hash(blob)}", data=f, headers=_headers("application/octet-stream")
                 )
 
         self._retrying(f"/blobs/{blob}", send, until, None)
@@ -254,17 +234,14 @@ class MasterSession:
                 untrusted = certificate_problem(exc)  # an SSLError is a ConnectionError, but no retry helps
                 if untrusted:
                     self.last_error = f"certificate refused: {untrusted}"
-                    raise MasterUntrusted(
-                        f"{path}: the certificate of the master at {self.url} was refused: {untrusted} "
-                        "(a private CA is trusted with --ca FILE)"
-                    ) from None
+                    raise MasterUntrusted(f"{path}: {self.certificate_refused(untrusted)}") from None
                 problem = f"cannot reach it ({type(exc).__name__})"
             else:
                 status = response.status_code
                 if status < 400:
                     self._answered(response)
                     return response
-                message = _error_message(response)
+                message = error_message(response)
                 if status < 500 and status != 429:
                     self._answered(response)
                     # a revoked or expired token is the operator's decision: registering again would undo it
@@ -297,32 +274,10 @@ class MasterSession:
             # the header has whole seconds: only a real difference of clocks is worth correcting
             self.clock_offset = offset if abs(offset) > 2 else 0.0
 
-    def _headers(self, content_type: str | None = None, token: str | None = None) -> dict[str, str]:
-        headers = {"Accept": codec.MSGPACK}
-        if content_type:
-            headers["Content-Type"] = content_type
-        token = self.token if token is None else token
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        return headers
 
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            session.verify = self.verify
-        return session
-
-
-def _error_message(response: requests.Response) -> str:
-    """The master's {"error": ...} text, or what there is when the reply is not from a master."""
-    try:
-        body = codec.decode(response.content, response.headers.get("Content-Type"))
-    except ProtocolError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"]
-    return (response.text or response.reason or "").strip()[:200]
+def _headers(content_type: str | None = None) -> dict[str, str]:
+    """msgpack replies, and the body's type when there is one."""
+    return {"Accept": codec.MSGPACK} | ({"Content-Type": content_type} if content_type else {})
 
 
 def _seconds(value: str | None) -> float:

@@ -26,7 +26,8 @@ import docker.errors
 
 from dockercomp.protocol.errors import IntegrityError, ProtocolError
 from dockercomp.protocol.images import PINNED_RE, ImageInfo
-from dockercomp.protocol.integrity import digest
+from dockercomp.protocol.integrity import verify
+from dockercomp.protocol.limits import STDERR_TAIL
 from dockercomp.protocol.messages import ErrorKind, Grant
 from dockercomp.protocol.signing import IMAGE_ID_RE, Signed, SigningError, trust, trusted_signer
 
@@ -51,7 +52,7 @@ class Provisioner:
         self.engine = engine
         self.work_dir = work_dir
         self.cpus, self.memory = float(slots), memory
-        self.max_timeout = settings.max_timeout_seconds
+        self.max_timeout = settings.max_timeout
         self.patterns = settings.image_patterns
         try:
             self.trusted = trust(settings.trust_files)
@@ -104,7 +105,7 @@ class Provisioner:
                 return RunOutcome(ErrorKind.IMAGE_MISSING, stderr_tail=f"image {image} not fetched: {exc}")
             except (OSError, docker.errors.DockerException) as exc:  # this host's disk, or its engine gone
                 log.error("image %s not fetched: %s", image, exc)
-                return RunOutcome(ErrorKind.CLIENT, stderr_tail=f"image {image} not fetched: {exc}"[:4096])
+                return RunOutcome(ErrorKind.CLIENT, stderr_tail=f"image {image} not fetched: {exc}"[:STDERR_TAIL])
         return None
 
     # -- the volunteer's own rules -------------------------------------------------------------
@@ -136,7 +137,8 @@ class Provisioner:
             try:
                 self.engine.images.pull(ref)
             except Exception as exc:  # the SDK's errors, and the network's
-                return RunOutcome(ErrorKind.IMAGE_MISSING, stderr_tail=f"pulling {ref:.120} failed: {exc}"[:4096])
+                why = f"pulling {ref:.120} failed: {exc}"
+                return RunOutcome(ErrorKind.IMAGE_MISSING, stderr_tail=why[:STDERR_TAIL])
         return None
 
     # -- the image ---------------------------------------------------------------------------
@@ -200,6 +202,7 @@ class Provisioner:
             data = f.read()
         with self._lock:
             self.received += len(data)
-        if digest(data) != blob or (size is not None and len(data) != size):
-            raise IntegrityError(blob, digest(data), "image blob from the master")
+        verify(data, blob, "image blob from the master")
+        if size is not None and len(data) != size:
+            raise IntegrityError(str(size), str(len(data)), "image blob length")
         return path

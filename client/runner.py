@@ -72,6 +72,11 @@ class Runner(ABC):
         """Remove containers an earlier run of this daemon left (found by label, never by
         name); all of ours when ``client`` is None. Return how many."""
 
+    def engine_version(self) -> str:
+        """The container engine's version as operators see it (the dashboard's Docker column),
+        "" when there is no engine or it does not say. Never raises."""
+        return ""
+
 
 def open_result(path: str) -> BinaryIO:
     """Open the /output/result a container wrote: a regular file, never a link it planted to

@@ -6,19 +6,17 @@ from the cores, memory from /proc/meminfo, the work directory under $XDG_DATA_HO
 
 import os
 import platform
-import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from dockercomp.protocol.errors import ProtocolError
+from dockercomp.protocol.limits import MAX_BATCH, MAX_SLOTS, MIN_SLOTS, NAME_RE
 from dockercomp.protocol.messages import HostFacts
-from dockercomp.protocol.quantities import parse_duration, parse_size
-from dockercomp.protocol.transport import plain_http_refusal
-from dockercomp.settings import SettingsError
+from dockercomp.protocol.quantities import format_size, parse_duration, parse_size
+from dockercomp.protocol.transport import ca_problem, plain_http_refusal
+from dockercomp.settings import Settings, SettingsError, setting
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
-_NAME_RE = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 
 
 def default_server() -> str:
@@ -61,29 +59,72 @@ def host_facts(engine_version: str = "") -> HostFacts:
 
 
 @dataclass(frozen=True)
-class ClientSettings:
-    server: str = ""  # the master's URL; default http://$DC_HOST:$DC_PORT, else http://127.0.0.1:8080
-    name: str = ""  # shown to operators; default this machine's host name
-    enroll: str = ""  # the volunteer token the master's operator gave, to register this machine with
-    slots: int = 0  # units run at once (cores donated); 0: the cores minus one, at least one
-    memory: str = ""  # memory donated to containers, e.g. 4GiB; default half of this machine's
-    work_dir: str = ""  # identity, chunk cache, spooled results, status; default ~/.local/share/dockercomp/client
-    cache_size: str = "2GiB"  # the chunk cache's bound
-    inline_output: str = "1MiB"  # larger outputs are uploaded as blobs before their result
-    stop_timeout: float = 60.0  # after a first stop, running units get this long to finish before release
+class ClientSettings(Settings):
+    server: str = setting("", "master URL (default http://$DC_HOST:$DC_PORT or http://127.0.0.1:8080)", flag="--server")
+    name: str = setting("", "the name operators see (default: the host name)", flag="--name")
+    enroll: str = setting("", "the volunteer token the master's operator gave you", flag="--enroll", metavar="TOKEN")
+    # 0: the cores minus one, at least one
+    slots: int = setting(0, "units run at once (default: the cores minus one, at least one)", flag="--slots")
+    # bytes (a size such as 4GiB in the file, the environment and the flag); None: half of this machine's
+    memory: int | None = setting(
+        None,
+        "memory donated to containers, e.g. 4GiB (default: half of this machine's)",
+        flag="--memory",
+        parse=parse_size,
+    )
+    # identity, chunk cache, spooled results, status
+    work_dir: str = setting(
+        "", "identity, chunk cache and results (default ~/.local/share/dockercomp/client)", flag="--work-dir"
+    )
+    cache_size: int = setting(
+        2 << 30, "bound of the chunk cache, e.g. 2GiB (default 2GiB)", flag="--cache-size", parse=parse_size
+    )
+    # bytes; larger outputs are uploaded as blobs before their result
+    inline_output: int = setting(1 << 20, "largest output sent inline with its result", parse=parse_size)
+    # after a first stop, running units get this long to finish before release
+    stop_timeout: float = setting(60.0, "seconds running units get to finish after a first stop", flag="--stop-timeout")
     request_timeout: float = 30.0  # seconds one request to the master may take
     backoff_base: float = 1.0  # the first retry waits about this long; each failure doubles it
     backoff_max: float = 60.0  # ...up to this many seconds
     status_interval: float = 2.0  # how often the status file is rewritten when nothing changed
     upload_batch: int = 64  # results per upload request
     prefetch: bool = True  # lease the next batch while the current one computes
-    trust: str = ""  # PEM files of public keys (comma-separated) whose signed images this volunteer runs
-    allow_unsigned: bool = False  # run images no trusted key signed (a lab only)
-    allow_images: str = ""  # comma-separated shell patterns an image's tag must match, e.g. dockercomp/*
-    allow_registries: bool = False  # pull name@sha256:... images from their registry (never by tag)
-    max_timeout: str = "24h"  # refuse units that may run longer than this
-    ca: str = ""  # a PEM file of CA certificates to trust for the master instead of the system's
-    insecure: bool = False  # allow plain http:// to a master not on loopback (a lab network); https is still verified
+    # PEM files of public keys (comma-separated) whose signed images this volunteer runs
+    trust: str = setting(
+        "",
+        "run only images signed by a public key in this PEM file (repeatable)",
+        flag="--trust",
+        metavar="KEYFILE",
+        repeat=True,
+    )
+    allow_unsigned: bool = setting(False, "run images no trusted key signed (a lab only)", flag="--allow-unsigned")
+    # comma-separated shell patterns an image's tag must match
+    allow_images: str = setting(
+        "",
+        "run only images with a tag matching one of these patterns, e.g. 'dockercomp/*'",
+        flag="--allow-images",
+        metavar="PATTERN",
+        repeat=True,
+    )
+    allow_registries: bool = setting(
+        False,
+        "pull images a job names as name@sha256:... from their registry (never by tag)",
+        flag="--allow-registries",
+    )
+    # seconds (a duration in the file, the environment and the flag)
+    max_timeout: float = setting(
+        86400.0,
+        "refuse units that may run longer than this, e.g. 2h (default 24h)",
+        flag="--max-timeout",
+        parse=parse_duration,
+    )
+    ca: str = setting(
+        "", "PEM CA certificates to trust for the master instead of the system's", flag="--ca", metavar="FILE"
+    )
+    # https is still verified
+    insecure: bool = setting(
+        False, "allow plain http:// to a master not on loopback (a lab network)", flag="--insecure"
+    )
 
     @property
     def server_url(self) -> str:
@@ -99,17 +140,14 @@ class ClientSettings:
 
     @property
     def memory_bytes(self) -> int:
-        if self.memory:
-            return parse_size(self.memory, "memory")
+        """The memory donated: the setting, else half of this machine's."""
+        if self.memory is not None:
+            return self.memory
         return max(256 << 20, host_memory() // 2)
 
     @property
     def work_path(self) -> str:
         return os.path.abspath(os.path.expanduser(self.work_dir or default_work_dir()))
-
-    @property
-    def cache_bytes(self) -> int:
-        return parse_size(self.cache_size, "cache_size")
 
     @property
     def trust_files(self) -> list[str]:
@@ -119,14 +157,6 @@ class ClientSettings:
     def image_patterns(self) -> list[str]:
         return [p.strip() for p in self.allow_images.split(",") if p.strip()]
 
-    @property
-    def max_timeout_seconds(self) -> float:
-        return parse_duration(self.max_timeout, "max_timeout")
-
-    @property
-    def inline_bytes(self) -> int:
-        return parse_size(self.inline_output, "inline_output")
-
     def validate(self) -> None:
         url = urlsplit(self.server_url)
         if url.scheme not in ("http", "https") or not url.netloc:
@@ -134,32 +164,28 @@ class ClientSettings:
         refusal = None if self.insecure else plain_http_refusal(self.server_url)
         if refusal:
             raise SettingsError(refusal)
-        if self.ca and not (os.path.isfile(self.ca) and os.access(self.ca, os.R_OK)):
-            raise SettingsError(f"ca {self.ca} is not a readable file (of PEM CA certificates)")
-        if not _NAME_RE.fullmatch(self.client_name):
+        problem = ca_problem(self.ca)
+        if problem:
+            raise SettingsError(f"ca {problem}")
+        if not NAME_RE.fullmatch(self.client_name):
             raise SettingsError("name must be 1-128 printable characters")
-        if not 0 <= self.slots <= 4096:
-            raise SettingsError(f"slots must be from 1 to 4096 (0 for the cores minus one), got {self.slots}")
-        try:
-            memory, cache, _ = self.memory_bytes, self.cache_bytes, self.inline_bytes
-        except ProtocolError as exc:  # parse_size's message names the setting
-            raise SettingsError(str(exc)) from None
-        if memory < 16 << 20:
-            raise SettingsError(f"memory must be at least 16MiB, got {self.memory!r}")
-        if cache < 1 << 20:
-            raise SettingsError(f"cache_size must be at least 1MiB, got {self.cache_size!r}")
+        if not (self.slots == 0 or MIN_SLOTS <= self.slots <= MAX_SLOTS):
+            raise SettingsError(
+                f"slots must be from {MIN_SLOTS} to {MAX_SLOTS} (0 for the cores minus one), got {self.slots}"
+            )
+        if self.memory_bytes < 16 << 20:
+            raise SettingsError(f"memory must be at least 16MiB, got {format_size(self.memory_bytes)}")
+        if self.cache_size < 1 << 20:
+            raise SettingsError(f"cache_size must be at least 1MiB, got {format_size(self.cache_size)}")
         for name in ("request_timeout", "backoff_base", "backoff_max", "status_interval"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be greater than 0")
         if self.stop_timeout < 0:
             raise SettingsError("stop_timeout must not be negative")
-        try:
-            if self.max_timeout_seconds <= 0:
-                raise SettingsError("max_timeout must be greater than 0")
-        except ProtocolError as exc:
-            raise SettingsError(str(exc)) from None
+        if self.max_timeout <= 0:
+            raise SettingsError("max_timeout must be greater than 0")
         for path in self.trust_files:
             if not os.path.isfile(path):
                 raise SettingsError(f"trust: {path} is not a file of PEM public keys")
-        if not 1 <= self.upload_batch <= 10_000:
-            raise SettingsError("upload_batch must be from 1 to 10000")
+        if not 1 <= self.upload_batch <= MAX_BATCH:
+            raise SettingsError(f"upload_batch must be from 1 to {MAX_BATCH}")

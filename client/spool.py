@@ -22,7 +22,7 @@ import xxhash
 
 from dockercomp.protocol import codec
 from dockercomp.protocol.errors import ProtocolError
-from dockercomp.protocol.messages import ErrorKind, ResultReport
+from dockercomp.protocol.messages import ErrorKind, ResultReport, ResultStatus
 
 log = logging.getLogger(__name__)
 PIECE = 1 << 20
@@ -61,13 +61,15 @@ class Spool:
         what is uploaded is exactly what was hashed."""
         if not SAFE_ID.fullmatch(report.attempt):
             raise ValueError(f"attempt id {report.attempt!r:.40} cannot name a file")
-        item = Spooled(report, job, unit, time.time())
-        if report.status == "succeeded":
+        output_path = None
+        if report.status == ResultStatus.SUCCEEDED:
             if output is None:
                 raise ValueError("a succeeded result needs its output")
-            item.output_path = self._file(report.attempt, ".out")
-            report.output_hash, report.output_size = _copy_hashed(output, item.output_path)
-        report.output = None
+            output_path = self._file(report.attempt, ".out")
+            output_hash, output_size = _copy_hashed(output, output_path)
+            report = replace(report, output_hash=output_hash, output_size=output_size)
+        report = replace(report, output=None)
+        item = Spooled(report, job, unit, time.time(), output_path)
         meta = {"report": report.to_wire(), "job": job, "unit": unit, "finished_at": item.finished_at}
         _write_atomic(self._file(report.attempt, ".result"), codec.pack(meta))
         with self._lock:
@@ -93,7 +95,7 @@ class Spool:
         a failure, so the unit goes to another client instead of waiting for this one."""
         old = item.report
         report = ResultReport(
-            old.attempt, "errored", error=ErrorKind.CLIENT, exit_code=old.exit_code, stderr_tail=message,
+            old.attempt, ResultStatus.ERRORED, error=ErrorKind.CLIENT, exit_code=old.exit_code, stderr_tail=message,
             runtime=old.runtime, peak_memory=old.peak_memory,
         )  # fmt: skip
         self.remove(old.attempt)
@@ -102,11 +104,10 @@ class Spool:
     def wire(self, item: Spooled, inline: bool = True) -> ResultReport:
         """The report to send: with its output inline when small (and ``inline``), without
         when it is uploaded to /blobs first."""
-        report = replace(item.report)
         if inline and item.output_path is not None and not self.needs_blob(item):
             with open(item.output_path, "rb") as f:
-                report.output = f.read()
-        return report
+                return replace(item.report, output=f.read())
+        return item.report
 
     def needs_blob(self, item: Spooled) -> bool:
         return item.output_path is not None and (item.report.output_size or 0) > self.inline_limit
@@ -152,7 +153,7 @@ class Spool:
             log.error("dropping the unreadable spooled result %s: %s", path, exc)
             os.unlink(path)
             return None
-        if report.status == "succeeded":
+        if report.status == ResultStatus.SUCCEEDED:
             item.output_path = self._file(report.attempt, ".out")
             if not os.path.exists(item.output_path):
                 log.error("dropping spooled result of attempt %s: its output file is gone", report.attempt)

@@ -13,8 +13,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dockercomp import resources
+from dockercomp.client.settings import ClientSettings
 from dockercomp.protocol.errors import ProtocolError
 from dockercomp.scientist import MasterError, Scientist, default_server, read_jobfile
+from dockercomp.server.settings import ServerSettings
+from dockercomp.settings import SettingsError, add_flags, flag_values, load_settings
 
 log = logging.getLogger("dockercomp")
 # What each extra of pyproject.toml installs beyond the base: the commands of a role check for
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.run(args) or 0
-    except (UsageError, ProtocolError) as exc:
+    except (UsageError, ProtocolError, SettingsError) as exc:
         print(f"dockercomp: {exc}", file=sys.stderr)
         return 2
     except MasterError as exc:
@@ -75,21 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("server", cmd_server, "run the master")
-    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free one)")
-    p.add_argument("--data-dir", help="where the embedded store and blobs live")
-    p.add_argument("--store", help="sqlite:///PATH (default) or mongodb://HOST/DB")
+    add_flags(p, ServerSettings)
     p.add_argument("--config", help="settings file (TOML, a [server] table)")
-    p.add_argument("--open-enrollment", action="store_true", default=None,
-                   help="let anyone register a machine, each as an account of its own")  # fmt: skip
-    p.add_argument("--max-body", help="largest request body accepted, e.g. 64MiB")
-    p.add_argument("--heartbeat-timeout", type=float, help="seconds of silence before a client loses its leases")
-    p.add_argument("--lease-slack", type=float, help="seconds added to a job's timeout for a lease's deadline")
-    p.add_argument("--reap-interval", type=float, help="seconds between looks for expired leases")
-    p.add_argument("--certfile", help="PEM certificate chain: serve HTTPS (with --keyfile)")
-    p.add_argument("--keyfile", help="the PEM private key of --certfile")
-    p.add_argument("--behind-proxy", action="store_true", default=None,
-                   help="a TLS proxy is in front: trust its X-Forwarded-Proto/-Host and X-Real-Ip")  # fmt: skip
 
     p = command("submit", cmd_submit, "submit a job: chunk and upload the input, create the job")
     p.add_argument("jobfile")
@@ -154,26 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("file", metavar="FILE")
 
     p = command("client", cmd_client, "run the volunteer client daemon (or: client status)")
-    p.add_argument("--server", help="master URL (default http://$DC_HOST:$DC_PORT or http://127.0.0.1:8080)")
-    p.add_argument("--slots", type=int, help="units run at once (default: the cores minus one, at least one)")
-    p.add_argument("--memory", help="memory donated to containers, e.g. 4GiB (default: half of this machine's)")
-    p.add_argument("--work-dir", help="identity, chunk cache and results (default ~/.local/share/dockercomp/client)")
-    p.add_argument("--cache-size", help="bound of the chunk cache, e.g. 2GiB (default 2GiB)")
-    p.add_argument("--name", help="the name operators see (default: the host name)")
-    p.add_argument("--enroll", metavar="TOKEN", help="the volunteer token the master's operator gave you")
-    p.add_argument("--trust", action="append", metavar="KEYFILE",
-                   help="run only images signed by a public key in this PEM file (repeatable)")  # fmt: skip
-    p.add_argument("--allow-unsigned", action="store_true", default=None,
-                   help="run images no trusted key signed (a lab only)")  # fmt: skip
-    p.add_argument("--allow-images", action="append", metavar="PATTERN",
-                   help="run only images with a tag matching one of these patterns, e.g. 'dockercomp/*'")  # fmt: skip
-    p.add_argument("--allow-registries", action="store_true", default=None,
-                   help="pull images a job names as name@sha256:... from their registry (never by tag)")  # fmt: skip
-    p.add_argument("--max-timeout", help="refuse units that may run longer than this, e.g. 2h (default 24h)")
-    p.add_argument("--stop-timeout", type=float, help="seconds running units get to finish after a first stop")
-    p.add_argument("--ca", metavar="FILE", help="PEM CA certificates to trust for the master instead of the system's")
-    p.add_argument("--insecure", action="store_true", default=None,
-                   help="allow plain http:// to a master not on loopback (a lab network)")  # fmt: skip
+    add_flags(p, ClientSettings)
     p.add_argument("--config", help="settings file (TOML, a [client] table)")
     actions = p.add_subparsers(dest="client_action", metavar="[status|uninstall]")
     s = actions.add_parser("status", help="show what the daemon runs now", description="show what the daemon runs now")
@@ -257,17 +228,8 @@ def _token(given: str | None, server: str) -> str:
 def cmd_server(args: argparse.Namespace) -> int:
     _require("server")
     from dockercomp.server.app import serve
-    from dockercomp.server.settings import ServerSettings
-    from dockercomp.settings import load_settings
 
-    flags = {
-        "host": args.host, "port": args.port, "data_dir": args.data_dir, "store": args.store,
-        "open_enrollment": args.open_enrollment, "max_body": args.max_body,
-        "heartbeat_timeout": args.heartbeat_timeout,
-        "lease_slack": args.lease_slack, "reap_interval": args.reap_interval,
-        "certfile": args.certfile, "keyfile": args.keyfile, "behind_proxy": args.behind_proxy,
-    }  # fmt: skip
-    settings = load_settings(ServerSettings, "server", args.config, flags)
+    settings = load_settings(ServerSettings, "server", args.config, flag_values(args, ServerSettings))
     try:
         asyncio.run(serve(settings))
     except OSError as exc:
@@ -448,19 +410,8 @@ def cmd_clients(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client_settings(args: argparse.Namespace) -> Any:
-    from dockercomp.client.settings import ClientSettings
-    from dockercomp.settings import load_settings
-
-    flags = {
-        "server": args.server, "slots": args.slots, "memory": args.memory, "work_dir": args.work_dir,
-        "cache_size": args.cache_size, "name": args.name, "enroll": args.enroll,
-        "stop_timeout": args.stop_timeout, "ca": args.ca, "insecure": args.insecure,
-        "trust": ",".join(args.trust) if args.trust else None, "allow_unsigned": args.allow_unsigned,
-        "allow_images": ",".join(args.allow_images) if args.allow_images else None,
-        "allow_registries": args.allow_registries, "max_timeout": args.max_timeout,
-    }  # fmt: skip
-    return load_settings(ClientSettings, "client", args.config, flags)
+def _client_settings(args: argparse.Namespace) -> ClientSettings:
+    return load_settings(ClientSettings, "client", args.config, flag_values(args, ClientSettings))
 
 
 def cmd_client(args: argparse.Namespace) -> int:
@@ -471,14 +422,13 @@ def cmd_client(args: argparse.Namespace) -> int:
     _require("client")
     from dockercomp.client.daemon import Daemon
     from dockercomp.client.errors import ClientError
-    from dockercomp.client.images import ImageError
 
     settings = _client_settings(args)
     try:
         from dockercomp.client.docker_runner import DockerRunner
 
         daemon = Daemon(settings, DockerRunner())
-    except (ClientError, ImageError, OSError) as exc:
+    except (ClientError, OSError) as exc:
         print(f"dockercomp: cannot start the client: {exc}", file=sys.stderr)
         return 1
     daemon.handle_signals()

@@ -313,21 +313,8 @@ class Demo:
             raise DemoError(f"job {job} ended {status['state']}: {self._errors(job)}")
         say(f"job {job} done: {shown}")
 
-    def _units(self, job: str) -> list[dict[str, Any]]:
-        headers = dict(self.scientist.http.headers)
-        units: list[dict[str, Any]] = []
-        while True:
-            response = requests.get(
-                f"{self.url}/api/v1/jobs/{job}/units", params={"offset": len(units)}, headers=headers, timeout=30
-            )
-            response.raise_for_status()
-            page = response.json()["units"]
-            if not page:
-                return units
-            units += page
-
     def _errors(self, job: str) -> str:
-        errors = Counter(a["error"] for u in self._units(job) for a in u["attempts"] if a["error"])
+        errors = Counter(a["error"] for u in self.scientist.units(job) for a in u["attempts"] if a["error"])
         return ", ".join(f"{n} attempt(s) {error}" for error, n in errors.items()) or "no attempt reported an error"
 
     def verify(self, job: str, sample: Path) -> None:
@@ -350,7 +337,7 @@ class Demo:
         say("top words:")
         for rank, (word, count) in enumerate(ranked(counts)[:10], 1):
             say(f"  {rank:>2}. {word:<16} {count}")
-        units = self._units(job)
+        units = self.scientist.units(job)
         agreed = sum(
             1
             for u in units

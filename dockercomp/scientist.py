@@ -15,7 +15,7 @@ from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.images import PIECE_SIZE
 from dockercomp.protocol.integrity import digest
 from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
-from dockercomp.protocol.transport import certificate_problem, plain_http_refusal
+from dockercomp.protocol.transport import Transport, ca_problem, certificate_problem, error_message, plain_http_refusal
 
 TERMINAL_JOB = ("done", "failed", "cancelled")
 
@@ -69,7 +69,7 @@ class Progress:
             self.stream.write("\n")
 
 
-class Scientist:
+class Scientist(Transport):
     """A session with one master."""
 
     def __init__(
@@ -78,24 +78,22 @@ class Scientist:
         """``ca``: a PEM file of CA certificates to trust instead of the system's; ``insecure``
         allows plain http:// to a master not on loopback (https is verified all the same).
         Raises MasterError (bad input) before any request when either rule is broken."""
-        self.server = server.rstrip("/")
-        refusal = None if insecure else plain_http_refusal(self.server)
+        super().__init__(server, timeout=timeout, token=token, ca=ca)
+        refusal = None if insecure else plain_http_refusal(self.url)
         if refusal:
             raise MasterError(refusal, bad_input=True)
-        if ca and not (os.path.isfile(ca) and os.access(ca, os.R_OK)):
-            raise MasterError(f"--ca {ca} is not a readable file (of PEM CA certificates)", bad_input=True)
-        self.http = requests.Session()
-        # given to every request too: a session's own setting loses to $REQUESTS_CA_BUNDLE
-        self.verify: str | bool = ca or True
-        self.http.verify = self.verify
-        if token:
-            self.http.headers["Authorization"] = f"Bearer {token}"
-        self.timeout = timeout
+        problem = ca_problem(ca)
+        if problem:
+            raise MasterError(f"--ca {problem}", bad_input=True)
+
+    @property
+    def server(self) -> str:
+        """The master's URL."""
+        return self.url
 
     def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        url = f"{self.server}/api/v1{path}"
         try:
-            response = self.http.request(method, url, timeout=self.timeout, verify=self.verify, **kwargs)
+            response = self.request(method, path, **kwargs)
         except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL):
             message = f"{self.server} is not a master URL such as http://127.0.0.1:8080"
             raise MasterError(message, bad_input=True) from None
@@ -103,15 +101,11 @@ class Scientist:
             why = certificate_problem(exc)
             if why is None:
                 raise MasterError(f"no TLS connection to the master at {self.server}: {str(exc)[:200]}") from None
-            message = f"the certificate of the master at {self.server} was refused: {why}"
-            raise MasterError(f"{message} (a private CA is trusted with --ca FILE)") from None
+            raise MasterError(self.certificate_refused(why)) from None
         except requests.RequestException as exc:
             raise MasterError(f"cannot reach the master at {self.server}: {exc.__class__.__name__}") from None
         if response.status_code >= 400:
-            try:
-                message = response.json().get("error", response.text)
-            except ValueError:
-                message = response.text.strip() or response.reason
+            message = error_message(response)
             if response.status_code == 401:
                 message += "; give a token with --token or $DOCKERCOMP_TOKEN"
             raise MasterError(
@@ -196,6 +190,15 @@ class Scientist:
             yield from response.iter_content(1 << 20)
         except requests.RequestException as exc:
             raise MasterError(f"the download from {self.server} broke off: {exc.__class__.__name__}") from None
+
+    def units(self, job_id: str) -> list[dict[str, Any]]:
+        """Every unit of a job with its attempts, fetched page by page."""
+        units: list[dict[str, Any]] = []
+        while True:
+            page = self._call("GET", f"/jobs/{job_id}/units", params={"offset": len(units)}).json()["units"]
+            if not page:
+                return units
+            units += page
 
     def jobs(self) -> list[dict[str, Any]]:
         return self._call("GET", "/jobs").json()["jobs"]

@@ -2,7 +2,7 @@
 
 import json
 import re
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -13,7 +13,7 @@ JSON = "application/json"
 
 
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    return cast(bytes, msgpack.packb(obj, use_bin_type=True))  # msgpack has no type hints
 
 
 def unpack(data: bytes) -> Any:

@@ -44,21 +44,21 @@ def check_tag(value: object) -> str:
     return normalize_tag(value)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LayerInfo(Message):
     digest: str
     size: int
     pieces: list[str]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SignatureInfo(Message):
     key: str
     public_key: str
     signature: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageInfo(Message):
     """What ``GET /api/v1/images/ID`` answers: all a daemon needs to fetch and check an image."""
 

@@ -19,15 +19,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ProtocolError
+from .limits import ENV_NAME_RE, INT64_MAX, INT64_MIN
 from .quantities import parse_duration, parse_size
 
 CHUNK_MODES = ("bytes", "lines", "records", "files")
 EXEC_MODES = ("batch",)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._\-/:@]{0,254}")
-_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 MAX_SWEEP = 100_000  # units of one sweep: each is a unit row and a params.json blob on the master
-INT64 = (-(2**63), 2**63 - 1)  # what msgpack, SQLite and BSON all store
 
 Scalar = str | int | float | bool
 
@@ -237,7 +236,7 @@ def _resources(d: dict[str, Any]) -> Resources:
     memory = parse_size(d.get("memory", "256MiB"), "resources.memory")
     if memory < 6 << 20:
         raise ProtocolError("resources.memory must be at least 6MiB (Docker's minimum)")
-    if memory >= 1 << 63:  # Docker and msgpack take a signed 64-bit integer
+    if memory > INT64_MAX:  # Docker and msgpack take a signed 64-bit integer
         raise ProtocolError("resources.memory must be less than 8EiB")
     timeout = parse_duration(d.get("timeout", "5m"), "resources.timeout")
     if not 0 < timeout <= 7 * 86400:
@@ -252,9 +251,10 @@ def _sweep(value: object) -> Sweep | None:
         _no_unknown(value, {"start", "end", "step"}, "sweep")
         if "start" not in value or "end" not in value:
             raise ProtocolError('sweep needs start and end, e.g. {"start": 1, "end": 101, "step": 10}')
-        start, end = _int(value, "start", 0, "sweep", *INT64), _int(value, "end", 0, "sweep", *INT64)
+        start = _int(value, "start", 0, "sweep", INT64_MIN, INT64_MAX)
+        end = _int(value, "end", 0, "sweep", INT64_MIN, INT64_MAX)
         step = value.get("step", 1)
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= INT64[1]:
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= INT64_MAX:
             raise ProtocolError(f"sweep.step must be a positive integer, got {step!r:.40}")
         if end <= start:
             raise ProtocolError(
@@ -278,7 +278,7 @@ def _point(point: object, where: str) -> tuple[tuple[str, Scalar], ...]:
     if not isinstance(point, dict) or not point or len(point) > 256:
         raise ProtocolError(f'{where} must be an object of 1 to 256 parameters, e.g. {{"SEED": 7}}')
     for key, val in point.items():
-        if not isinstance(key, str) or not _ENV_RE.fullmatch(key):
+        if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
             raise ProtocolError(
                 f"{where}: parameter name {key!r:.40} must be letters, digits and '_', not starting with a digit"
             )
@@ -287,7 +287,7 @@ def _point(point: object, where: str) -> tuple[tuple[str, Scalar], ...]:
         elif isinstance(val, bool):
             ok = True
         elif isinstance(val, int):
-            ok = INT64[0] <= val <= INT64[1]
+            ok = INT64_MIN <= val <= INT64_MAX
         else:
             ok = isinstance(val, float) and math.isfinite(val)
         if not ok:
@@ -352,7 +352,7 @@ def _env(value: object) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict) or len(value) > 256:
         raise ProtocolError('env must be an object of strings, e.g. {"LANG": "C.UTF-8"}')
     for key, val in value.items():
-        if not isinstance(key, str) or not _ENV_RE.fullmatch(key):
+        if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
             raise ProtocolError(f"env name {key!r:.40} must be letters, digits and '_', not starting with a digit")
         if not isinstance(val, str) or "\0" in val:
             raise ProtocolError(f"env {key} must be a string")

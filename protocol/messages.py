@@ -13,9 +13,9 @@ from enum import StrEnum
 from typing import Any, ClassVar, Self, get_type_hints
 
 from .errors import ProtocolError
+from .limits import INT64_MAX, INT64_MIN
 
 API = "/api/v1"
-INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what msgpack, SQLite and MongoDB all store
 
 
 class ErrorKind(StrEnum):
@@ -31,6 +31,20 @@ class ErrorKind(StrEnum):
     REFUSED = "refused"  # beyond what the volunteer allows (cpus, memory, timeout, images): not run
     UNTRUSTED = "untrusted"  # the image is not signed by a key the volunteer trusts: not run
     CLIENT = "client"  # any other failure inside the client daemon
+
+
+class ResultStatus(StrEnum):
+    """How an attempt ended, as its client reports it."""
+
+    SUCCEEDED = "succeeded"  # the container exited 0 and left an output (its hash is in the report)
+    ERRORED = "errored"  # it did not: the report says why (its ErrorKind)
+
+
+class UnitKind(StrEnum):
+    """What a unit computes."""
+
+    MAP = "map"  # the job's command over one input chunk (or one point of a sweep)
+    REDUCE = "reduce"  # the job's reduce command over every map unit's output, once they are done
 
 
 class Message:
@@ -105,7 +119,7 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         raise ProtocolError(f"{path} must be a number, got {_kind(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            if not INT_MIN <= value <= INT_MAX:
+            if not INT64_MIN <= value <= INT64_MAX:
                 raise ProtocolError(f"{path} must be a signed 64-bit integer, got one of {value.bit_length()} bits")
             return value
         raise ProtocolError(f"{path} must be an integer, got {_kind(value)}")
@@ -153,7 +167,7 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
 # -- registration and heartbeat ---------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class HostFacts(Message):
     """What a volunteer's machine offers, shown to operators."""
 
@@ -164,7 +178,7 @@ class HostFacts(Message):
     docker: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RegisterRequest(Message):
     """Sent with a volunteer account's token (or none, where the master enrolls openly)."""
 
@@ -173,14 +187,14 @@ class RegisterRequest(Message):
     host: HostFacts = field(default_factory=HostFacts)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RegisterReply(Message):
     client: str
     token: str
     heartbeat_interval: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class ContainerInfo(Message):
     """One container a client runs for us, as `docker ps` would show it."""
 
@@ -197,14 +211,14 @@ class ContainerInfo(Message):
     memory_usage: int | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Heartbeat(Message):
     slots: int
     busy: int = 0
     containers: list[ContainerInfo] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Command(Message):
     """An order carried by a heartbeat reply, such as ``abort`` an attempt."""
 
@@ -212,7 +226,7 @@ class Command(Message):
     attempt: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeartbeatReply(Message):
     commands: list[Command] = field(default_factory=list)
     interval: float = 10.0
@@ -221,7 +235,7 @@ class HeartbeatReply(Message):
 # -- leases -------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class LeaseRequest(Message):
     max_units: int
     cpus: float = 1.0
@@ -229,7 +243,7 @@ class LeaseRequest(Message):
     images: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class InputRef(Message):
     """One input file of a unit: placed at /input/<name>, fetched from <url>, verified by hash."""
 
@@ -239,14 +253,14 @@ class InputRef(Message):
     url: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Grant(Message):
     """One leased attempt: everything a client needs to run one unit."""
 
     attempt: str
     job: str
     unit: str
-    kind: str
+    kind: UnitKind
     image: str
     command: list[str]
     env: dict[str, str]
@@ -258,7 +272,7 @@ class Grant(Message):
     mode: str = "batch"
 
 
-@dataclass
+@dataclass(frozen=True)
 class LeaseReply(Message):
     attempts: list[Grant]
     retry_after: float = 0.0
@@ -267,13 +281,13 @@ class LeaseReply(Message):
 # -- results and release --------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResultReport(Message):
     """The outcome of one attempt. A success carries its output hash, and the output bytes
     inline unless they were uploaded as a blob first."""
 
     attempt: str
-    status: str  # "succeeded" or "errored"
+    status: ResultStatus
     error: ErrorKind | None = None
     exit_code: int | None = None
     output_hash: str | None = None
@@ -284,20 +298,23 @@ class ResultReport(Message):
     peak_memory: int | None = None
 
     def __post_init__(self) -> None:
-        if self.status not in ("succeeded", "errored"):
-            raise ProtocolError(f"status of attempt {self.attempt!r:.40} must be succeeded or errored")
-        if self.status == "succeeded" and self.output_hash is None:
+        try:  # a report built in Python from a plain string holds the enum all the same
+            object.__setattr__(self, "status", ResultStatus(self.status))
+        except ValueError:
+            choices = ", ".join(ResultStatus)
+            raise ProtocolError(f"status of attempt {self.attempt!r:.40} must be one of {choices}") from None
+        if self.status == ResultStatus.SUCCEEDED and self.output_hash is None:
             raise ProtocolError(f"a succeeded result needs output_hash (attempt {self.attempt!r:.40})")
-        if self.status == "errored" and self.error is None:
+        if self.status == ResultStatus.ERRORED and self.error is None:
             raise ProtocolError(f"an errored result needs error (attempt {self.attempt!r:.40})")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResultBatch(Message):
     results: list[ResultReport]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Ack(Message):
     """The master's answer to one result or release: taken, or refused with the reason."""
 
@@ -306,11 +323,11 @@ class Ack(Message):
     reason: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class AckBatch(Message):
     acks: list[Ack]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReleaseRequest(Message):
     attempts: list[str]

@@ -1,11 +1,13 @@
 """The client protocol under /api/v1/ (msgpack): register, heartbeat, lease, results,
 release, and blobs by hash with Range and ETag."""
 
+import dataclasses
 import math
 import re
 
-from dockercomp.protocol.errors import IntegrityError, ProtocolError
-from dockercomp.protocol.integrity import check_hash, digest
+from dockercomp.protocol.errors import ProtocolError
+from dockercomp.protocol.integrity import check_hash, verify
+from dockercomp.protocol.limits import MAX_BATCH, MAX_SLOTS, MIN_SLOTS, NAME_RE
 from dockercomp.protocol.messages import (
     Ack,
     AckBatch,
@@ -19,6 +21,7 @@ from dockercomp.protocol.messages import (
     ReleaseRequest,
     ResultBatch,
     ResultReport,
+    ResultStatus,
 )
 
 from .auth import Role, new_token, token_hash
@@ -26,9 +29,7 @@ from .errors import BadRequest, Forbidden, NotFound, RangeNotSatisfiable, Unauth
 from .handlers import BaseHandler
 from .store.base import new_id
 
-MAX_BATCH = 10_000
 SLICE = 1 << 20
-_NAME_RE = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 
 
 class RegisterHandler(BaseHandler):
@@ -47,10 +48,10 @@ class RegisterHandler(BaseHandler):
             account = f"open-{new_id(8)}"
         else:
             raise Unauthorized("this master enrolls volunteers by token: ask its operator for one (--enroll TOKEN)")
-        if not _NAME_RE.fullmatch(req.name):
+        if not NAME_RE.fullmatch(req.name):
             raise BadRequest("name must be 1-128 printable characters")
-        if not 1 <= req.slots <= 4096:
-            raise BadRequest("slots must be from 1 to 4096")
+        if not MIN_SLOTS <= req.slots <= MAX_SLOTS:
+            raise BadRequest(f"slots must be from {MIN_SLOTS} to {MAX_SLOTS}")
         token = new_token()
         client = await self.master.store.register_client(
             req.name, req.slots, req.host, self.master.now(), account, token_hash(token)
@@ -62,10 +63,10 @@ class HeartbeatHandler(BaseHandler):
     async def post(self) -> None:
         client_id = self.client_id()
         beat = self.decode(Heartbeat)
-        if not 0 <= beat.slots <= 4096 or len(beat.containers) > 4096:
-            raise BadRequest("slots must be from 0 to 4096, with at most 4096 containers")
-        if not 0 <= beat.busy <= 4096:
-            raise BadRequest("busy must be from 0 to 4096")
+        if not 0 <= beat.slots <= MAX_SLOTS or len(beat.containers) > MAX_SLOTS:
+            raise BadRequest(f"slots must be from 0 to {MAX_SLOTS}, with at most {MAX_SLOTS} containers")
+        if not 0 <= beat.busy <= MAX_SLOTS:
+            raise BadRequest(f"busy must be from 0 to {MAX_SLOTS}")
         for i, c in enumerate(beat.containers):
             # shown to operators as JSON, which has no infinity
             if not all(math.isfinite(x) and x >= 0 for x in (c.cpus, c.started_at, c.cpu_percent or 0.0)):
@@ -103,31 +104,25 @@ class ResultsHandler(BaseHandler):
                 refused[i] = Ack(report.attempt, False, str(exc))
         # the checked inline outputs go to the blob store together; the store sees hash and size only
         await self.master.blobs.put_many([report.output for report in accepted if report.output is not None])
-        for report in accepted:
-            report.output = None
+        accepted = [dataclasses.replace(report, output=None) for report in accepted]
         acks = iter(await self.master.store.record_results(client_id, accepted, self.master.now()))
         self.reply(AckBatch([refused[i] if i in refused else next(acks) for i in range(len(batch.results))]))
 
     async def _check_output(self, report: ResultReport) -> ResultReport:
         """Check an inline output against its hash, or that an output uploaded beforehand is
-        there, and set the report's output_size from the bytes themselves."""
+        there: the report as checked, its output_size taken from the bytes themselves."""
         if not (math.isfinite(report.runtime) and report.runtime >= 0):  # shown as JSON, which has no infinity
             raise ProtocolError(f"runtime of attempt {report.attempt!r:.40} must be finite seconds, not negative")
-        if report.status != "succeeded":
-            report.output = None
-            return report
+        if report.status != ResultStatus.SUCCEEDED:
+            return dataclasses.replace(report, output=None)
         output_hash = check_hash(report.output_hash, "output_hash")
         if report.output is not None:
-            actual = digest(report.output)
-            if actual != output_hash:
-                raise IntegrityError(output_hash, actual, f"output of attempt {report.attempt}")
-            report.output_size = len(report.output)
-            return report
+            verify(report.output, output_hash, f"output of attempt {report.attempt}")
+            return dataclasses.replace(report, output_size=len(report.output))
         stored = await self.master.blobs.size(output_hash)
         if stored is None:
             raise ProtocolError(f"output {output_hash} was not uploaded; PUT it to /api/v1/blobs/{output_hash}")
-        report.output_size = stored
-        return report
+        return dataclasses.replace(report, output_size=stored)
 
 
 class ReleaseHandler(BaseHandler):
@@ -175,10 +170,7 @@ class BlobHandler(BaseHandler):
         self.finish()
 
     async def put(self, blob: str) -> None:
-        check_hash(blob, "blob hash")
-        actual = digest(self.body)
-        if actual != blob:
-            raise IntegrityError(blob, actual, "uploaded blob")
+        verify(self.body, check_hash(blob, "blob hash"), "uploaded blob")
         await self.master.blobs.put(self.body)
         self.reply({"hash": blob, "size": len(self.body)}, status=201)
 

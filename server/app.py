@@ -10,7 +10,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from . import api, dashboard, images, install, keys, scientist
+from . import api, dashboard, events, images, install, keys, scientist
 from .auth import OPERATOR_KEY, Key, Role, new_token, token_hash
 from .errors import Conflict, NotFound
 from .handlers import BaseHandler, Master
@@ -153,10 +153,11 @@ async def serve(settings: ServerSettings, ready: asyncio.Event | None = None) ->
     """Run a master until SIGTERM or SIGINT."""
     tls = tls_context(settings)  # before anything is opened: a bad certificate stops the start
     store, blobs = await open_store(settings.store_url, settings.data_path)
+    store.events.subscribe(events.log_event)
     master = Master(settings, store, blobs)
     await first_operator_token(master)
     server = HTTPServer(
-        make_app(master), max_body_size=settings.max_body_bytes, ssl_options=tls, xheaders=settings.behind_proxy
+        make_app(master), max_body_size=settings.max_body, ssl_options=tls, xheaders=settings.behind_proxy
     )
     sockets = bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)

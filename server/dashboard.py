@@ -20,7 +20,7 @@ from dockercomp import resources
 
 from .errors import BadRequest
 from .handlers import COOKIE, Access, BaseHandler, Master
-from .lifecycle import AttemptState, Validity
+from .models import Tally
 from .store.base import ZERO_COUNTS
 
 log = logging.getLogger(__name__)
@@ -36,18 +36,19 @@ OPEN_STATES = ("ready", "running", "suspended")
 
 
 async def snapshot(master: Master) -> dict[str, Any]:
-    """Everything the page shows, computed from the store: overview, clients, jobs, series."""
+    """Everything the page shows, computed from the store: overview, clients, jobs, series. The
+    activity of the last hour comes from the store's per-minute counters, a few rows a minute."""
     store = master.store
     now = master.now()
     online_after = now - master.settings.online_window
     clients = [c.to_json(online_after) for c in await store.list_clients()]
-    finished = await store.finished_since(now - HOUR)
+    tallies = await store.activity(now - HOUR)
     jobs = []
     totals = dict(ZERO_COUNTS)
     recent: dict[str, int] = {}
-    for a in finished:
-        if a.state == AttemptState.SUCCEEDED and a.finished_at and a.finished_at >= now - THROUGHPUT_WINDOW:
-            recent[a.job] = recent.get(a.job, 0) + 1
+    for t in tallies:
+        if t.counter == "completed" and t.minute > now - THROUGHPUT_WINDOW - MINUTE:
+            recent[t.job] = recent.get(t.job, 0) + t.n
     for job in await store.list_jobs(MAX_JOBS):
         counts = await store.unit_counts(job.id)
         for state, n in counts.items():
@@ -57,6 +58,7 @@ async def snapshot(master: Master) -> dict[str, Any]:
         eta = remaining / per_minute * MINUTE if per_minute > 0 and remaining else None
         jobs.append(job.to_json() | {"counts": counts, "per_minute": round(per_minute, 2), "eta": eta})
     online = [c for c in clients if c["online"]]
+    hour = {name: sum(t.n for t in tallies if t.counter == name) for name in ("errors", "invalid", "integrity")}
     return {
         "now": now,
         "online_window": master.settings.online_window,
@@ -67,35 +69,39 @@ async def snapshot(master: Master) -> dict[str, Any]:
             "busy": sum(c["busy"] for c in online),
             "containers": sum(len(c["containers"]) for c in online),
             "units": totals,
-            "completed_per_minute": sum(
-                1 for a in finished if a.state == AttemptState.SUCCEEDED and (a.finished_at or 0) >= now - MINUTE
-            ),
-            "integrity_errors_hour": sum(1 for a in finished if a.error and "integrity" in a.error),
-            "invalid_results_hour": sum(1 for a in finished if a.validity == Validity.INVALID),
-            "errors_hour": sum(1 for a in finished if a.state in (AttemptState.ERRORED, AttemptState.TIMED_OUT)),
+            "completed_per_minute": last_minute(tallies, "completed", now),
+            "integrity_errors_hour": hour["integrity"],
+            "invalid_results_hour": hour["invalid"],
+            "errors_hour": hour["errors"],
         },
-        "series": series(finished, now),
+        "series": series(tallies, now),
         "clients": clients,
         "jobs": jobs,
     }
 
 
-def series(finished: list[Any], now: float) -> dict[str, list[float]]:
-    """Per minute over the last hour: succeeded attempts, and clients that finished one."""
+def last_minute(tallies: list[Tally], counter: str, now: float) -> float:
+    """The counter over the last 60 seconds: this minute's count, and the share of the
+    previous minute's that falls within them."""
+    start = (now // MINUTE) * MINUTE
+    this = sum(t.n for t in tallies if t.counter == counter and t.minute == start)
+    before = sum(t.n for t in tallies if t.counter == counter and t.minute == start - MINUTE)
+    return round(this + before * (1 - (now - start) / MINUTE), 1)
+
+
+def series(tallies: list[Tally], now: float) -> dict[str, list[float]]:
+    """Per minute over the last hour: completed attempts, and clients that finished one."""
     start = (now // MINUTE) * MINUTE - 59 * MINUTE
-    completed = [0] * 60
-    active: list[set[str]] = [set() for _ in range(60)]
-    for a in finished:
-        i = int(((a.finished_at or 0) - start) // MINUTE)
+    completed = [0.0] * 60
+    active = [0.0] * 60
+    for t in tallies:
+        i = int((t.minute - start) // MINUTE)
         if 0 <= i < 60:
-            active[i].add(a.client)
-            if a.state == AttemptState.SUCCEEDED:
-                completed[i] += 1
-    return {
-        "t": [start + i * MINUTE for i in range(60)],
-        "completed": [float(n) for n in completed],
-        "active_clients": [float(len(s)) for s in active],
-    }
+            if t.counter == "completed":
+                completed[i] += t.n
+            elif t.counter == "clients":
+                active[i] += t.n
+    return {"t": [start + i * MINUTE for i in range(60)], "completed": completed, "active_clients": active}
 
 
 class Feed:

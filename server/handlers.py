@@ -86,7 +86,7 @@ class BaseHandler(RequestHandler):
         elif self.access:  # the table is the whole truth: a method it does not list is no method at all
             raise MethodNotAllowed(f"method not allowed: {method} is not a method of {self.request.path}",
                                    sorted(self.access))  # fmt: skip
-        limit = self.master.settings.max_body_bytes
+        limit = self.master.settings.max_body
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
             raise TooLarge(f"request body of {length} bytes exceeds the limit of {limit}; send smaller chunks")

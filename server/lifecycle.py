@@ -1,20 +1,23 @@
 """The unit lifecycle: every state, every allowed move, and the quorum decision, in one place.
 
 BOINC splits this between its transitioner and validator; here it is one module of pure
-functions. Stores load a unit with its attempts, ask this module what happens next, and
-write the answer back as a compare-and-set. Nothing else decides a state.
+functions. A store loads a unit with its attempts (a ``UnitSnap``), hands it to one of the
+``on_*`` functions below with the event (a lease, a result, a release, an expiry), and writes
+the ``UnitChange`` it gets back as one compare-and-set on the unit's state; when the change
+ends the unit, ``on_unit_ended`` says what follows for its job. The changes name the events
+that happened (server/events.py hands them to logs and counters). Nothing else decides a state.
 """
 
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from dockercomp.protocol.jobfile import Redundancy
-from dockercomp.protocol.messages import ErrorKind, ResultReport
+from dockercomp.protocol.messages import ErrorKind, ResultReport, ResultStatus, UnitKind
 
-from .errors import Conflict, InvalidTransition
+from .errors import Conflict, InvalidTransition, NotFound
 
 S = TypeVar("S", bound=StrEnum)
 
@@ -183,8 +186,8 @@ def judge_result(
     the attempt was released, or the report contradicts what this attempt already reported.
     """
     if attempt_state in (AttemptState.SUCCEEDED, AttemptState.ERRORED):
-        same = (report.status == "succeeded") == (attempt_state == AttemptState.SUCCEEDED) and (
-            report.status != "succeeded" or report.output_hash == attempt_hash
+        same = (report.status == ResultStatus.SUCCEEDED) == (attempt_state == AttemptState.SUCCEEDED) and (
+            report.status != ResultStatus.SUCCEEDED or report.output_hash == attempt_hash
         )
         if same:
             return False
@@ -204,27 +207,31 @@ def reliability(valid: int, invalid: int) -> float:
 
 # -- jobs and deadlines ----------------------------------------------------------------------
 
-REDUCE = "reduce"
+
+class JobStep(StrEnum):
+    """What a job does once one of its units has ended."""
+
+    WAIT = "wait"  # map units are still open, or the reduce unit is
+    REDUCE = "reduce"  # every map unit is done: create the reduce unit
+    DONE = "done"  # every unit is done, the reduce unit too when there is one
+    FAILED = "failed"  # a unit failed for good
 
 
-def job_step(
-    n_map: int, done_map: int, failed_map: int, has_reduce: bool, reduce_state: UnitState | None
-) -> JobState | str | None:
-    """What a job does once one of its units ends: REDUCE (create the reduce unit), a final
-    JobState, or None while map units are still open."""
+def job_step(n_map: int, done_map: int, failed_map: int, has_reduce: bool, reduce_state: UnitState | None) -> JobStep:
+    """A job's next step from its counts, once one of its units ended."""
     if done_map + failed_map < n_map:
-        return None
+        return JobStep.WAIT
     if failed_map:
-        return JobState.FAILED
+        return JobStep.FAILED
     if not has_reduce:
-        return JobState.DONE
+        return JobStep.DONE
     if reduce_state is None:
-        return REDUCE
+        return JobStep.REDUCE
     if reduce_state == UnitState.DONE:
-        return JobState.DONE
+        return JobStep.DONE
     if reduce_state in TERMINAL_UNIT:
-        return JobState.FAILED
-    return None
+        return JobStep.FAILED
+    return JobStep.WAIT
 
 
 @dataclass(frozen=True)
@@ -237,3 +244,288 @@ class LeasePolicy:
 
     def deadline(self, now: float, timeout: float) -> float:
         return now + timeout + self.slack
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+class EventKind(StrEnum):
+    """What happened; each change names its events, with the ids they concern."""
+
+    UNIT_DONE = "unit_done"  # a quorum agreed: the unit has its canonical output
+    UNIT_FAILED = "unit_failed"  # max_attempts spent without a quorum
+    RESULT_SUCCEEDED = "result_succeeded"  # an attempt returned an output (not yet judged)
+    RESULT_INVALID = "result_invalid"  # an output disagreed with the quorum
+    ATTEMPT_ERRORED = "attempt_errored"  # a client reported a failure; detail: its kind
+    LEASE_EXPIRED = "lease_expired"  # past its deadline, or its client fell silent
+    REDUCE_CREATED = "reduce_created"  # every map unit of a job is done
+    JOB_ENDED = "job_ended"  # detail: the job's final state
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: EventKind
+    job: str
+    unit: str = ""
+    attempt: str = ""
+    client: str = ""
+    detail: str = ""
+    at: float = 0.0  # when it happened (the change's time)
+
+
+# -- snapshots and changes -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptSnap:
+    """What the lifecycle reads of one attempt."""
+
+    id: str
+    client: str
+    state: AttemptState
+    output_hash: str | None = None
+    output_size: int | None = None
+    error: str | None = None
+    validity: Validity | None = None
+    deadline: float = 0.0
+
+
+@dataclass(frozen=True)
+class UnitSnap:
+    """A unit as a store loaded it, with its attempts."""
+
+    id: str
+    job: str
+    kind: str
+    state: UnitState
+    wanted: int
+    attempts: tuple[AttemptSnap, ...] = ()
+
+    def attempt(self, attempt_id: str, client: str) -> AttemptSnap:
+        """This client's attempt, or NotFound (unknown, or another client's: it is told nothing more)."""
+        found = next((a for a in self.attempts if a.id == attempt_id), None)
+        if found is None or found.client != client:
+            raise NotFound(f"attempt {attempt_id!r:.40} is unknown or was leased to another client")
+        return found
+
+
+@dataclass(frozen=True)
+class AttemptUpdate:
+    """New values for one attempt; None keeps what it has. ``result`` is the report whose
+    outcome the attempt records (output hash and size only when it succeeded)."""
+
+    id: str
+    state: AttemptState | None = None
+    finished_at: float | None = None
+    result: ResultReport | None = None
+    validity: Validity | None = None
+
+
+@dataclass(frozen=True)
+class NewAttempt:
+    id: str
+    client: str
+    leased_at: float
+    deadline: float
+
+
+@dataclass(frozen=True)
+class UnitChange:
+    """What one event does to a unit, for a store to write as one compare-and-set on ``old``:
+    the unit's new state and counts, its attempts' updates (and a new attempt, for a lease),
+    whose reliability counters move, and the events that happened."""
+
+    unit: str
+    job: str
+    kind: str
+    old: UnitState
+    state: UnitState
+    wanted: int
+    canonical_hash: str | None = None
+    canonical_size: int | None = None
+    attempts: tuple[AttemptUpdate, ...] = ()
+    lease: NewAttempt | None = None
+    errors: tuple[str, ...] = ()  # clients whose error count rises by one (each once)
+    valid: tuple[str, ...] = ()  # ... whose valid count rises
+    invalid: tuple[str, ...] = ()  # ... whose invalid count rises
+    events: tuple[Event, ...] = ()
+
+    @property
+    def ended(self) -> bool:
+        """The unit reached a terminal state with this change: its job takes a step."""
+        return self.state in TERMINAL_UNIT and self.old not in TERMINAL_UNIT
+
+
+def on_lease(unit: UnitSnap, client: str, attempt_id: str, now: float, deadline: float) -> UnitChange:
+    """A new attempt of a leasable unit for this client (the store chose the unit: one that
+    wants an attempt and that ``may_lease_again`` allows for this client)."""
+    state = transition(unit.state, UnitState.RUNNING)
+    return UnitChange(
+        unit.id, unit.job, unit.kind, unit.state, state, unit.wanted - 1,
+        lease=NewAttempt(attempt_id, client, now, deadline),
+    )  # fmt: skip
+
+
+def on_result(policy: Redundancy, unit: UnitSnap, client: str, report: ResultReport, now: float) -> UnitChange | None:
+    """A client's result for its attempt: None when it repeats one already taken; NotFound or
+    Conflict (with the reason) when it must be refused (see judge_result)."""
+    attempt = unit.attempt(report.attempt, client)
+    if not judge_result(attempt.state, attempt.output_hash, unit.state, report):
+        return None
+    succeeded = report.status == ResultStatus.SUCCEEDED
+    new = transition(attempt.state, AttemptState.SUCCEEDED if succeeded else AttemptState.ERRORED)
+    event = (
+        Event(EventKind.RESULT_SUCCEEDED, unit.job, unit.id, attempt.id, client)
+        if succeeded
+        else Event(EventKind.ATTEMPT_ERRORED, unit.job, unit.id, attempt.id, client, str(report.error or ""))
+    )
+    update = AttemptUpdate(attempt.id, new, now, report)
+    return _settle(policy, unit, {attempt.id: update}, now, () if succeeded else (client,), (event,))
+
+
+def on_release(policy: Redundancy, unit: UnitSnap, client: str, attempt_id: str, now: float) -> UnitChange | None:
+    """A client gives a lease back unfinished: None when it was released already; Conflict
+    when the attempt has ended otherwise."""
+    attempt = unit.attempt(attempt_id, client)
+    if attempt.state == AttemptState.RELEASED:
+        return None
+    if attempt.state != AttemptState.LEASED:
+        raise Conflict(f"attempt {attempt_id} is already {attempt.state}")
+    update = AttemptUpdate(attempt_id, transition(attempt.state, AttemptState.RELEASED), now)
+    return _settle(policy, unit, {attempt_id: update}, now, (), ())
+
+
+def on_expire(policy: Redundancy, unit: UnitSnap, now: float, silent: frozenset[str]) -> UnitChange | None:
+    """Leases past their deadline, or of clients silent past the heartbeat timeout, time out;
+    None when the unit has none (another master expired them first)."""
+    overdue = [a for a in unit.attempts if a.state == AttemptState.LEASED and (a.deadline < now or a.client in silent)]
+    if not overdue:
+        return None
+    updates = {a.id: AttemptUpdate(a.id, transition(a.state, AttemptState.TIMED_OUT), now) for a in overdue}
+    events = tuple(Event(EventKind.LEASE_EXPIRED, unit.job, unit.id, a.id, a.client) for a in overdue)
+    return _settle(policy, unit, updates, now, tuple(dict.fromkeys(a.client for a in overdue)), events)
+
+
+def _settle(
+    policy: Redundancy,
+    unit: UnitSnap,
+    updates: dict[str, AttemptUpdate],
+    now: float,
+    errors: tuple[str, ...],
+    events: tuple[Event, ...],
+) -> UnitChange:
+    """The quorum decision on the unit as the event left it, and all that follows from it:
+    abandoned leases released, outputs judged valid or invalid (each once), the unit's end."""
+
+    def hash_of(a: AttemptSnap) -> str | None:
+        update = updates.get(a.id)
+        return update.result.output_hash if update and _succeeded(update) and update.result else a.output_hash
+
+    def size_of(a: AttemptSnap) -> int | None:
+        update = updates.get(a.id)
+        return update.result.output_size if update and _succeeded(update) and update.result else a.output_size
+
+    def amend(attempt_id: str, **values: Any) -> None:
+        updates[attempt_id] = replace(updates.get(attempt_id, AttemptUpdate(attempt_id)), **values)
+
+    after = [replace(a, state=updates[a.id].state or a.state) if a.id in updates else a for a in unit.attempts]
+    decision = decide(policy, [AttemptView(a.id, a.state, hash_of(a)) for a in after])
+    state = transition(unit.state, decision.state)
+    out = list(events)
+    judged: dict[Validity, list[str]] = {Validity.VALID: [], Validity.INVALID: []}
+    for a in after:
+        if a.id in decision.abandon:
+            amend(a.id, state=transition(a.state, AttemptState.RELEASED), finished_at=now)
+        validity = Validity.VALID if a.id in decision.valid else Validity.INVALID if a.id in decision.invalid else None
+        if validity is not None and a.validity is None:
+            amend(a.id, validity=validity)
+            judged[validity].append(a.client)
+            if validity == Validity.INVALID:
+                out.append(Event(EventKind.RESULT_INVALID, unit.job, unit.id, a.id, a.client))
+    size = next((size_of(a) for a in after if a.id in decision.valid), None)
+    if state != unit.state and state in (UnitState.DONE, UnitState.FAILED):
+        kind = EventKind.UNIT_DONE if state == UnitState.DONE else EventKind.UNIT_FAILED
+        out.append(Event(kind, unit.job, unit.id, detail=decision.canonical or ""))
+    return UnitChange(
+        unit.id, unit.job, unit.kind, unit.state, state, decision.wanted, decision.canonical, size,
+        tuple(updates.values()), None, errors, tuple(judged[Validity.VALID]), tuple(judged[Validity.INVALID]),
+        tuple(replace(e, at=now) for e in out),
+    )  # fmt: skip
+
+
+def _succeeded(update: AttemptUpdate | None) -> bool:
+    return bool(update and update.result is not None and update.result.status == ResultStatus.SUCCEEDED)
+
+
+# -- after a unit ended: its job -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    """A job as its counts stand once the ending unit was counted in."""
+
+    id: str
+    state: JobState
+    n_map: int
+    done_map: int
+    failed_map: int
+    has_reduce: bool
+
+
+@dataclass(frozen=True)
+class JobChange:
+    step: JobStep
+    state: JobState | None = None  # the job's final state, for DONE or FAILED
+    events: tuple[Event, ...] = field(default_factory=tuple)
+
+
+def count_into_job(change: UnitChange) -> str | None:
+    """Which of a job's counters a map unit's end moves ("done_map" or "failed_map"); None for
+    the reduce unit, which is not counted."""
+    if change.kind != UnitKind.MAP:
+        return None
+    return "done_map" if change.state == UnitState.DONE else "failed_map"
+
+
+def on_unit_ended(job: JobCounts, change: UnitChange, now: float) -> JobChange:
+    """What a job does once a unit of it ended (``job`` counted with it already)."""
+    step = job_step(job.n_map, job.done_map, job.failed_map, job.has_reduce,
+                    change.state if change.kind == UnitKind.REDUCE else None)  # fmt: skip
+    if step == JobStep.REDUCE:
+        return JobChange(step, events=(Event(EventKind.REDUCE_CREATED, job.id, at=now),))
+    if step in (JobStep.DONE, JobStep.FAILED):
+        final = transition(job.state, JobState.DONE if step == JobStep.DONE else JobState.FAILED)
+        return JobChange(step, final, (Event(EventKind.JOB_ENDED, job.id, detail=final.value, at=now),))
+    return JobChange(step)
+
+
+class _Output(Protocol):
+    kind: str
+    canonical_hash: str | None
+
+
+_U = TypeVar("_U", bound=_Output)
+
+
+def result_units(units: Sequence[_U]) -> list[_U]:
+    """The units whose canonical outputs make a job's result: its reduce unit once it has
+    one, else every map unit, in order."""
+    reduce = [u for u in units if u.kind == UnitKind.REDUCE]
+    if reduce and reduce[0].canonical_hash:
+        return reduce[:1]
+    return [u for u in units if u.kind == UnitKind.MAP]
+
+
+# -- the heartbeat ------------------------------------------------------------------------------
+
+
+def aborts(client: str, running: Iterable[str], found: Mapping[str, tuple[AttemptSnap, UnitState]]) -> list[str]:
+    """Which of the attempts a client says it runs it should abort: unknown ones, another
+    client's, those released or ended, and those whose unit was decided without them."""
+    alive = (AttemptState.LEASED, AttemptState.TIMED_OUT)
+    abort = []
+    for attempt_id in running:
+        attempt, unit_state = found.get(attempt_id, (None, None))
+        if attempt is None or attempt.client != client or attempt.state not in alive or unit_state in TERMINAL_UNIT:
+            abort.append(attempt_id)
+    return abort

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dockercomp.protocol.jobfile import JobSpec
-from dockercomp.protocol.messages import HostFacts
+from dockercomp.protocol.messages import HostFacts, UnitKind
 from dockercomp.protocol.signing import Signed
 
 from .lifecycle import AttemptState, JobState, UnitState, Validity, reliability
@@ -53,12 +53,15 @@ class Unit:
     id: str
     job: str
     idx: int
-    kind: str  # "map" or "reduce"
+    kind: UnitKind
     state: UnitState
     wanted: int
     inputs: list[InputFile]
     canonical_hash: str | None = None
     canonical_size: int | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = UnitKind(self.kind)  # a store's row holds the plain string
 
 
 @dataclass
@@ -152,3 +155,15 @@ class Image:
             "signatures": [{"key": s.key, "public_key": s.public_key, "signature": s.signature}
                            for s in self.signatures],
         }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Tally:
+    """One activity counter of one minute: attempts completed, errors, invalid results and
+    integrity failures per job (counted from lifecycle events in the write that made them),
+    and, as ``clients`` with no job, the clients that finished an attempt in that minute."""
+
+    minute: int
+    job: str
+    counter: str
+    n: int

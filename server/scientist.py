@@ -10,6 +10,7 @@ from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.images import PINNED_RE
 from dockercomp.protocol.integrity import check_hash
 from dockercomp.protocol.jobfile import Sweep, params_json, parse_jobfile
+from dockercomp.protocol.messages import UnitKind
 
 from . import images
 from .auth import Role
@@ -134,8 +135,8 @@ class ResultsDownloadHandler(JobsBase):
                 "wait for it, or ask for ?partial=1"
             )
         units = await store.list_units(job_id, 0, job.n_map + 1)
-        reduce = [u for u in units if u.kind == "reduce"]
-        outputs = [reduce[0]] if reduce and reduce[0].canonical_hash else [u for u in units if u.kind == "map"]
+        reduce = [u for u in units if u.kind == UnitKind.REDUCE]
+        outputs = [reduce[0]] if reduce and reduce[0].canonical_hash else [u for u in units if u.kind == UnitKind.MAP]
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Content-Disposition", f'attachment; filename="{job_id}.out"')
         for unit in outputs:

@@ -2,12 +2,13 @@
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.quantities import parse_size
-from dockercomp.settings import SettingsError
+from dockercomp.settings import Settings, SettingsError, setting
 
-from .lifecycle import LeasePolicy
+if TYPE_CHECKING:  # the CLI builds the flags of `dockercomp server` from this class: it imports no more
+    from .lifecycle import LeasePolicy
 
 
 def default_data_dir() -> str:
@@ -16,21 +17,31 @@ def default_data_dir() -> str:
 
 
 @dataclass(frozen=True)
-class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    data_dir: str = ""  # default: ~/.local/share/dockercomp/master
-    store: str = ""  # sqlite:///PATH (default: DATA_DIR/dockercomp.db) or mongodb://...
-    max_body: str = "64MiB"  # the largest request body accepted (a chunk or a result batch)
-    open_enrollment: bool = False  # let anyone register a machine, each as an account of its own
+class ServerSettings(Settings):
+    host: str = setting("127.0.0.1", "address to listen on (default 127.0.0.1)", flag="--host")
+    port: int = setting(8080, "port to listen on (default 8080; 0 picks a free one)", flag="--port")
+    # default: ~/.local/share/dockercomp/master
+    data_dir: str = setting("", "where the embedded store and blobs live", flag="--data-dir")
+    # default: DATA_DIR/dockercomp.db
+    store: str = setting("", "sqlite:///PATH (default) or mongodb://HOST/DB", flag="--store")
+    # bytes; the largest request body accepted (a chunk or a result batch)
+    max_body: int = setting(64 << 20, "largest request body accepted, e.g. 64MiB", flag="--max-body", parse=parse_size)
+    open_enrollment: bool = setting(
+        False, "let anyone register a machine, each as an account of its own", flag="--open-enrollment"
+    )
     heartbeat_interval: float = 10.0  # what clients are told
-    heartbeat_timeout: float = 90.0  # a client silent this long loses its leases
-    lease_slack: float = 120.0  # added to a job's timeout to make a lease's deadline
-    reap_interval: float = 5.0  # how often expired leases are looked for
+    heartbeat_timeout: float = setting(
+        90.0, "seconds of silence before a client loses its leases", flag="--heartbeat-timeout"
+    )
+    lease_slack: float = setting(120.0, "seconds added to a job's timeout for a lease's deadline", flag="--lease-slack")
+    reap_interval: float = setting(5.0, "seconds between looks for expired leases", flag="--reap-interval")
     online_window: float = 60.0  # a client seen within this many seconds counts as online
-    certfile: str = ""  # PEM certificate chain: serve HTTPS (TLS 1.2 or newer) instead of HTTP
-    keyfile: str = ""  # the PEM private key of certfile; both or neither
-    behind_proxy: bool = False  # a TLS proxy in front: trust its X-Forwarded-Proto/-Host and X-Real-Ip
+    # serves HTTPS (TLS 1.2 or newer) instead of HTTP; both or neither
+    certfile: str = setting("", "PEM certificate chain: serve HTTPS (with --keyfile)", flag="--certfile")
+    keyfile: str = setting("", "the PEM private key of --certfile", flag="--keyfile")
+    behind_proxy: bool = setting(
+        False, "a TLS proxy is in front: trust its X-Forwarded-Proto/-Host and X-Real-Ip", flag="--behind-proxy"
+    )
 
     @property
     def data_path(self) -> str:
@@ -41,11 +52,9 @@ class ServerSettings:
         return self.store or f"sqlite:///{os.path.join(self.data_path, 'dockercomp.db')}"
 
     @property
-    def max_body_bytes(self) -> int:
-        return parse_size(self.max_body, "max_body")
+    def lease_policy(self) -> "LeasePolicy":
+        from .lifecycle import LeasePolicy
 
-    @property
-    def lease_policy(self) -> LeasePolicy:
         return LeasePolicy(slack=self.lease_slack, heartbeat_timeout=self.heartbeat_timeout)
 
     def validate(self) -> None:
@@ -53,11 +62,7 @@ class ServerSettings:
             raise SettingsError(f"port must be 0-65535, got {self.port}")
         if not self.store_url.startswith(("sqlite://", "mongodb://", "mongodb+srv://")):
             raise SettingsError("store must be sqlite:///PATH or mongodb://HOST/DB")
-        try:
-            max_body = self.max_body_bytes
-        except ProtocolError as exc:  # parse_size's message names max_body
-            raise SettingsError(str(exc)) from None
-        if max_body < 1024:
+        if self.max_body < 1024:
             raise SettingsError("max_body must be at least 1KiB")
         for name in ("heartbeat_interval", "heartbeat_timeout", "reap_interval", "online_window"):
             if getattr(self, name) <= 0:

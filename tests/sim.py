@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 import msgpack
 import requests
-from masters import auth
 
 from dockercomp.protocol.integrity import digest, verify
+from tests.masters import auth
 
 MSGPACK = "application/msgpack"
 API = "/api/v1"

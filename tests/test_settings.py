@@ -38,10 +38,9 @@ def server(path=None, flags=None) -> ServerSettings:
 def test_defaults():
     settings = server()
     assert settings == ServerSettings()
-    assert (settings.host, settings.port, settings.max_body) == ("127.0.0.1", 8080, "64MiB")
+    assert (settings.host, settings.port, settings.max_body) == ("127.0.0.1", 8080, 64 << 20)
     assert settings.data_path == "/data/dockercomp/master"
     assert settings.store_url == "sqlite:////data/dockercomp/master/dockercomp.db"
-    assert settings.max_body_bytes == 64 << 20
     assert settings.lease_policy == LeasePolicy(slack=120.0, heartbeat_timeout=90.0)
 
 
@@ -110,7 +109,7 @@ def test_derived_values(monkeypatch):
     settings = server(flags={"data_dir": "/srv/dc", "max_body": "1KiB", "lease_slack": 5, "heartbeat_timeout": 7})
     assert settings.data_path == "/srv/dc"
     assert settings.store_url == "sqlite:////srv/dc/dockercomp.db"
-    assert settings.max_body_bytes == 1024
+    assert settings.max_body == 1024  # bytes, parsed once as the settings load
     assert settings.lease_policy == LeasePolicy(slack=5.0, heartbeat_timeout=7.0)
     assert server(flags={"store": "mongodb://db/dc"}).store_url == "mongodb://db/dc"
     monkeypatch.delenv("XDG_DATA_HOME")
@@ -136,7 +135,7 @@ def test_file_values_are_converted(toml):
     settings = server(toml('port = "9090"\nheartbeat_timeout = 30\nmax_body = 2048\nreap_interval = "1.5"\n'))
     assert settings.port == 9090
     assert settings.heartbeat_timeout == 30.0 and type(settings.heartbeat_timeout) is float
-    assert settings.max_body == "2048" and settings.max_body_bytes == 2048
+    assert settings.max_body == 2048
     assert settings.reap_interval == 1.5
     assert server(toml("port = 9090.0\n")).port == 9090  # a whole float is an int
 
@@ -281,7 +280,62 @@ def test_a_role_that_is_not_a_table_is_a_settings_error(toml, text):
         server(toml(text + "\n"))
 
 
-def test_settings_errors_are_protocol_errors():
+def test_settings_errors_are_a_tree_of_their_own():
     from dockercomp.protocol.errors import ProtocolError
 
-    assert issubclass(SettingsError, ProtocolError)  # the CLI reports both as bad input (exit 2)
+    assert not issubclass(SettingsError, ProtocolError)  # the CLI reports both as bad input (exit 2)
+
+
+def test_sizes_are_bytes_however_they_are_given(toml, monkeypatch):
+    assert server(toml('max_body = "2KiB"\n')).max_body == 2048
+    monkeypatch.setenv("DOCKERCOMP_SERVER_MAX_BODY", "1MiB")
+    assert server().max_body == 1 << 20
+    assert server(flags={"max_body": "4KiB"}).max_body == 4096
+    assert ServerSettings(max_body="8KiB").max_body == 8192  # built in Python, too
+    with pytest.raises(SettingsError, match="max_body"):
+        ServerSettings(max_body="lots")
+
+
+# -- flags, made from the fields ------------------------------------------------------------------
+
+
+def test_each_flag_comes_from_its_field(tmp_path):
+    import argparse
+
+    from dockercomp.client.settings import ClientSettings
+    from dockercomp.settings import add_flags, flag_values
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser, ServerSettings)
+    args = parser.parse_args(["--port", "9000", "--max-body", "1MiB", "--heartbeat-timeout", "5", "--behind-proxy"])
+    settings = server(flags=flag_values(args, ServerSettings))
+    assert (settings.port, settings.max_body, settings.heartbeat_timeout, settings.behind_proxy) == (
+        9000, 1 << 20, 5.0, True,
+    )  # fmt: skip
+    assert flag_values(parser.parse_args([]), ServerSettings) == dict.fromkeys(flag_values(args, ServerSettings))
+    assert "heartbeat_interval" not in flag_values(args, ServerSettings)  # a field without a flag
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser, ClientSettings)
+    a, b = tmp_path / "a.pem", tmp_path / "b.pem"
+    a.touch()
+    b.touch()
+    argv = ["--trust", str(a), "--trust", str(b), "--allow-images", "lab/*", "--memory", "2GiB", "--max-timeout", "2h"]
+    values = flag_values(parser.parse_args(argv), ClientSettings)
+    assert (values["trust"], values["allow_images"]) == (f"{a},{b}", "lab/*")  # repeatable, comma-joined
+    client = load_settings(ClientSettings, "client", flags=values)
+    assert (client.trust_files, client.memory, client.max_timeout) == ([str(a), str(b)], 2 << 30, 7200.0)
+    assert load_settings(ClientSettings, "client").memory is None  # unset: half of this machine's
+
+
+def test_client_sizes_and_durations_are_parsed_once(monkeypatch):
+    from dockercomp.client.settings import ClientSettings
+
+    monkeypatch.setenv("DOCKERCOMP_CLIENT_CACHE_SIZE", "64MiB")
+    monkeypatch.setenv("DOCKERCOMP_CLIENT_MAX_TIMEOUT", "90m")
+    monkeypatch.setenv("DOCKERCOMP_CLIENT_MEMORY", "")  # empty: worked out from this machine
+    settings = load_settings(ClientSettings, "client")
+    assert (settings.cache_size, settings.max_timeout, settings.memory) == (64 << 20, 5400.0, None)
+    assert ClientSettings(memory="1GiB", inline_output="4KiB").memory == 1 << 30
+    with pytest.raises(SettingsError, match="max_timeout"):
+        ClientSettings(max_timeout="soon")

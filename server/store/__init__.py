@@ -2,7 +2,7 @@
 
 import os
 
-from ..blobs import BlobStore, DirectoryBlobStore, SQLiteBlobStore
+from ..blobs import BlobStore, DirectoryBlobStore
 from .base import Store
 
 __all__ = ["Store", "open_store"]
@@ -13,14 +13,14 @@ async def open_store(url: str, data_dir: str) -> tuple[Store, BlobStore]:
     database and the others in a directory beside it; ``mongodb://…/DB`` keeps them in GridFS
     (needs pymongo)."""
     if url.startswith("sqlite://"):
-        from .sqlite import SQLiteStore
+        from .sqlite import SQLiteBlobStore, SQLiteStore
 
         path = os.path.normpath(url.removeprefix("sqlite://") or os.path.join(data_dir, "dockercomp.db"))
         store: Store = SQLiteStore(path)
         await store.open()  # creates the database in WAL mode, which the blob store shares
         files = DirectoryBlobStore(os.path.join(os.path.dirname(os.path.abspath(path)), "blobs"))
         return store, SQLiteBlobStore(path, files)
-    from .mongodb import open_mongodb
+    from .mongo import open_mongodb
 
     store, blobs = open_mongodb(url)
     await store.open()

@@ -1,7 +1,8 @@
 """The Store interface: the operations the lifecycle needs, not a generic document API.
 
 Every backend passes tests/server/test_store_contract.py. Backends never decide a state
-themselves: they load a unit with its attempts, call lifecycle.decide(), and write the result
+themselves: they load a unit with its attempts, hand it to a lifecycle function (on_lease, on_result,
+on_release, on_expire) and write the change it returns
 as a compare-and-set, so two masters sharing one store never hand out the same attempt.
 """
 
@@ -20,12 +21,14 @@ from dockercomp.protocol.messages import (
     InputRef,
     LeaseRequest,
     ResultReport,
+    UnitKind,
 )
 from dockercomp.protocol.signing import Signed
 
 from ..auth import Key, Role
-from ..lifecycle import LeasePolicy, UnitState
-from ..models import Attempt, Client, Image, InputFile, Job, Layer, Unit
+from ..events import Bus
+from ..lifecycle import JobCounts, LeasePolicy, UnitState
+from ..models import Attempt, Client, Image, InputFile, Job, Layer, Tally, Unit
 
 
 def new_id(nbytes: int = 6) -> str:
@@ -33,7 +36,11 @@ def new_id(nbytes: int = 6) -> str:
 
 
 class Store(ABC):
-    """Jobs, units, attempts and clients, shared by every master process."""
+    """Jobs, units, attempts and clients, shared by every master process. ``events`` has the
+    lifecycle's events of every change this process writes, once it is written."""
+
+    def __init__(self) -> None:
+        self.events = Bus()
 
     # -- life -------------------------------------------------------------------------
     @abstractmethod
@@ -114,9 +121,8 @@ class Store(ABC):
         """Attempts of one unit, oldest first."""
 
     @abstractmethod
-    async def finished_since(self, since: float) -> list[Attempt]:
-        """Attempts that ended (any outcome) at or after ``since``, oldest first: the
-        dashboard's throughput and activity over the last hour."""
+    async def activity(self, since: float) -> list[Tally]:
+        """The activity counters of every minute from ``since`` on (see events.tally)."""
 
     # -- clients -------------------------------------------------------------------------
     @abstractmethod
@@ -166,9 +172,9 @@ def grant(job_id: str, spec: JobSpec, unit: Unit, attempt_id: str, deadline: flo
     """The lease message for one attempt of ``unit``. A sweep's map unit also gets its
     parameters as environment variables (over the job's env of the same name): they follow
     from the job's sweep and the unit's index, so stores keep nothing more per unit."""
-    command = spec.reduce_command if unit.kind == "reduce" else spec.command
+    command = spec.reduce_command if unit.kind == UnitKind.REDUCE else spec.command
     env = dict(spec.env)
-    if spec.sweep is not None and unit.kind == "map":
+    if spec.sweep is not None and unit.kind == UnitKind.MAP:
         env.update(params_env(spec.sweep.params(unit.idx)))
     return Grant(
         attempt=attempt_id,
@@ -207,6 +213,11 @@ def sweep_inputs(hashes: list[tuple[str, int]]) -> list[list[InputFile]]:
 
 
 ZERO_COUNTS = {s.value: 0 for s in UnitState}
+
+
+def job_counts(job: Job) -> JobCounts:
+    """What the lifecycle needs of a job to say its next step."""
+    return JobCounts(job.id, job.state, job.n_map, job.done_map, job.failed_map, job.spec.reduce_command is not None)
 
 
 def client_key(client: Client, token_hash: str) -> Key:

@@ -3,8 +3,9 @@
 from typing import Any
 
 import requests
-from masters import auth
-from sim import MSGPACK, SimClient, pack, unpack
+
+from tests.masters import auth
+from tests.sim import MSGPACK, SimClient, pack, unpack
 
 
 def post_mp(url: str, path: str, body: Any, token: str | None = None) -> requests.Response:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import requests
-from sim import SimClient, job_file, put_blob
 
 from dockercomp.server.app import ROUTES
 from dockercomp.server.auth import Role
+from tests.sim import SimClient, job_file, put_blob
 
 from .helpers import assert_error
 
@@ -88,7 +88,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from masters import Masters
+    from tests.masters import Masters
 
     masters = Masters(tmp_path_factory.mktemp("access"))
     master = masters.start(open_enrollment=False)

@@ -7,7 +7,8 @@ import time
 
 import pytest
 import requests
-from sim import MSGPACK, SimClient, create_job, digest, job_file, job_status, job_units, wait_for
+
+from tests.sim import MSGPACK, SimClient, create_job, digest, job_file, job_status, job_units, wait_for
 
 from .helpers import assert_error, decoded, image_id, post_mp, registered, small_body_master
 
@@ -308,7 +309,7 @@ def test_an_errored_result_sends_the_unit_to_another_client(master):
 @pytest.mark.parametrize(
     ("report", "fragment"),
     [
-        ({"status": "done"}, "succeeded or errored"),
+        ({"status": "done"}, "must be one of succeeded, errored"),
         ({"status": "succeeded"}, "needs output_hash"),
         ({"status": "errored"}, "needs error"),
         ({"status": "errored", "error": "bored"}, "error must be one of"),

@@ -5,7 +5,8 @@ import time
 from typing import Any
 
 import requests
-from sim import SimClient, create_job, job_file, wait_for
+
+from tests.sim import SimClient, create_job, job_file, wait_for
 
 STATES = {"ready", "running", "done", "failed", "cancelled", "suspended"}
 

@@ -19,9 +19,9 @@ from urllib.parse import quote
 import msgpack
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sim import MSGPACK, create_job, digest, job_file, job_status
 
 from dockercomp.protocol import signing
+from tests.sim import MSGPACK, create_job, digest, job_file, job_status
 
 from .helpers import registered, small_body_master
 

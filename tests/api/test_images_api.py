@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import requests
-from masters import push_stub_image
-from sim import job_file, put_blob
 
 from dockercomp.protocol import signing
 from dockercomp.protocol.images import PIECE_SIZE
 from dockercomp.protocol.integrity import digest
+from tests.masters import push_stub_image
+from tests.sim import job_file, put_blob
 
 from .helpers import assert_error
 

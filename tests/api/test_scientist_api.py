@@ -3,7 +3,8 @@ real master process."""
 
 import pytest
 import requests
-from sim import (
+
+from tests.sim import (
     MSGPACK,
     Fleet,
     SimClient,

@@ -4,7 +4,8 @@ lie. The replicated job must still finish with only right canonical outputs."""
 import collections
 
 import requests
-from sim import Fleet, SimClient, compute, create_job, digest, job_file, job_units, wait_job
+
+from tests.sim import Fleet, SimClient, compute, create_job, digest, job_file, job_units, wait_job
 
 HONEST, LIARS, VANISHERS = 41, 4, 5
 UNITS = 60

@@ -6,7 +6,8 @@ import json
 
 import pytest
 import requests
-from sim import compute, digest, job_file, job_status, job_units, put_blob, wait_job
+
+from tests.sim import compute, digest, job_file, job_status, job_units, put_blob, wait_job
 
 from .helpers import assert_error, jobs, post_job, registered
 

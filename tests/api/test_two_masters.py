@@ -6,7 +6,8 @@ import itertools
 import sqlite3
 
 import requests
-from sim import Fleet, SimClient, compute, create_job, digest, job_file, job_status, job_units, wait_job
+
+from tests.sim import Fleet, SimClient, compute, create_job, digest, job_file, job_status, job_units, wait_job
 
 from .helpers import registered
 

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import Daemons, submit, wait_for, wait_job
+
+from tests.e2e.cluster import Daemons, submit, wait_for, wait_job
 
 pytestmark = pytest.mark.slow
 SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs"

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from masters import MasterProcess, Masters
-from needs import skip_or_fail
-from sim import Fleet, SimClient, compute, job_file, job_status, wait_for, wait_job
+
+from tests.masters import MasterProcess, Masters
+from tests.needs import skip_or_fail
+from tests.sim import Fleet, SimClient, compute, job_file, job_status, wait_for, wait_job
 
 UNIT_STATES = {"ready", "running", "done", "failed", "cancelled", "suspended"}
 TOKEN: dict[str, str] = {}  # DOCKERCOMP_TOKEN for every command: the module master's operator

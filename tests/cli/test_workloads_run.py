@@ -17,12 +17,12 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
-from needs import skip_or_fail
 
 from dockercomp.client import images
 from dockercomp.client.runner import LABEL_CLIENT
 from dockercomp.protocol.chunking import chunk_inputs
 from dockercomp.protocol.jobfile import parse_jobfile
+from tests.needs import skip_or_fail
 
 WORKLOADS = images.workloads_dir()
 ACGT = set("ACGT")

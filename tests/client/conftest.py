@@ -1,7 +1,9 @@
 """Fixtures for the client's tests. Docker-backed ones skip on a machine without an engine,
 but FAIL when the CI environment variable is set, so a green CI means they really ran."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -11,14 +13,12 @@ from dockercomp.client import images
 
 @pytest.fixture(scope="session")
 def wordfreq_image(docker_client: docker.DockerClient, base_image: str) -> str:
+    """The wordfreq workload for the client's tests, over the base image (in place of
+    tests/fixtures/cluster.py's)."""
     return images.build_workload(docker_client, "wordfreq")
 
 
 # --- the client daemon against a real master ---------------------------------------------
-
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def restart_master(master_factory: Callable[..., Any]) -> Callable[[Any], Any]:
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start client daemons with stub runners (daemon_stub.py) in threads:
     ``start_daemon(master, slots=2, gated=True)``; any still running is stopped at the end."""
-    from daemon_stub import Daemons
+    from .daemon_stub import Daemons
 
     daemons = Daemons(tmp_path)
     yield daemons.start

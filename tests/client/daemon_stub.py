@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from sim import compute, job_file, job_units
 
 from dockercomp.client.daemon import Daemon
 from dockercomp.client.runner import Runner, RunOutcome, RunSpec
 from dockercomp.client.settings import ClientSettings
 from dockercomp.protocol.messages import ContainerInfo, ErrorKind
+from tests.sim import compute, job_file, job_units
 
 WAIT = 20.0
 RESOURCES = {"cpus": 1, "memory": "64MiB", "timeout": "60s"}

@@ -29,7 +29,7 @@ def test_settings_come_from_the_file_then_the_environment_then_flags(
     monkeypatch.setenv("DOCKERCOMP_CLIENT_SLOTS", "3")
     monkeypatch.setenv("DOCKERCOMP_CLIENT_NAME", "from-env")
     settings = load_settings(ClientSettings, "client", str(config), {"name": "from-flag", "slots": None})
-    assert (settings.slot_count, settings.name, settings.cache_bytes) == (3, "from-flag", 64 << 20)
+    assert (settings.slot_count, settings.name, settings.cache_size) == (3, "from-flag", 64 << 20)
     refused = [
         ({"cache_size": "lots"}, "cache_size"),
         ({"server": "ftp://x"}, "server must be a URL"),

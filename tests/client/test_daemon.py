@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 import requests
-from daemon_stub import WAIT, StubRunner, attempts_in, attempts_of, image_id, job, results
-from sim import SimClient, compute, create_job, wait_for, wait_job
 
 from dockercomp.client import status
 from dockercomp.client.daemon import Daemon
@@ -24,6 +22,9 @@ from dockercomp.client.master import Identity
 from dockercomp.client.settings import ClientSettings
 from dockercomp.protocol.integrity import digest
 from dockercomp.protocol.messages import LeaseReply, LeaseRequest
+from tests.sim import SimClient, compute, create_job, wait_for, wait_job
+
+from .daemon_stub import WAIT, StubRunner, attempts_in, attempts_of, image_id, job, results
 
 # -- the work -------------------------------------------------------------------------------
 
@@ -223,3 +224,15 @@ def test_one_work_directory_serves_one_daemon(fast_master: Any, start_daemon: Ca
     settings = ClientSettings(server=fast_master.url, work_dir=str(tmp_path / "client"))
     with pytest.raises(ClientError, match="another client daemon is using"):
         Daemon(settings, StubRunner())
+
+
+def test_the_master_is_told_the_engine_version(fast_master: Any, start_daemon: Callable) -> None:
+    class Versioned(StubRunner):
+        def engine_version(self) -> str:
+            return "27.5.1"
+
+    daemon = start_daemon(fast_master, runner=Versioned())
+    wait_for(lambda: daemon.daemon.identity, WAIT, "the registration")
+    clients = requests.get(f"{fast_master.api}/clients", headers=fast_master.headers, timeout=10).json()["clients"]
+    (mine,) = [c for c in clients if c["id"] == daemon.daemon.identity.client]  # type: ignore[union-attr]
+    assert mine["host"]["docker"] == "27.5.1"  # the dashboard's Docker column

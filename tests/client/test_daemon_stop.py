@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon_stub import WAIT, attempts_in, attempts_of, image_id, job, results
-from sim import SimClient, create_job, job_units, wait_for, wait_job
-
 from dockercomp.client import status
+from tests.sim import SimClient, create_job, job_units, wait_for, wait_job
+
+from .daemon_stub import WAIT, attempts_in, attempts_of, image_id, job, results
 
 # -- stopping -------------------------------------------------------------------------------
 

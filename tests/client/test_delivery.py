@@ -13,7 +13,6 @@ from pathlib import Path
 
 import docker
 import pytest
-from engines import empty_engine_url  # noqa: F401
 
 from dockercomp.client import delivery
 from dockercomp.client.delivery import DeliveryError, ExportedImage
@@ -54,7 +53,7 @@ def exported(
 
 
 @pytest.fixture
-def engine(empty_engine_url: str) -> Iterator[docker.DockerClient]:  # noqa: F811 (the imported fixture)
+def engine(empty_engine_url: str) -> Iterator[docker.DockerClient]:
     """A client of an empty engine of its own: a volunteer that holds no image yet."""
     client = docker.DockerClient(base_url=empty_engine_url)
     yield client

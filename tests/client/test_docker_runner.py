@@ -20,8 +20,9 @@ import docker
 import pytest
 
 from dockercomp.client import images
-from dockercomp.client.docker_runner import STDERR_TAIL_BYTES, DockerRunner
+from dockercomp.client.docker_runner import DockerRunner
 from dockercomp.client.runner import LABEL_ATTEMPT, LABEL_CLIENT, LABEL_JOB, LABEL_UNIT, RunOutcome, RunSpec
+from dockercomp.protocol.limits import STDERR_TAIL
 from dockercomp.protocol.messages import ErrorKind
 
 MIB = 1024 * 1024
@@ -190,7 +191,7 @@ def test_non_zero_exit_reports_code_and_stderr_tail(runner: DockerRunner, make_s
     outcome = runner.run(make_spec(["sh", "-c", script]), threading.Event())
     assert outcome.error is ErrorKind.EXIT_NONZERO and outcome.exit_code == 3
     assert outcome.stderr_tail.endswith("line 500 of the error\n")
-    assert len(outcome.stderr_tail.encode()) <= STDERR_TAIL_BYTES
+    assert len(outcome.stderr_tail.encode()) <= STDERR_TAIL
     assert "to stdout" not in outcome.stderr_tail
 
 
@@ -265,6 +266,12 @@ def test_docker_unavailable(make_spec: Callable[..., RunSpec], tmp_path: Path) -
     assert runner.containers() == []
     assert runner.available_images() == []
     assert runner.remove_leftovers(CLIENT) == 0
+    assert runner.engine_version() == ""
+
+
+def test_the_engine_version_is_what_the_engine_says(runner: DockerRunner, docker_client: docker.DockerClient) -> None:
+    version = runner.engine_version()  # the dashboard's Docker column
+    assert version and version == docker_client.version()["Version"]
 
 
 def test_refused_settings_are_a_client_error(runner: DockerRunner, make_spec: Callable[..., RunSpec]) -> None:

@@ -14,10 +14,10 @@ from unittest import mock
 
 import docker
 import pytest
-from needs import skip_or_fail
 
 from dockercomp.client import images
 from dockercomp.protocol.jobfile import parse_jobfile
+from tests.needs import skip_or_fail
 
 WORKLOAD = images.workloads_dir() / "wordfreq"
 WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")

@@ -20,11 +20,11 @@ from typing import Any
 import docker
 import docker.errors
 import requests
-from publish import publish, signing_key
 
 from dockercomp.client import images, status
 from dockercomp.client.runner import LABEL_CLIENT
 from dockercomp.protocol.integrity import digest
+from tests.publish import publish, signing_key
 
 STARTED_CLIENTS: set[str] = set()  # the client ids of every daemon this test session started
 START_TIMEOUT = 30.0

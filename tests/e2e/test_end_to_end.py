@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import (
+
+from dockercomp.client import images
+from dockercomp.protocol.chunking import chunk_inputs
+from dockercomp.protocol.integrity import digest
+from dockercomp.protocol.jobfile import parse_jobfile
+from dockercomp.scientist import Scientist
+
+from .cluster import (
     Daemons,
     cli,
     clients,
@@ -24,12 +31,6 @@ from cluster import (
     wordfreq_expected,
     wordfreq_map_output,
 )
-
-from dockercomp.client import images
-from dockercomp.protocol.chunking import chunk_inputs
-from dockercomp.protocol.integrity import digest
-from dockercomp.protocol.jobfile import parse_jobfile
-from dockercomp.scientist import Scientist
 
 pytestmark = pytest.mark.slow
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import docker
 import pytest
-from cluster import Daemons, job_units, publish, submit, wait_for, wait_job
-from engines import empty_engine_url  # noqa: F401
 
 from dockercomp.client import images
 from dockercomp.protocol import signing
 from dockercomp.scientist import Scientist
+
+from .cluster import Daemons, job_units, publish, submit, wait_for, wait_job
 
 pytestmark = pytest.mark.slow
 JOB_WAIT = 120.0
@@ -67,7 +67,7 @@ def output_of(master: Any, job_id: str) -> bytes:
 
 
 def test_an_empty_engine_gets_images_from_the_master_and_shares_their_base(
-    empty_engine_url: str,  # noqa: F811
+    empty_engine_url: str,
     master: Any,
     daemons: Daemons,
     docker_client: docker.DockerClient,
@@ -118,7 +118,7 @@ def assert_nothing_ran(daemon: Any, engine: docker.DockerClient) -> None:
 
 
 def test_a_tampered_layer_is_refused_and_nothing_runs(
-    empty_engine_url: str,  # noqa: F811
+    empty_engine_url: str,
     master: Any,
     daemons: Daemons,
     two_images: tuple[str, str],

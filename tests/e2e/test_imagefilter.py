@@ -16,10 +16,11 @@ from typing import Any
 
 import docker
 import pytest
-from cluster import Daemons, cli, job_units, wait_job
-from needs import skip_or_fail
 
 from dockercomp.client import images
+from tests.needs import skip_or_fail
+
+from .cluster import Daemons, cli, job_units, wait_job
 
 pytestmark = pytest.mark.slow
 

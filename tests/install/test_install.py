@@ -16,13 +16,13 @@ from typing import Any
 import docker
 import pytest
 import requests
-from engines import empty_engine
-from needs import skip_or_fail
-from pki import make_pki
-from publish import publish, signing_key
 
 from dockercomp.client import images
 from dockercomp.protocol import signing
+from tests.engines import empty_engine
+from tests.needs import skip_or_fail
+from tests.pki import make_pki
+from tests.publish import publish, signing_key
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALLER = ROOT / "installer.sh"

@@ -442,8 +442,8 @@ def test_strings_are_not_bytes_and_bytes_are_not_strings():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"attempt": "a", "status": "done"}, "must be succeeded or errored"),
-        ({"attempt": "a", "status": ""}, "must be succeeded or errored"),
+        ({"attempt": "a", "status": "done"}, "must be one of succeeded, errored"),
+        ({"attempt": "a", "status": ""}, "must be one of succeeded, errored"),
         ({"attempt": "a", "status": "succeeded"}, "needs output_hash"),
         ({"attempt": "a", "status": "succeeded", "output_hash": None}, "needs output_hash"),
         ({"attempt": "a", "status": "errored"}, "needs error"),

@@ -11,9 +11,10 @@ import pytest
 
 from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.integrity import digest
-from dockercomp.server.blobs import BlobStore, DirectoryBlobStore, SQLiteBlobStore
+from dockercomp.server.blobs import BlobStore, DirectoryBlobStore
 from dockercomp.server.errors import NotFound
 from dockercomp.server.store import open_store
+from dockercomp.server.store.sqlite import SQLiteBlobStore
 
 SMALL = b"a tiny output\n"
 LARGE = bytes(range(256)) * (SQLiteBlobStore.SMALL // 256 + 1)  # just past the small-blob limit

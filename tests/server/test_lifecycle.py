@@ -14,12 +14,12 @@ from dockercomp.protocol.messages import ErrorKind, ResultReport
 from dockercomp.server.errors import Conflict, InvalidTransition
 from dockercomp.server.lifecycle import (
     MOVES,
-    REDUCE,
     TERMINAL_UNIT,
     AttemptState,
     AttemptView,
     Decision,
     JobState,
+    JobStep,
     LeasePolicy,
     UnitState,
     can_move,
@@ -452,33 +452,35 @@ def test_conflicts_name_the_attempt():
 @pytest.mark.parametrize(
     ("n_map", "done", "failed", "has_reduce", "reduce_state", "expected"),
     [
-        (3, 0, 0, False, None, None),  # nothing ended yet
-        (3, 2, 0, False, None, None),  # one map still open
-        (3, 1, 1, True, None, None),  # a failure waits for the open maps
-        (3, 3, 0, False, None, JobState.DONE),
-        (3, 2, 1, False, None, JobState.FAILED),
-        (3, 0, 3, False, None, JobState.FAILED),
-        (3, 2, 1, True, None, JobState.FAILED),  # no reduce over a failed map
-        (3, 3, 0, True, None, REDUCE),  # all maps done: create the reduce unit
-        (3, 3, 0, True, UnitState.READY, None),
-        (3, 3, 0, True, UnitState.RUNNING, None),
-        (3, 3, 0, True, UnitState.SUSPENDED, None),
-        (3, 3, 0, True, UnitState.DONE, JobState.DONE),
-        (3, 3, 0, True, UnitState.FAILED, JobState.FAILED),
-        (3, 3, 0, True, UnitState.CANCELLED, JobState.FAILED),
-        (0, 0, 0, False, None, JobState.DONE),  # a job without input
-        (0, 0, 0, True, None, REDUCE),
-        (1, 1, 0, False, None, JobState.DONE),
+        (3, 0, 0, False, None, JobStep.WAIT),  # nothing ended yet
+        (3, 2, 0, False, None, JobStep.WAIT),  # one map still open
+        (3, 1, 1, True, None, JobStep.WAIT),  # a failure waits for the open maps
+        (3, 3, 0, False, None, JobStep.DONE),
+        (3, 2, 1, False, None, JobStep.FAILED),
+        (3, 0, 3, False, None, JobStep.FAILED),
+        (3, 2, 1, True, None, JobStep.FAILED),  # no reduce over a failed map
+        (3, 3, 0, True, None, JobStep.REDUCE),  # all maps done: create the reduce unit
+        (3, 3, 0, True, UnitState.READY, JobStep.WAIT),
+        (3, 3, 0, True, UnitState.RUNNING, JobStep.WAIT),
+        (3, 3, 0, True, UnitState.SUSPENDED, JobStep.WAIT),
+        (3, 3, 0, True, UnitState.DONE, JobStep.DONE),
+        (3, 3, 0, True, UnitState.FAILED, JobStep.FAILED),
+        (3, 3, 0, True, UnitState.CANCELLED, JobStep.FAILED),
+        (0, 0, 0, False, None, JobStep.DONE),  # a job without input
+        (0, 0, 0, True, None, JobStep.REDUCE),
+        (1, 1, 0, False, None, JobStep.DONE),
     ],
 )
 def test_job_step(n_map, done, failed, has_reduce, reduce_state, expected):
-    assert job_step(n_map, done, failed, has_reduce, reduce_state) == expected
+    assert job_step(n_map, done, failed, has_reduce, reduce_state) is expected
 
 
 def test_job_step_covers_every_reduce_state():
     for state in UnitState:
         step = job_step(2, 2, 0, True, state)
-        assert step == {UnitState.DONE: JobState.DONE}.get(state, JobState.FAILED if state in TERMINAL_UNIT else None)
+        assert step == {UnitState.DONE: JobStep.DONE}.get(
+            state, JobStep.FAILED if state in TERMINAL_UNIT else JobStep.WAIT
+        )
 
 
 # -- reliability and leases ---------------------------------------------------------------------

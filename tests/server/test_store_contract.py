@@ -16,19 +16,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from needs import skip_or_fail
 
 from dockercomp.protocol.integrity import digest
 from dockercomp.protocol.jobfile import JobSpec, params_json, parse_jobfile
-from dockercomp.protocol.messages import ContainerInfo, ErrorKind, Heartbeat, HostFacts, LeaseRequest, ResultReport
+from dockercomp.protocol.messages import (
+    Ack,
+    ContainerInfo,
+    ErrorKind,
+    Heartbeat,
+    HostFacts,
+    LeaseRequest,
+    ResultReport,
+)
 from dockercomp.protocol.signing import Signed
 from dockercomp.server.auth import Key, Role, token_hash
 from dockercomp.server.blobs import BlobStore, DirectoryBlobStore
 from dockercomp.server.errors import Conflict, NotFound
-from dockercomp.server.lifecycle import AttemptState, JobState, LeasePolicy, UnitState, Validity
+from dockercomp.server.lifecycle import AttemptState, EventKind, JobState, LeasePolicy, UnitState, Validity
 from dockercomp.server.models import Image, Layer
 from dockercomp.server.store.base import Store, map_inputs, sweep_inputs
 from dockercomp.server.store.sqlite import SQLiteStore
+from tests.needs import skip_or_fail
 
 MONGO_URL = os.environ.get("DOCKERCOMP_TEST_MONGO_URL", "")
 MONGO_TARGET = "server" if MONGO_URL else "mongomock"
@@ -74,8 +82,7 @@ class Backend:
                 await step()
 
     async def _mongo(self) -> None:
-        from dockercomp.server.store.gridfs import GridFSBlobStore
-        from dockercomp.server.store.mongodb import MongoStore
+        from dockercomp.server.store.mongo import GridFSBlobStore, MongoStore
 
         if MONGO_URL:
             from pymongo import AsyncMongoClient
@@ -735,8 +742,7 @@ def replace_tags(image: Image, tags: tuple[str, ...]) -> Image:
 
 def test_open_mongodb_takes_the_database_from_the_url() -> None:
     """No server is contacted: the client connects on first use."""
-    from dockercomp.server.store.gridfs import GridFSBlobStore
-    from dockercomp.server.store.mongodb import MongoStore, open_mongodb
+    from dockercomp.server.store.mongo import GridFSBlobStore, MongoStore, open_mongodb
 
     async def names() -> list[str]:
         found = []
@@ -819,20 +825,63 @@ async def test_a_range_sweep_gives_each_unit_its_start_and_end_on_every_master(b
 
 
 @contract
-async def test_finished_since_lists_attempts_that_ended_from_a_time_on(b: Backend) -> None:
+async def test_activity_counts_each_minute_in_the_write_that_made_it(b: Backend) -> None:
+    """Completed attempts, errors (reported and expired), invalid results and integrity
+    failures per minute and job, and the clients at work per minute; every master sees them."""
     s = b.store
-    a, c = await clients(s, 2)
-    job = await s.create_job(job_spec(), chunks(3), T0)
-    first, second, third = (g.attempt for g in await lease(s, a, 3))
-    assert await s.finished_since(T0) == []
-    await s.record_results(a, [ok(first)], T0 + 10)
-    await s.record_results(a, [failed(second)], T0 + 20)
-    ended = await s.finished_since(T0)
-    assert [(x.id, x.state, x.job, x.client) for x in ended] == [
-        (first, AttemptState.SUCCEEDED, job.id, a),
-        (second, AttemptState.ERRORED, job.id, a),
+    a, c, d = await clients(s, 3)
+    job = await s.create_job(job_spec(redundancy=redundancy(2, 2, 4)), chunks(3), T0)
+    heard: list[Any] = []
+    s.events.subscribe(heard.append)
+    assert await s.activity(T0) == []
+    ga = [g.attempt for g in await lease(s, a, 3)]
+    gc = [g.attempt for g in await lease(s, c, 3)]
+    await s.record_results(a, [ok(ga[0]), ok(ga[1], b"lie"), failed(ga[2])], T0 + 10)  # the first minute
+    integrity = ResultReport(gc[2], "errored", error=ErrorKind.INTEGRITY, stderr_tail="bad input")
+    await s.record_results(c, [ok(gc[0]), ok(gc[1]), integrity], T0 + 70)  # the next
+    (third,) = await lease(s, d, 1, now=T0 + 72)  # unit 1, whose two outputs disagree
+    assert third.unit == f"{job.id}.1"
+    await s.record_results(d, [ok(third.attempt)], T0 + 75)  # agrees with c: a's lie is invalid
+    (late,) = await lease(s, d, 1, now=T0 + 76)  # unit 2 again
+    await s.expire(late.deadline + 1, POLICY)
+    m0, m1, m2 = (int(t // 60) * 60 for t in (T0 + 10, T0 + 70, late.deadline + 1))
+    got = {(t.minute, t.job, t.counter): t.n for t in await (await b.another()).activity(T0)}
+    assert got == {
+        (m0, job.id, "completed"): 2, (m0, job.id, "errors"): 1, (m0, "", "clients"): 1,
+        (m1, job.id, "completed"): 3, (m1, job.id, "errors"): 1, (m1, job.id, "integrity"): 1,
+        (m1, job.id, "invalid"): 1, (m1, "", "clients"): 2,
+        (m2, job.id, "errors"): 1, (m2, "", "clients"): 1,
+    }  # fmt: skip
+    kinds = [e.kind for e in heard]
+    assert kinds.count(EventKind.RESULT_SUCCEEDED) == 5 and kinds.count(EventKind.LEASE_EXPIRED) == 1
+    assert kinds.count(EventKind.UNIT_DONE) == 2 and kinds.count(EventKind.RESULT_INVALID) == 1
+    assert all(e.job == job.id for e in heard)
+    assert await s.activity(late.deadline + 120) == []
+
+
+@contract
+async def test_events_name_what_happened_and_a_failing_subscriber_breaks_nothing(b: Backend) -> None:
+    s = b.store
+    heard: list[Any] = []
+
+    def broken(event: Any) -> None:
+        raise RuntimeError("a subscriber's bug")
+
+    s.events.subscribe(broken)
+    s.events.subscribe(heard.append)
+    (a,) = await clients(s, 1)
+    job = await s.create_job(job_spec(reduce={"command": ["r"]}), chunks(1), T0)
+    (attempt,) = [g.attempt for g in await lease(s, a, 1)]
+    assert await s.record_results(a, [ok(attempt)], T0 + 1) == [Ack(attempt, True)]
+    (reduce,) = [g.attempt for g in await lease(s, a, 1, now=T0 + 2)]
+    await s.record_results(a, [ok(reduce)], T0 + 3)
+    assert (await s.get_job(job.id)).state == JobState.DONE
+    assert [(e.kind, e.unit, e.attempt, e.client) for e in heard] == [
+        (EventKind.RESULT_SUCCEEDED, f"{job.id}.0", attempt, a),
+        (EventKind.UNIT_DONE, f"{job.id}.0", "", ""),
+        (EventKind.REDUCE_CREATED, "", "", ""),
+        (EventKind.RESULT_SUCCEEDED, f"{job.id}.1", reduce, a),
+        (EventKind.UNIT_DONE, f"{job.id}.1", "", ""),
+        (EventKind.JOB_ENDED, "", "", ""),
     ]
-    assert [x.id for x in await s.finished_since(T0 + 15)] == [second]
-    assert await s.finished_since(T0 + 21) == []
-    assert third not in [x.id for x in await (await b.another()).finished_since(0)]
-    assert c
+    assert heard[-1].detail == "done" and heard[0].at == T0 + 1

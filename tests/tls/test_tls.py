@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from masters import MasterProcess, Masters, start_master
-from pki import Pki, make_pki
 
 from dockercomp.client.daemon import Daemon
 from dockercomp.client.errors import MasterRefused, MasterUntrusted
@@ -26,6 +24,8 @@ from dockercomp.protocol.messages import ContainerInfo, RegisterRequest
 from dockercomp.scientist import MasterError, Scientist
 from dockercomp.server.settings import ServerSettings
 from dockercomp.settings import SettingsError
+from tests.masters import MasterProcess, Masters, start_master
+from tests.pki import Pki, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 LAN = "http://10.1.2.3:8080"  # never contacted: every test that names it refuses before sending

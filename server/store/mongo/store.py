@@ -12,45 +12,60 @@ unit, the job's final state) is written after the unit's compare-and-set succeed
 ``$inc`` and conditional updates; only the master whose ``$inc`` completes a job's map units
 creates the reduce unit, and a unique (job_id, idx) index makes that happen once.
 
-Blobs live in GridFS through gridfs.py; ``open_mongodb`` returns both, on one client.
+Blobs live in GridFS (gridfs.py); the package's ``open_mongodb`` opens both on one client.
 """
 
 import contextlib
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
+from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
-try:
-    from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
-    from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure
-except ImportError as exc:  # pragma: no cover - pymongo comes with the server extra, but say what to install
-    raise ImportError("the mongodb store needs PyMongo 4.13 or newer: pip install 'dockercomp[server]'") from exc
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure
 
 from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
-from dockercomp.protocol.messages import Ack, Grant, Heartbeat, HostFacts, LeaseRequest, ResultReport
+from dockercomp.protocol.limits import STDERR_TAIL
+from dockercomp.protocol.messages import (
+    Ack,
+    Grant,
+    Heartbeat,
+    HostFacts,
+    LeaseRequest,
+    ResultReport,
+    ResultStatus,
+    UnitKind,
+)
 from dockercomp.protocol.signing import Signed
 
-from ..auth import Key, Role
-from ..blobs import BlobStore
-from ..errors import Conflict, NotFound, ServerError, StoreUnavailable
-from ..lifecycle import (
-    REDUCE,
-    TERMINAL_UNIT,
+from ...auth import Key, Role
+from ...errors import Conflict, NotFound, ServerError, StoreUnavailable
+from ...events import active, minute_of, tally
+from ...lifecycle import (
+    AttemptSnap,
     AttemptState,
-    AttemptView,
+    Event,
+    EventKind,
     JobState,
+    JobStep,
     LeasePolicy,
+    UnitChange,
+    UnitSnap,
     UnitState,
     Validity,
-    decide,
-    job_step,
-    judge_result,
+    aborts,
+    count_into_job,
+    initial_wanted,
     may_lease_again,
-    transition,
+    on_expire,
+    on_lease,
+    on_release,
+    on_result,
+    on_unit_ended,
 )
-from ..models import Attempt, Client, Image, InputFile, Job, Layer, Unit
-from .base import ZERO_COUNTS, Store, client_key, fits, grant, image_from, new_id, reduce_inputs
+from ...models import Attempt, Client, Image, InputFile, Job, Layer, Tally, Unit
+from ..base import ZERO_COUNTS, Store, client_key, fits, grant, image_from, job_counts, new_id, reduce_inputs
 
 Doc = dict[str, Any]
 P = ParamSpec("P")
@@ -93,7 +108,10 @@ class MongoStore(Store):
     ``AsyncMongoClient`` or a stand-in with its API, or a database of one."""
 
     def __init__(self, target: Any, database: str = "dockercomp") -> None:
+        super().__init__()
         self.db, self._client = _database(target, database)
+        self._activity = self.db["activity"]
+        self._active = self.db["active_clients"]
         self._jobs = self.db["jobs"]
         self._units = self.db["units"]
         self._clients = self.db["clients"]
@@ -116,6 +134,9 @@ class MongoStore(Store):
         await self._jobs.create_index([("created_at", DESCENDING)], name="jobs_by_age")
         await self._clients.create_index([("name", ASCENDING), ("_id", ASCENDING)], name="clients_by_name")
         await self._clients.create_index("last_seen", name="clients_last_seen")
+        await self._activity.create_index(
+            [("minute", ASCENDING), ("job", ASCENDING), ("counter", ASCENDING)], name="activity_key", unique=True
+        )
         await self._keys.create_index("token_hash", name="keys_by_token", unique=True)
         await self._keys.create_index("account", name="keys_by_account")
         await self._images.create_index("tags", name="images_by_tag")
@@ -214,7 +235,9 @@ class MongoStore(Store):
         )  # fmt: skip
         try:
             if units:
-                await self._units.insert_many([_new_unit(job, i, "map", inputs) for i, inputs in enumerate(units)])
+                await self._units.insert_many(
+                    [_new_unit(job, i, UnitKind.MAP, inputs) for i, inputs in enumerate(units)]
+                )
         except Exception:
             await self._units.delete_many({"job_id": job.id})
             await self._jobs.delete_one({"_id": job.id})
@@ -259,11 +282,13 @@ class MongoStore(Store):
         return sorted((_attempt_from(a, doc) for a in doc["attempts"]), key=lambda a: a.leased_at)
 
     @_guard
-    async def finished_since(self, since: float) -> list[Attempt]:
-        query = {"attempts.finished_at": {"$gte": since}}
-        docs = await self._units.find(query, {"job_id": 1, "attempts": 1}).to_list(None)
-        attempts = [_attempt_from(a, doc) for doc in docs for a in doc["attempts"] if (a["finished_at"] or -1) >= since]
-        return sorted(attempts, key=lambda a: a.finished_at or 0.0)
+    async def activity(self, since: float) -> list[Tally]:
+        first = minute_of(since)
+        rows = await self._activity.find({"minute": {"$gte": first}}).to_list(None)
+        clients = await self._active.find({"_id": {"$gte": first}}).to_list(None)
+        return [Tally(r["minute"], r["job"], r["counter"], r["n"]) for r in rows] + [
+            Tally(doc["_id"], "", "clients", len(doc["clients"])) for doc in clients
+        ]
 
     # -- clients -------------------------------------------------------------------------
     @_guard
@@ -301,12 +326,8 @@ class MongoStore(Store):
         if not ids:
             return []
         units = await self._units.find({"attempts.id": {"$in": ids}}, {"state": 1, "attempts": 1}).to_list(None)
-        alive = (AttemptState.LEASED, AttemptState.TIMED_OUT)
-        keep = {  # this client's attempts that may still count: everything else is aborted
-            a["id"] for u in units if u["state"] not in TERMINAL_UNIT for a in u["attempts"]
-            if a["client"] == client_id and a["state"] in alive
-        }  # fmt: skip
-        return [attempt_id for attempt_id in ids if attempt_id not in keep]
+        found = {a["id"]: (_attempt_snap(a), UnitState(u["state"])) for u in units for a in u["attempts"]}
+        return aborts(client_id, ids, found)
 
     # -- attempts ------------------------------------------------------------------------
     @_guard
@@ -364,7 +385,7 @@ class MongoStore(Store):
         for doc in docs:
             if doc["_id"] not in seen:
                 seen.add(doc["_id"])
-                expired += await self._expire_unit(doc, now, silent)
+                expired += await self._expire_unit(doc, now, frozenset(silent))
         return expired
 
     async def _leasable(self, client_id: str, limit: int, passed: list[str], too_big: set[str]) -> list[Doc]:
@@ -383,18 +404,14 @@ class MongoStore(Store):
         """Add one attempt for this client to the unit, unless another master got there first
         and the unit no longer wants one (or already has one on this client)."""
         attempt_id = new_id(8)
-        attempt = {"id": attempt_id, "client": client_id, "state": AttemptState.LEASED.value, "leased_at": now,
-                   "deadline": deadline, "finished_at": None, "output_hash": None, "output_size": None,
-                   "exit_code": None, "error": None, "stderr_tail": "", "runtime": None, "peak_memory": None,
-                   "validity": None}  # fmt: skip
         leasable = {**OPEN, "clients": {"$ne": client_id}}
         for _ in range(CAS_TRIES):
             unit = _unit_from(doc)
-            transition(unit.state, UnitState.RUNNING)
+            change = on_lease(_snap(doc), client_id, attempt_id, now, deadline)
             result = await self._units.update_one(
                 {"_id": unit.id, "version": doc["version"], **leasable},
-                {"$set": {"state": UnitState.RUNNING.value}, "$inc": {"wanted": -1, "version": 1},
-                 "$push": {"attempts": attempt, "clients": client_id}},
+                {"$set": {"state": change.state.value, "wanted": change.wanted}, "$inc": {"version": 1},
+                 "$push": {"attempts": _new_attempt(change), "clients": client_id}},
             )  # fmt: skip
             if result.matched_count:
                 return grant(unit.job, spec, unit, attempt_id, deadline)
@@ -404,117 +421,106 @@ class MongoStore(Store):
         return None
 
     async def _record(self, client_id: str, report: ResultReport, now: float) -> Ack:
-        doc = await self._units.find_one({"attempts.id": report.attempt})
-        for _ in range(CAS_TRIES):
-            attempt = _own_attempt(doc, client_id, report.attempt)
-            old = AttemptState(attempt["state"])
-            if not judge_result(old, attempt["output_hash"], UnitState(doc["state"]), report):
-                return Ack(report.attempt, True, "duplicate")
-            succeeded = report.status == "succeeded"
-            new = transition(old, AttemptState.SUCCEEDED if succeeded else AttemptState.ERRORED)
-            attempt.update(
-                state=new.value, finished_at=now, output_hash=report.output_hash if succeeded else None,
-                output_size=report.output_size if succeeded else None, exit_code=report.exit_code,
-                error=None if report.error is None else report.error.value, stderr_tail=report.stderr_tail[-4096:],
-                runtime=report.runtime, peak_memory=report.peak_memory,
-            )  # fmt: skip
-            if await self._write(doc, now, errors=[] if succeeded else [client_id]):
-                return Ack(report.attempt, True)
-            doc = await self._units.find_one({"_id": doc["_id"]})
-        raise StoreUnavailable(f"unit of attempt {report.attempt} is changing too often, try again")
+        async def event(doc: Doc) -> UnitChange | None:
+            spec = await self._spec(doc["job_id"])
+            return on_result(spec.redundancy, _snap(doc), client_id, report, now)
+
+        return await self._change(report.attempt, event, now, "duplicate")
 
     async def _release(self, client_id: str, attempt_id: str, now: float) -> Ack:
+        async def event(doc: Doc) -> UnitChange | None:
+            spec = await self._spec(doc["job_id"])
+            return on_release(spec.redundancy, _snap(doc), client_id, attempt_id, now)
+
+        return await self._change(attempt_id, event, now, "already released")
+
+    async def _change(
+        self, attempt_id: str, event: Callable[[Doc], Awaitable[UnitChange | None]], now: float, unchanged: str
+    ) -> Ack:
+        """Load the unit of an attempt, ask the lifecycle, write the answer; again on a miss."""
         doc = await self._units.find_one({"attempts.id": attempt_id})
         for _ in range(CAS_TRIES):
-            attempt = _own_attempt(doc, client_id, attempt_id)
-            state = AttemptState(attempt["state"])
-            if state == AttemptState.RELEASED:
-                return Ack(attempt_id, True, "already released")
-            if state != AttemptState.LEASED:
-                raise Conflict(f"attempt {attempt_id} is already {state}")
-            attempt.update(state=transition(state, AttemptState.RELEASED).value, finished_at=now)
-            if await self._write(doc, now, errors=[]):
+            if doc is None:
+                raise NotFound(f"attempt {attempt_id!r:.40} is unknown or was leased to another client")
+            change = await event(doc)
+            if change is None:
+                return Ack(attempt_id, True, unchanged)
+            if await self._write(doc, change, now):
                 return Ack(attempt_id, True)
             doc = await self._units.find_one({"_id": doc["_id"]})
         raise StoreUnavailable(f"unit of attempt {attempt_id} is changing too often, try again")
 
-    async def _expire_unit(self, doc: Doc | None, now: float, silent: set[str]) -> int:
+    async def _expire_unit(self, doc: Doc | None, now: float, silent: frozenset[str]) -> int:
         for _ in range(CAS_TRIES):
             if doc is None:
                 return 0
-            leased = [a for a in doc["attempts"] if a["state"] == AttemptState.LEASED]
-            overdue = [a for a in leased if a["deadline"] < now or a["client"] in silent]
-            if not overdue:
+            spec = await self._spec(doc["job_id"])
+            change = on_expire(spec.redundancy, _snap(doc), now, silent)
+            if change is None:
                 return 0  # another master expired them first
-            for a in overdue:
-                a.update(state=transition(AttemptState.LEASED, AttemptState.TIMED_OUT).value, finished_at=now)
-            if await self._write(doc, now, errors=[a["client"] for a in overdue]):
-                return len(overdue)
+            if await self._write(doc, change, now):
+                return sum(1 for e in change.events if e.kind == EventKind.LEASE_EXPIRED)
             doc = await self._units.find_one({"_id": doc["_id"]})
         return 0  # left for the next round of the reaper
 
-    async def _write(self, doc: Doc, now: float, errors: list[str]) -> bool:
-        """Re-run the quorum decision on ``doc`` (its attempts already edited) and write the
-        unit back if its version is unchanged; then the counters and the job. False on a miss."""
-        spec = await self._spec(doc["job_id"])
-        attempts: list[Doc] = doc["attempts"]
-        old = UnitState(doc["state"])
-        views = [AttemptView(a["id"], AttemptState(a["state"]), a["output_hash"]) for a in attempts]
-        decision = decide(spec.redundancy, views)
-        state = transition(old, decision.state)
-        judged: dict[str, list[str]] = {"valid": [], "invalid": []}
-        for a in attempts:
-            if a["id"] in decision.abandon:
-                a.update(state=transition(AttemptState(a["state"]), AttemptState.RELEASED).value, finished_at=now)
-            for validity, ids in ((Validity.VALID, decision.valid), (Validity.INVALID, decision.invalid)):
-                if a["id"] in ids and a["validity"] is None:
-                    a["validity"] = validity.value
-                    judged[validity.value].append(a["client"])
-        size = next((a["output_size"] for a in attempts if a["id"] in decision.valid), None)
+    async def _write(self, doc: Doc, change: UnitChange, now: float) -> bool:
+        """Write a change as a compare-and-set on the unit's version; then the clients'
+        counters and what follows for the job. False when another master changed it first."""
+        attempts = _updated(doc["attempts"], change)
         result = await self._units.update_one(
             {"_id": doc["_id"], "version": doc["version"]},
-            {"$set": {"state": state.value, "wanted": decision.wanted, "canonical_hash": decision.canonical,
-                      "canonical_size": size, "attempts": attempts, "clients": _holders(attempts)},
+            {"$set": {"state": change.state.value, "wanted": change.wanted, "canonical_hash": change.canonical_hash,
+                      "canonical_size": change.canonical_size, "attempts": attempts, "clients": _holders(attempts)},
              "$inc": {"version": 1}},
         )  # fmt: skip
         if not result.matched_count:
             return False
-        # a client holds at most one attempt of a unit that may_lease_again refuses, and errors
-        # come from this one event, so every list names a client once
-        for counter, client_ids in (("errors", errors), ("valid", judged["valid"]), ("invalid", judged["invalid"])):
+        for counter, client_ids in (("errors", change.errors), ("valid", change.valid), ("invalid", change.invalid)):
             if client_ids:
-                await self._clients.update_many({"_id": {"$in": client_ids}}, {"$inc": {counter: 1}})
-        if state in TERMINAL_UNIT and old not in TERMINAL_UNIT:
-            await self._unit_ended(doc, state, now)
+                await self._clients.update_many({"_id": {"$in": list(client_ids)}}, {"$inc": {counter: 1}})
+        events = list(change.events)
+        if change.ended:
+            events += await self._unit_ended(change, now)
+        await self._count(events)
+        self.events.publish(events)
         return True
 
-    async def _unit_ended(self, unit: Doc, state: UnitState, now: float) -> None:
+    async def _count(self, events: list[Event]) -> None:
+        """The activity counters, after the change they count (MongoDB has no transaction here)."""
+        for (minute, job, counter), n in tally(events).items():
+            with contextlib.suppress(DuplicateKeyError):  # two masters upserting the first count: retry once
+                await self._activity.update_one({"minute": minute, "job": job, "counter": counter},
+                                                {"$inc": {"n": n}}, upsert=True)  # fmt: skip
+                continue
+            await self._activity.update_one({"minute": minute, "job": job, "counter": counter}, {"$inc": {"n": n}})
+        for minute, client in active(events):
+            await self._active.update_one({"_id": minute}, {"$addToSet": {"clients": client}}, upsert=True)
+
+    async def _unit_ended(self, change: UnitChange, now: float) -> tuple[Event, ...]:
         """Count a finished map unit in its job; create the reduce unit or end the job when
         that was the last one. Only the master whose ``$inc`` completed the count goes on, and
         no reduce unit exists before that, so a map unit's end never needs to look for one."""
-        reduce_state: UnitState | None = state
-        if unit["kind"] == "map":
-            counter = "done_map" if state == UnitState.DONE else "failed_map"
+        counter = count_into_job(change)
+        if counter is not None:
             job_doc = await self._jobs.find_one_and_update(
-                {"_id": unit["job_id"]}, {"$inc": {counter: 1}}, return_document=ReturnDocument.AFTER
+                {"_id": change.job}, {"$inc": {counter: 1}}, return_document=ReturnDocument.AFTER
             )
-            reduce_state = None
         else:
-            job_doc = await self._jobs.find_one({"_id": unit["job_id"]})
+            job_doc = await self._jobs.find_one({"_id": change.job})
         if job_doc is None:
-            raise NotFound(f"no job {unit['job_id']!r:.40}")
+            raise NotFound(f"no job {change.job!r:.40}")
         job = self._job_from(job_doc)
-        step = job_step(job.n_map, job.done_map, job.failed_map, job.spec.reduce_command is not None, reduce_state)
-        if step == REDUCE:
-            maps = self._units.find({"job_id": job.id, "kind": "map"}, NO_HISTORY).sort("idx", ASCENDING)
+        step = on_unit_ended(job_counts(job), change, now)
+        if step.step == JobStep.REDUCE:
+            maps = self._units.find({"job_id": job.id, "kind": UnitKind.MAP.value}, NO_HISTORY).sort("idx", ASCENDING)
             inputs = reduce_inputs([_unit_from(d) for d in await maps.to_list(None)])
             with contextlib.suppress(DuplicateKeyError):  # the unique (job_id, idx) index keeps it to one
-                await self._units.insert_one(_new_unit(job, job.n_map, "reduce", inputs))
-        elif isinstance(step, JobState):
-            transition(job.state, step)
+                await self._units.insert_one(_new_unit(job, job.n_map, UnitKind.REDUCE, inputs))
+        elif step.state is not None:
             await self._jobs.update_one(
-                {"_id": job.id, "state": job.state.value}, {"$set": {"state": step.value, "finished_at": now}}
+                {"_id": job.id, "state": job.state.value}, {"$set": {"state": step.state.value, "finished_at": now}}
             )
+        return step.events
 
     # -- reads ----------------------------------------------------------------------------
     async def _touch(self, client_id: str, now: float) -> None:
@@ -552,17 +558,10 @@ async def _ack(attempt_id: str, work: Awaitable[Ack]) -> Ack:
         return Ack(attempt_id, False, str(exc))
 
 
-def _own_attempt(doc: Doc | None, client_id: str, attempt_id: str) -> Doc:
-    attempt = next((a for a in doc["attempts"] if a["id"] == attempt_id), None) if doc else None
-    if attempt is None or attempt["client"] != client_id:
-        raise NotFound(f"attempt {attempt_id!r:.40} is unknown or was leased to another client")
-    return attempt
-
-
 def _new_unit(job: Job, idx: int, kind: str, inputs: list[InputFile]) -> Doc:
     return {
         "_id": f"{job.id}.{idx}", "job_id": job.id, "idx": idx, "kind": kind, "state": UnitState.READY.value,
-        "wanted": job.spec.redundancy.replicas, "priority": job.spec.priority, "job_created": job.created_at,
+        "wanted": initial_wanted(job.spec.redundancy), "priority": job.spec.priority, "job_created": job.created_at,
         "inputs": [{"name": f.name, "hash": f.hash, "size": f.size} for f in inputs],
         "canonical_hash": None, "canonical_size": None, "version": 0, "clients": [], "attempts": [],
     }  # fmt: skip
@@ -608,13 +607,51 @@ def _key_from(doc: Doc) -> Key:
     )  # fmt: skip
 
 
-def open_mongodb(url: str) -> tuple[Store, BlobStore]:
-    """The store and GridFS blob store for a ``mongodb://host/DB`` URL (DB defaults to
-    "dockercomp"), sharing one client that the store closes."""
-    from .gridfs import GridFSBlobStore  # here, not at the top: gridfs.py imports _guard from this module
+def _snap(doc: Doc) -> UnitSnap:
+    return UnitSnap(
+        doc["_id"], doc["job_id"], doc["kind"], UnitState(doc["state"]), doc["wanted"],
+        tuple(_attempt_snap(a) for a in doc.get("attempts", ())),
+    )  # fmt: skip
 
-    store = MongoStore(url)
-    return store, GridFSBlobStore(store.db)
+
+def _attempt_snap(a: Doc) -> AttemptSnap:
+    return AttemptSnap(
+        a["id"], a["client"], AttemptState(a["state"]), a["output_hash"], a["output_size"], a["error"],
+        Validity(a["validity"]) if a["validity"] else None, a["deadline"],
+    )  # fmt: skip
+
+
+def _new_attempt(change: UnitChange) -> Doc:
+    lease = change.lease
+    assert lease is not None
+    return {"id": lease.id, "client": lease.client, "state": AttemptState.LEASED.value, "leased_at": lease.leased_at,
+            "deadline": lease.deadline, "finished_at": None, "output_hash": None, "output_size": None,
+            "exit_code": None, "error": None, "stderr_tail": "", "runtime": None, "peak_memory": None,
+            "validity": None}  # fmt: skip
+
+
+def _updated(attempts: list[Doc], change: UnitChange) -> list[Doc]:
+    """The unit's attempts with the change's updates applied (None keeps a value)."""
+    updates = {u.id: u for u in change.attempts}
+    out = []
+    for a in attempts:
+        update = updates.get(a["id"])
+        if update is not None:
+            a = dict(a)
+            if update.result is not None:
+                r = update.result
+                succeeded = r.status == ResultStatus.SUCCEEDED
+                a.update(
+                    output_hash=r.output_hash if succeeded else None, output_size=r.output_size if succeeded else None,
+                    exit_code=r.exit_code, error=None if r.error is None else r.error.value,
+                    stderr_tail=r.stderr_tail[-STDERR_TAIL:], runtime=r.runtime, peak_memory=r.peak_memory,
+                )  # fmt: skip
+            for name in ("state", "finished_at", "validity"):
+                value = getattr(update, name)
+                if value is not None:
+                    a[name] = value.value if isinstance(value, StrEnum) else value
+        out.append(a)
+    return out
 
 
 def _holders(attempts: list[Doc]) -> list[str]:

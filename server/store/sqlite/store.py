@@ -9,38 +9,50 @@ or result request) keeps the number of transactions low.
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
-from dockercomp.protocol.messages import Ack, Grant, Heartbeat, HostFacts, LeaseRequest, ResultReport
+from dockercomp.protocol.limits import STDERR_TAIL
+from dockercomp.protocol.messages import Ack, Grant, Heartbeat, HostFacts, LeaseRequest, ResultReport, ResultStatus
 from dockercomp.protocol.signing import Signed
 
-from ..auth import Key, Role
-from ..errors import Conflict, NotFound, ServerError, StoreUnavailable
-from ..lifecycle import (
-    REDUCE,
-    TERMINAL_UNIT,
+from ...auth import Key, Role
+from ...errors import Conflict, NotFound, ServerError, StoreUnavailable
+from ...events import active, minute_of, tally
+from ...lifecycle import (
     UNIT_FAILURES,
+    AttemptSnap,
     AttemptState,
-    AttemptView,
+    AttemptUpdate,
+    Event,
+    EventKind,
     JobState,
+    JobStep,
     LeasePolicy,
+    UnitChange,
+    UnitSnap,
     UnitState,
     Validity,
-    decide,
-    job_step,
-    judge_result,
-    transition,
+    aborts,
+    count_into_job,
+    initial_wanted,
+    on_expire,
+    on_lease,
+    on_release,
+    on_result,
+    on_unit_ended,
 )
-from ..models import Attempt, Client, Image, InputFile, Job, Layer, Unit
-from .base import (
+from ...models import Attempt, Client, Image, InputFile, Job, Layer, Tally, Unit
+from ..base import (
     ZERO_COUNTS,
     Store,
     client_key,
     fits,
     grant,
     image_from,
+    job_counts,
     merge_image,
     new_id,
     reduce_inputs,
@@ -56,6 +68,10 @@ CREATE TABLE IF NOT EXISTS layers (digest TEXT PRIMARY KEY, size INTEGER NOT NUL
 CREATE TABLE IF NOT EXISTS images (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, pushed_at REAL NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS image_tags (tag TEXT PRIMARY KEY, image_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS activity (
+    minute INTEGER NOT NULL, job TEXT NOT NULL, counter TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (minute, job, counter));
+CREATE TABLE IF NOT EXISTS active_clients (minute INTEGER NOT NULL, client TEXT NOT NULL, PRIMARY KEY (minute, client));
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
     finished_at REAL, n_map INTEGER NOT NULL, done_map INTEGER NOT NULL DEFAULT 0,
@@ -75,7 +91,6 @@ CREATE TABLE IF NOT EXISTS attempts (
 DROP INDEX IF EXISTS attempts_by_unit;
 CREATE INDEX IF NOT EXISTS attempts_of_unit ON attempts (unit_id, client_id, state);
 CREATE INDEX IF NOT EXISTS attempts_leased ON attempts (deadline) WHERE state = 'leased';
-CREATE INDEX IF NOT EXISTS attempts_finished ON attempts (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS attempts_leased_by_client ON attempts (client_id) WHERE state = 'leased';
 CREATE TABLE IF NOT EXISTS clients (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, registered_at REAL NOT NULL, last_seen REAL NOT NULL,
@@ -83,6 +98,7 @@ CREATE TABLE IF NOT EXISTS clients (
     containers TEXT NOT NULL DEFAULT '[]', valid INTEGER NOT NULL DEFAULT 0,
     invalid INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, account TEXT NOT NULL DEFAULT '');
 """
+T = TypeVar("T")
 # columns added since a table was first made: (table, column, definition)
 ADDED_COLUMNS = (
     ("jobs", "owner", "TEXT NOT NULL DEFAULT ''"),
@@ -102,8 +118,10 @@ ORDER BY priority DESC, job_created, job_id, idx LIMIT ?
 
 class SQLiteStore(Store):
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._pending: list[Event] = []  # the events of the open transaction
         self._specs: dict[str, JobSpec] = {}  # job specs never change, so caching them is safe
 
     # -- life ---------------------------------------------------------------------------
@@ -131,8 +149,13 @@ class SQLiteStore(Store):
     def _tx(self) -> Iterator[sqlite3.Connection]:
         if self._db is None:
             raise StoreUnavailable("the store is not open")
+        self._pending = []
         with _transaction(self._db) as db:
             yield db
+            if self._pending:  # the counters go in the same write as the changes they count
+                _count(db, self._pending)
+        events, self._pending = self._pending, []
+        self.events.publish(events)
 
     # -- keys ---------------------------------------------------------------------------
     async def add_key(self, key: Key) -> None:
@@ -198,7 +221,7 @@ class SQLiteStore(Store):
     # -- jobs ---------------------------------------------------------------------------
     async def create_job(self, spec: JobSpec, units: list[list[InputFile]], now: float, owner: str = "") -> Job:
         job = Job(id=new_id(), spec=spec, state=JobState.RUNNING, created_at=now, owner=owner, n_map=len(units))
-        wanted = spec.redundancy.replicas
+        wanted = initial_wanted(spec.redundancy)
         with self._tx() as db:
             db.execute(
                 "INSERT INTO jobs (id, spec, state, created_at, n_map, owner) VALUES (?, ?, ?, ?, ?, ?)",
@@ -244,10 +267,14 @@ class SQLiteStore(Store):
             rows = db.execute("SELECT * FROM attempts WHERE unit_id = ? ORDER BY leased_at", (unit_id,))
             return [_attempt_from(row) for row in rows]
 
-    async def finished_since(self, since: float) -> list[Attempt]:
+    async def activity(self, since: float) -> list[Tally]:
+        first = minute_of(since)
         with self._tx() as db:
-            rows = db.execute("SELECT * FROM attempts WHERE finished_at >= ? ORDER BY finished_at", (since,))
-            return [_attempt_from(row) for row in rows]
+            rows = db.execute("SELECT minute, job, counter, n FROM activity WHERE minute >= ?", (first,)).fetchall()
+            clients = db.execute(
+                "SELECT minute, COUNT(*) FROM active_clients WHERE minute >= ? GROUP BY minute", (first,)
+            ).fetchall()
+        return [Tally(*row) for row in rows] + [Tally(minute, "", "clients", n) for minute, n in clients]
 
     # -- clients -------------------------------------------------------------------------
     async def register_client(
@@ -283,21 +310,17 @@ class SQLiteStore(Store):
             ).rowcount
             if not updated:
                 raise NotFound(f"no client {client_id!r:.40}; register again")
-            abort = []
-            for container in beat.containers:
+            running = [c.attempt for c in beat.containers]
+            found = {}
+            for attempt_id in running:
                 row = db.execute(
-                    "SELECT a.state, a.client_id, u.state AS unit_state FROM attempts AS a"
+                    f"SELECT {_ATTEMPT_SNAP}, u.state AS unit_state FROM attempts AS a"
                     " JOIN units AS u ON u.id = a.unit_id WHERE a.id = ?",
-                    (container.attempt,),
+                    (attempt_id,),
                 ).fetchone()
-                if (
-                    row is None
-                    or row["client_id"] != client_id
-                    or row["state"] not in (AttemptState.LEASED, AttemptState.TIMED_OUT)
-                    or row["unit_state"] in TERMINAL_UNIT
-                ):
-                    abort.append(container.attempt)
-            return abort
+                if row is not None:
+                    found[attempt_id] = (_attempt_snap(row), UnitState(row["unit_state"]))
+            return aborts(client_id, running, found)
 
     # -- attempts ------------------------------------------------------------------------
     async def lease(self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy) -> list[Grant]:
@@ -308,11 +331,10 @@ class SQLiteStore(Store):
         with self._tx() as db:
             self._touch(db, client_id, now)
             page = request.max_units * 4 + 16
-            attempts: list[tuple[str, str, str, str, float, float]] = []
-            units: list[tuple[str, UnitState]] = []
+            changes: list[UnitChange] = []
             too_big: set[str] = set()  # jobs whose units do not fit what is left (it only shrinks)
             while len(grants) < request.max_units:
-                rows = _leasable(db, client_id, page, [u for u, _ in units], too_big)
+                rows = _leasable(db, client_id, page, [c.unit for c in changes], too_big)
                 for row in rows:
                     if len(grants) >= request.max_units:
                         break
@@ -321,14 +343,13 @@ class SQLiteStore(Store):
                         too_big.add(row["job_id"])
                         continue
                     unit = _unit_from(row)
-                    transition(unit.state, UnitState.RUNNING)
-                    attempt_id = new_id(8)
-                    deadline = policy.deadline(now, spec.resources.timeout)
-                    attempts.append((attempt_id, unit.id, unit.job, client_id, now, deadline))
-                    units.append((unit.id, unit.state))
+                    snap = UnitSnap(unit.id, unit.job, unit.kind, unit.state, unit.wanted)
+                    change = on_lease(snap, client_id, new_id(8), now, policy.deadline(now, spec.resources.timeout))
+                    changes.append(change)
                     cpus -= spec.resources.cpus
                     memory -= spec.resources.memory
-                    grants.append(grant(unit.job, spec, unit, attempt_id, deadline))
+                    assert change.lease is not None
+                    grants.append(grant(unit.job, spec, unit, change.lease.id, change.lease.deadline))
                 if len(rows) < page:
                     break
             # one statement each for the whole batch: the rows were read in this transaction, and
@@ -336,169 +357,127 @@ class SQLiteStore(Store):
             db.executemany(
                 "INSERT INTO attempts (id, unit_id, job_id, client_id, state, leased_at, deadline)"
                 " VALUES (?, ?, ?, ?, 'leased', ?, ?)",
-                attempts,
+                [(c.lease.id, c.unit, c.job, c.lease.client, c.lease.leased_at, c.lease.deadline)
+                 for c in changes if c.lease],
+            )  # fmt: skip
+            db.executemany(
+                "UPDATE units SET wanted = ?, state = ? WHERE id = ? AND state = ?",
+                [(c.wanted, c.state, c.unit, c.old) for c in changes],
             )
-            db.executemany("UPDATE units SET wanted = wanted - 1, state = 'running' WHERE id = ? AND state = ?", units)
         return grants
 
     async def record_results(self, client_id: str, reports: list[ResultReport], now: float) -> list[Ack]:
-        acks = []
-        with self._tx() as db:
-            self._touch(db, client_id, now)
-            for report in reports:
-                try:
-                    acks.append(self._record(db, client_id, report, now))
-                except ServerError as exc:
-                    acks.append(Ack(report.attempt, False, str(exc)))
-        return acks
+        def one(db: sqlite3.Connection, report: ResultReport) -> Ack:
+            snap = self._snap_of(db, report.attempt, client_id)
+            change = on_result(self._spec(db, snap.job).redundancy, snap, client_id, report, now)
+            if change is None:
+                return Ack(report.attempt, True, "duplicate")
+            self._apply(db, change, now)
+            return Ack(report.attempt, True)
+
+        return self._each(client_id, [(r.attempt, r) for r in reports], one, now)
 
     async def release(self, client_id: str, attempt_ids: list[str], now: float) -> list[Ack]:
+        def one(db: sqlite3.Connection, attempt_id: str) -> Ack:
+            snap = self._snap_of(db, attempt_id, client_id)
+            change = on_release(self._spec(db, snap.job).redundancy, snap, client_id, attempt_id, now)
+            if change is None:
+                return Ack(attempt_id, True, "already released")
+            self._apply(db, change, now)
+            return Ack(attempt_id, True)
+
+        return self._each(client_id, [(a, a) for a in attempt_ids], one, now)
+
+    async def expire(self, now: float, policy: LeasePolicy) -> int:
+        with self._tx() as db:
+            quiet = now - policy.heartbeat_timeout
+            silent = frozenset(row[0] for row in db.execute("SELECT id FROM clients WHERE last_seen < ?", (quiet,)))
+            units = db.execute(
+                "SELECT DISTINCT a.unit_id FROM attempts AS a JOIN clients AS c ON c.id = a.client_id"
+                " WHERE a.state = 'leased' AND (a.deadline < ? OR c.last_seen < ?)",
+                (now, quiet),
+            ).fetchall()
+            expired = 0
+            for (unit_id,) in units:
+                snap = self._snap(db, unit_id)
+                change = on_expire(self._spec(db, snap.job).redundancy, snap, now, silent)
+                if change is not None:
+                    self._apply(db, change, now)
+                    expired += sum(1 for e in change.events if e.kind == EventKind.LEASE_EXPIRED)
+            return expired
+
+    # -- inside a transaction: load, apply ---------------------------------------------------
+    def _each(self, client_id: str, items: list[tuple[str, T]], one: Callable[[sqlite3.Connection, T], Ack],
+              now: float) -> list[Ack]:  # fmt: skip
+        """Apply one item after another in one transaction; a refused item is its Ack."""
         acks = []
         with self._tx() as db:
             self._touch(db, client_id, now)
-            for attempt_id in attempt_ids:
+            for attempt_id, item in items:
                 try:
-                    acks.append(self._release(db, client_id, attempt_id, now))
+                    acks.append(one(db, item))
                 except ServerError as exc:
                     acks.append(Ack(attempt_id, False, str(exc)))
         return acks
 
-    async def expire(self, now: float, policy: LeasePolicy) -> int:
-        with self._tx() as db:
-            late = db.execute(
-                "SELECT id, unit_id, client_id FROM attempts WHERE state = 'leased' AND deadline < ?", (now,)
-            ).fetchall()
-            silent = db.execute(
-                "SELECT a.id, a.unit_id, a.client_id FROM clients AS c JOIN attempts AS a"
-                " ON a.client_id = c.id AND a.state = 'leased' WHERE c.last_seen < ?",
-                (now - policy.heartbeat_timeout,),
-            ).fetchall()
-            expired = {row["id"]: row for row in [*late, *silent]}
-            for row in expired.values():
-                self._move_attempt(db, row["id"], AttemptState.LEASED, AttemptState.TIMED_OUT, now)
-                db.execute("UPDATE clients SET errors = errors + 1 WHERE id = ?", (row["client_id"],))
-                self._decide(db, row["unit_id"], now)
-            return len(expired)
+    def _snap_of(self, db: sqlite3.Connection, attempt_id: str, client_id: str) -> UnitSnap:
+        row = db.execute("SELECT unit_id FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"attempt {attempt_id!r:.40} is unknown or was leased to another client")
+        return self._snap(db, row[0])
 
-    # -- inside a transaction --------------------------------------------------------------
-    def _record(self, db: sqlite3.Connection, client_id: str, report: ResultReport, now: float) -> Ack:
-        row = self._own_attempt(db, client_id, report.attempt)
-        old = AttemptState(row["state"])
-        if not judge_result(old, row["output_hash"], UnitState(row["unit_state"]), report):
-            return Ack(report.attempt, True, "duplicate")
-        succeeded = report.status == "succeeded"
-        new = transition(old, AttemptState.SUCCEEDED if succeeded else AttemptState.ERRORED)
-        db.execute(
-            "UPDATE attempts SET state = ?, finished_at = ?, output_hash = ?, output_size = ?, exit_code = ?,"
-            " error = ?, stderr_tail = ?, runtime = ?, peak_memory = ? WHERE id = ? AND state = ?",
-            (
-                new, now, report.output_hash if succeeded else None, report.output_size if succeeded else None,
-                report.exit_code, report.error, report.stderr_tail[-4096:], report.runtime, report.peak_memory,
-                report.attempt, old,
-            ),
+    def _snap(self, db: sqlite3.Connection, unit_id: str) -> UnitSnap:
+        unit = db.execute("SELECT id, job_id, kind, state, wanted FROM units WHERE id = ?", (unit_id,)).fetchone()
+        attempts = db.execute(f"SELECT {_ATTEMPT_SNAP} FROM attempts AS a WHERE a.unit_id = ?", (unit_id,))
+        return UnitSnap(
+            unit["id"], unit["job_id"], unit["kind"], UnitState(unit["state"]), unit["wanted"],
+            tuple(_attempt_snap(a) for a in attempts),
         )  # fmt: skip
-        if not succeeded:
-            db.execute("UPDATE clients SET errors = errors + 1 WHERE id = ?", (client_id,))
-        self._decide(db, row["unit_id"], now)
-        return Ack(report.attempt, True)
 
-    def _release(self, db: sqlite3.Connection, client_id: str, attempt_id: str, now: float) -> Ack:
-        row = self._own_attempt(db, client_id, attempt_id)
-        state = AttemptState(row["state"])
-        if state == AttemptState.RELEASED:
-            return Ack(attempt_id, True, "already released")
-        if state != AttemptState.LEASED:
-            raise Conflict(f"attempt {attempt_id} is already {state}")
-        self._move_attempt(db, attempt_id, state, AttemptState.RELEASED, now)
-        self._decide(db, row["unit_id"], now)
-        return Ack(attempt_id, True)
-
-    def _decide(self, db: sqlite3.Connection, unit_id: str, now: float) -> None:
-        """Re-run the quorum decision for one unit and write what follows from it."""
-        # only the columns the decision needs: parsing the unit's inputs would be wasted work
-        unit = db.execute("SELECT job_id, kind, state FROM units WHERE id = ?", (unit_id,)).fetchone()
-        job_id, kind, old = unit["job_id"], unit["kind"], UnitState(unit["state"])
-        spec = self._spec(db, job_id)
-        attempts = db.execute(
-            "SELECT id, state, output_hash, output_size, client_id FROM attempts WHERE unit_id = ?",
-            (unit_id,),
-        ).fetchall()
-        views = [AttemptView(a["id"], AttemptState(a["state"]), a["output_hash"]) for a in attempts]
-        decision = decide(spec.redundancy, views)
-        state = transition(old, decision.state)
-        size = next((a["output_size"] for a in attempts if a["id"] in decision.valid), None)
-        db.execute(
+    def _apply(self, db: sqlite3.Connection, change: UnitChange, now: float) -> None:
+        """Write a change: the unit as a compare-and-set on its state, its attempts, the
+        clients' counters, and what follows for the job when the unit ended."""
+        written = db.execute(
             "UPDATE units SET state = ?, wanted = ?, canonical_hash = ?, canonical_size = ? WHERE id = ? AND state = ?",
-            (state, decision.wanted, decision.canonical, size, unit_id, old),
-        )
-        for validity, ids, counter in (
-            (Validity.VALID, decision.valid, "valid"),
-            (Validity.INVALID, decision.invalid, "invalid"),
-        ):
-            for a in attempts:
-                if a["id"] in ids:
-                    db.execute("UPDATE attempts SET validity = ? WHERE id = ?", (validity, a["id"]))
-                    db.execute(f"UPDATE clients SET {counter} = {counter} + 1 WHERE id = ?", (a["client_id"],))
-        for attempt_id in decision.abandon:
-            self._move_attempt(db, attempt_id, AttemptState.LEASED, AttemptState.RELEASED, now)
-        if state in TERMINAL_UNIT and old not in TERMINAL_UNIT:
-            self._unit_ended(db, job_id, kind, state, now)
+            (change.state, change.wanted, change.canonical_hash, change.canonical_size, change.unit, change.old),
+        ).rowcount
+        if not written:  # the transaction holds the only writer: this is a bug, not a race
+            raise StoreUnavailable(f"unit {change.unit} changed under its own transaction")
+        for update in change.attempts:
+            _update_attempt(db, update)
+        for counter, clients in (("errors", change.errors), ("valid", change.valid), ("invalid", change.invalid)):
+            db.executemany(f"UPDATE clients SET {counter} = {counter} + 1 WHERE id = ?", [(c,) for c in clients])
+        self._pending += change.events
+        if change.ended:
+            self._unit_ended(db, change, now)
 
-    def _unit_ended(self, db: sqlite3.Connection, job_id: str, kind: str, state: UnitState, now: float) -> None:
-        if kind == "map":
-            column = "done_map" if state == UnitState.DONE else "failed_map"
-            # RETURNING hands back the updated job row, which would otherwise be read again
-            rows = db.execute(f"UPDATE jobs SET {column} = {column} + 1 WHERE id = ? RETURNING *", (job_id,)).fetchall()
-            if not rows:
-                raise NotFound(f"no job {job_id!r:.40}")
-            job = self._job_from(rows[0])
+    def _unit_ended(self, db: sqlite3.Connection, change: UnitChange, now: float) -> None:
+        counter = count_into_job(change)
+        if counter is not None:  # RETURNING hands back the updated row, which would otherwise be read again
+            rows = db.execute(f"UPDATE jobs SET {counter} = {counter} + 1 WHERE id = ? RETURNING *", (change.job,))
+            row = rows.fetchone()
+            if row is None:
+                raise NotFound(f"no job {change.job!r:.40}")
+            job = self._job_from(row)
         else:
-            job = self._job(db, job_id)
-        reduce_row = None
-        if job.spec.reduce_command is not None:  # only a job with a reduce step ever has a reduce unit
-            # it comes right after the map units: a point lookup
-            reduce_row = db.execute(
-                "SELECT state FROM units WHERE job_id = ? AND idx = ? AND kind = 'reduce'", (job.id, job.n_map)
-            ).fetchone()
-        step = job_step(
-            job.n_map, job.done_map, job.failed_map, job.spec.reduce_command is not None,
-            UnitState(reduce_row[0]) if reduce_row else None,
-        )  # fmt: skip
-        if step == REDUCE:
+            job = self._job(db, change.job)
+        step = on_unit_ended(job_counts(job), change, now)
+        self._pending += step.events
+        if step.step == JobStep.REDUCE:
             maps = [_unit_from(r) for r in db.execute("SELECT * FROM units WHERE job_id = ? ORDER BY idx", (job.id,))]
             db.execute(
                 "INSERT INTO units (id, job_id, idx, kind, state, wanted, priority, job_created, inputs)"
                 " VALUES (?, ?, ?, 'reduce', 'ready', ?, ?, ?, ?)",
                 (
-                    f"{job.id}.{job.n_map}", job.id, job.n_map, job.spec.redundancy.replicas,
+                    f"{job.id}.{job.n_map}", job.id, job.n_map, initial_wanted(job.spec.redundancy),
                     job.spec.priority, job.created_at, _dump_inputs(reduce_inputs(maps)),
                 ),
             )  # fmt: skip
-        elif isinstance(step, JobState):
-            transition(job.state, step)
+        elif step.state is not None:
             db.execute(
                 "UPDATE jobs SET state = ?, finished_at = ? WHERE id = ? AND state = ?",
-                (step, now, job.id, job.state),
+                (step.state, now, job.id, job.state),
             )
-
-    def _move_attempt(
-        self, db: sqlite3.Connection, attempt_id: str, old: AttemptState, new: AttemptState, now: float
-    ) -> None:
-        transition(old, new)
-        db.execute(
-            "UPDATE attempts SET state = ?, finished_at = ? WHERE id = ? AND state = ?",
-            (new, now, attempt_id, old),
-        )
-
-    def _own_attempt(self, db: sqlite3.Connection, client_id: str, attempt_id: str) -> sqlite3.Row:
-        row = db.execute(
-            "SELECT a.id, a.state, a.output_hash, a.client_id, a.unit_id, u.state AS unit_state"
-            " FROM attempts AS a JOIN units AS u ON u.id = a.unit_id WHERE a.id = ?",
-            (attempt_id,),
-        ).fetchone()
-        if row is None or row["client_id"] != client_id:
-            raise NotFound(f"attempt {attempt_id!r:.40} is unknown or was leased to another client")
-        return row
 
     def _touch(self, db: sqlite3.Connection, client_id: str, now: float) -> None:
         if not db.execute("UPDATE clients SET last_seen = ? WHERE id = ?", (now, client_id)).rowcount:
@@ -525,6 +504,45 @@ class SQLiteStore(Store):
             finished_at=row["finished_at"], owner=row["owner"], n_map=row["n_map"], done_map=row["done_map"],
             failed_map=row["failed_map"],
         )  # fmt: skip
+
+
+_ATTEMPT_SNAP = "a.id, a.client_id, a.state, a.output_hash, a.output_size, a.error, a.validity, a.deadline"
+
+
+def _count(db: sqlite3.Connection, events: list[Event]) -> None:
+    db.executemany(
+        "INSERT INTO activity VALUES (?, ?, ?, ?) ON CONFLICT (minute, job, counter) DO UPDATE SET n = n + excluded.n",
+        [(*key, n) for key, n in tally(events).items()],
+    )
+    db.executemany("INSERT OR IGNORE INTO active_clients VALUES (?, ?)", sorted(active(events)))
+
+
+def _attempt_snap(row: sqlite3.Row) -> AttemptSnap:
+    return AttemptSnap(
+        row["id"], row["client_id"], AttemptState(row["state"]), row["output_hash"], row["output_size"], row["error"],
+        Validity(row["validity"]) if row["validity"] else None, row["deadline"],
+    )  # fmt: skip
+
+
+def _update_attempt(db: sqlite3.Connection, update: AttemptUpdate) -> None:
+    """New values for one attempt; None keeps the old one (COALESCE)."""
+    result = update.result
+    if result is not None:
+        succeeded = result.status == ResultStatus.SUCCEEDED
+        db.execute(
+            "UPDATE attempts SET output_hash = ?, output_size = ?, exit_code = ?, error = ?, stderr_tail = ?,"
+            " runtime = ?, peak_memory = ? WHERE id = ?",
+            (
+                result.output_hash if succeeded else None, result.output_size if succeeded else None,
+                result.exit_code, result.error, result.stderr_tail[-STDERR_TAIL:], result.runtime, result.peak_memory,
+                update.id,
+            ),
+        )  # fmt: skip
+    db.execute(
+        "UPDATE attempts SET state = COALESCE(?, state), finished_at = COALESCE(?, finished_at),"
+        " validity = COALESCE(?, validity) WHERE id = ?",
+        (update.state, update.finished_at, update.validity, update.id),
+    )
 
 
 def _leasable(

@@ -15,9 +15,9 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from dockercomp.protocol.integrity import check_hash, digest
 
-from ..blobs import BlobStore
-from ..errors import NotFound, StoreUnavailable
-from .mongodb import _guard
+from ...blobs import BlobStore
+from ...errors import NotFound, StoreUnavailable
+from .store import _guard
 
 
 class GridFSBlobStore(BlobStore):
