@@ -10,13 +10,12 @@ from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.images import PINNED_RE
 from dockercomp.protocol.integrity import check_hash
 from dockercomp.protocol.jobfile import Sweep, params_json, parse_jobfile
-from dockercomp.protocol.messages import UnitKind
 
 from . import images
 from .auth import Role
 from .errors import BadRequest, Conflict, NotFound
 from .handlers import BaseHandler
-from .lifecycle import JobState
+from .lifecycle import JobState, result_units
 from .models import InputFile, Job
 from .store.base import map_inputs, sweep_inputs
 
@@ -135,8 +134,7 @@ class ResultsDownloadHandler(JobsBase):
                 "wait for it, or ask for ?partial=1"
             )
         units = await store.list_units(job_id, 0, job.n_map + 1)
-        reduce = [u for u in units if u.kind == UnitKind.REDUCE]
-        outputs = [reduce[0]] if reduce and reduce[0].canonical_hash else [u for u in units if u.kind == UnitKind.MAP]
+        outputs = result_units(units)
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Content-Disposition", f'attachment; filename="{job_id}.out"')
         for unit in outputs:
