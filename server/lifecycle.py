@@ -10,7 +10,7 @@ that happened (server/events.py hands them to logs and counters). Nothing else d
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
@@ -375,9 +375,9 @@ def on_result(policy: Redundancy, unit: UnitSnap, client: str, report: ResultRep
     succeeded = report.status == ResultStatus.SUCCEEDED
     new = transition(attempt.state, AttemptState.SUCCEEDED if succeeded else AttemptState.ERRORED)
     event = (
-        Event(EventKind.RESULT_SUCCEEDED, unit.job, unit.id, attempt.id, client)
+        Event(EventKind.RESULT_SUCCEEDED, unit.job, unit.id, attempt.id, client, at=now)
         if succeeded
-        else Event(EventKind.ATTEMPT_ERRORED, unit.job, unit.id, attempt.id, client, str(report.error or ""))
+        else Event(EventKind.ATTEMPT_ERRORED, unit.job, unit.id, attempt.id, client, str(report.error or ""), now)
     )
     update = AttemptUpdate(attempt.id, new, now, report)
     return _settle(policy, unit, {attempt.id: update}, now, () if succeeded else (client,), (event,))
@@ -402,7 +402,7 @@ def on_expire(policy: Redundancy, unit: UnitSnap, now: float, silent: frozenset[
     if not overdue:
         return None
     updates = {a.id: AttemptUpdate(a.id, transition(a.state, AttemptState.TIMED_OUT), now) for a in overdue}
-    events = tuple(Event(EventKind.LEASE_EXPIRED, unit.job, unit.id, a.id, a.client) for a in overdue)
+    events = tuple(Event(EventKind.LEASE_EXPIRED, unit.job, unit.id, a.id, a.client, at=now) for a in overdue)
     return _settle(policy, unit, updates, now, tuple(dict.fromkeys(a.client for a in overdue)), events)
 
 
@@ -415,46 +415,51 @@ def _settle(
     events: tuple[Event, ...],
 ) -> UnitChange:
     """The quorum decision on the unit as the event left it, and all that follows from it:
-    abandoned leases released, outputs judged valid or invalid (each once), the unit's end."""
-
-    def hash_of(a: AttemptSnap) -> str | None:
+    abandoned leases released, outputs judged valid or invalid (each once), the unit's end.
+    (On the master's hot path: plain tuples and dicts here, no dataclass copies.)"""
+    # each attempt as the event left it: (snapshot, state, output hash, output size)
+    after = []
+    for a in unit.attempts:
         update = updates.get(a.id)
-        return update.result.output_hash if update and _succeeded(update) and update.result else a.output_hash
-
-    def size_of(a: AttemptSnap) -> int | None:
-        update = updates.get(a.id)
-        return update.result.output_size if update and _succeeded(update) and update.result else a.output_size
-
-    def amend(attempt_id: str, **values: Any) -> None:
-        updates[attempt_id] = replace(updates.get(attempt_id, AttemptUpdate(attempt_id)), **values)
-
-    after = [replace(a, state=updates[a.id].state or a.state) if a.id in updates else a for a in unit.attempts]
-    decision = decide(policy, [AttemptView(a.id, a.state, hash_of(a)) for a in after])
+        if update is None:
+            after.append((a, a.state, a.output_hash, a.output_size))
+        elif update.result is not None and update.result.status == ResultStatus.SUCCEEDED:
+            after.append((a, update.state or a.state, update.result.output_hash, update.result.output_size))
+        else:
+            after.append((a, update.state or a.state, a.output_hash, a.output_size))
+    decision = decide(policy, [AttemptView(a.id, state, output) for a, state, output, _ in after])
     state = transition(unit.state, decision.state)
     out = list(events)
-    judged: dict[Validity, list[str]] = {Validity.VALID: [], Validity.INVALID: []}
-    for a in after:
+    extra: dict[str, dict[str, Any]] = {}  # new values for attempts the decision touches
+    valid: list[str] = []
+    invalid: list[str] = []
+    size = None
+    for a, attempt_state, _, output_size in after:
         if a.id in decision.abandon:
-            amend(a.id, state=transition(a.state, AttemptState.RELEASED), finished_at=now)
-        validity = Validity.VALID if a.id in decision.valid else Validity.INVALID if a.id in decision.invalid else None
-        if validity is not None and a.validity is None:
-            amend(a.id, validity=validity)
-            judged[validity].append(a.client)
-            if validity == Validity.INVALID:
-                out.append(Event(EventKind.RESULT_INVALID, unit.job, unit.id, a.id, a.client))
-    size = next((size_of(a) for a in after if a.id in decision.valid), None)
+            extra.setdefault(a.id, {}).update(state=transition(attempt_state, AttemptState.RELEASED), finished_at=now)
+        if a.id in decision.valid:
+            size = output_size if size is None else size
+            if a.validity is None:
+                extra.setdefault(a.id, {})["validity"] = Validity.VALID
+                valid.append(a.client)
+        elif a.id in decision.invalid and a.validity is None:
+            extra.setdefault(a.id, {})["validity"] = Validity.INVALID
+            invalid.append(a.client)
+            out.append(Event(EventKind.RESULT_INVALID, unit.job, unit.id, a.id, a.client, at=now))
+    for attempt_id, values in extra.items():
+        base = updates.get(attempt_id)
+        updates[attempt_id] = AttemptUpdate(
+            attempt_id, values.get("state", base.state if base else None),
+            values.get("finished_at", base.finished_at if base else None), base.result if base else None,
+            values.get("validity", base.validity if base else None),
+        )  # fmt: skip
     if state != unit.state and state in (UnitState.DONE, UnitState.FAILED):
         kind = EventKind.UNIT_DONE if state == UnitState.DONE else EventKind.UNIT_FAILED
-        out.append(Event(kind, unit.job, unit.id, detail=decision.canonical or ""))
+        out.append(Event(kind, unit.job, unit.id, detail=decision.canonical or "", at=now))
     return UnitChange(
         unit.id, unit.job, unit.kind, unit.state, state, decision.wanted, decision.canonical, size,
-        tuple(updates.values()), None, errors, tuple(judged[Validity.VALID]), tuple(judged[Validity.INVALID]),
-        tuple(replace(e, at=now) for e in out),
+        tuple(updates.values()), None, errors, tuple(valid), tuple(invalid), tuple(out),
     )  # fmt: skip
-
-
-def _succeeded(update: AttemptUpdate | None) -> bool:
-    return bool(update and update.result is not None and update.result.status == ResultStatus.SUCCEEDED)
 
 
 # -- after a unit ended: its job -------------------------------------------------------------------

@@ -446,7 +446,8 @@ class SQLiteStore(Store):
         for update in change.attempts:
             _update_attempt(db, update)
         for counter, clients in (("errors", change.errors), ("valid", change.valid), ("invalid", change.invalid)):
-            db.executemany(f"UPDATE clients SET {counter} = {counter} + 1 WHERE id = ?", [(c,) for c in clients])
+            if clients:
+                db.executemany(f"UPDATE clients SET {counter} = {counter} + 1 WHERE id = ?", [(c,) for c in clients])
         self._pending += change.events
         if change.ended:
             self._unit_ended(db, change, now)
@@ -525,24 +526,23 @@ def _attempt_snap(row: sqlite3.Row) -> AttemptSnap:
 
 
 def _update_attempt(db: sqlite3.Connection, update: AttemptUpdate) -> None:
-    """New values for one attempt; None keeps the old one (COALESCE)."""
+    """New values for one attempt in one statement; None keeps the old one (COALESCE)."""
+    keep = "state = COALESCE(?, state), finished_at = COALESCE(?, finished_at), validity = COALESCE(?, validity)"
+    values: tuple[object, ...] = (update.state, update.finished_at, update.validity)
     result = update.result
-    if result is not None:
-        succeeded = result.status == ResultStatus.SUCCEEDED
-        db.execute(
-            "UPDATE attempts SET output_hash = ?, output_size = ?, exit_code = ?, error = ?, stderr_tail = ?,"
-            " runtime = ?, peak_memory = ? WHERE id = ?",
-            (
-                result.output_hash if succeeded else None, result.output_size if succeeded else None,
-                result.exit_code, result.error, result.stderr_tail[-STDERR_TAIL:], result.runtime, result.peak_memory,
-                update.id,
-            ),
-        )  # fmt: skip
+    if result is None:
+        db.execute(f"UPDATE attempts SET {keep} WHERE id = ?", (*values, update.id))
+        return
+    succeeded = result.status == ResultStatus.SUCCEEDED
     db.execute(
-        "UPDATE attempts SET state = COALESCE(?, state), finished_at = COALESCE(?, finished_at),"
-        " validity = COALESCE(?, validity) WHERE id = ?",
-        (update.state, update.finished_at, update.validity, update.id),
-    )
+        f"UPDATE attempts SET {keep}, output_hash = ?, output_size = ?, exit_code = ?, error = ?, stderr_tail = ?,"
+        " runtime = ?, peak_memory = ? WHERE id = ?",
+        (
+            *values, result.output_hash if succeeded else None, result.output_size if succeeded else None,
+            result.exit_code, result.error, result.stderr_tail[-STDERR_TAIL:], result.runtime, result.peak_memory,
+            update.id,
+        ),
+    )  # fmt: skip
 
 
 def _leasable(
