@@ -505,8 +505,11 @@ def on_unit_ended(job: JobCounts, change: UnitChange, now: float) -> JobChange:
 
 
 class _Output(Protocol):
-    kind: str
-    canonical_hash: str | None
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def canonical_hash(self) -> str | None: ...
 
 
 _U = TypeVar("_U", bound=_Output)
