@@ -91,9 +91,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from tests.masters import Masters
 
     masters = Masters(tmp_path_factory.mktemp("access"))
-    master = masters.start(open_enrollment=False)
-    yield World(master)
-    masters.close()
+    try:  # a World that fails to set up still stops its master
+        yield World(masters.start(open_enrollment=False))
+    finally:
+        masters.close()
 
 
 def refused(response: requests.Response, status: int, *fragments: str) -> None:
