@@ -210,11 +210,9 @@ def _token(given: str | None, server: str) -> str:
 
     if not is_loopback(urlsplit(server).hostname or ""):
         return ""
-    data_dir = os.environ.get("DOCKERCOMP_SERVER_DATA_DIR") or os.path.join(
-        os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share"),
-        "dockercomp",
-        "master",
-    )
+    from dockercomp.server.settings import default_data_dir
+
+    data_dir = os.environ.get("DOCKERCOMP_SERVER_DATA_DIR") or default_data_dir()
     try:
         with open(os.path.join(data_dir, "operator.token"), encoding="ascii") as f:
             return f.read().strip()

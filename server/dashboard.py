@@ -288,9 +288,8 @@ class SessionHandler(BaseHandler):
     DELETE signs out. The cookie counts for reading only (see BaseHandler._token)."""
 
     async def post(self) -> None:
-        header = self.request.headers.get("Authorization", "")
         self.set_cookie(
-            COOKIE, header.partition(" ")[2].strip(), httponly=True, samesite="Strict",
+            COOKIE, self._token("POST") or "", httponly=True, samesite="Strict",
             secure=self.request.protocol == "https", path="/",
         )  # fmt: skip
         self.reply({"role": self.caller.role.value, "name": self.caller.name})

@@ -34,6 +34,7 @@ from .auth import Role
 from .errors import BadRequest, Conflict, NotFound
 from .handlers import BaseHandler
 from .models import Image, Layer
+from .store import Store
 
 MAX_CONFIG = 4 << 20
 
@@ -44,9 +45,9 @@ def image_json(image: Image, layers: list[Layer]) -> dict[str, Any]:
     }
 
 
-async def resolve(handler: BaseHandler, ref: str) -> Image:
+async def resolve(store: Store, ref: str) -> Image:
     """The pushed image a job's ``image`` names (an id or a tag), or a 400 saying what to push."""
-    image = await handler.master.store.get_image(ref if ref.startswith("sha256:") else normalize_tag(ref))
+    image = await store.get_image(ref if ref.startswith("sha256:") else normalize_tag(ref))
     if image is None:
         raise BadRequest(f"no image {ref!r:.120} on this master; push it first: dockercomp images push {ref:.120}")
     return image
@@ -143,7 +144,7 @@ class ImagesHandler(BaseHandler):
 
 class ImageHandler(BaseHandler):
     async def get(self, ref: str) -> None:
-        image = await resolve(self, ref)
+        image = await resolve(self.master.store, ref)
         layers = [await self.master.store.get_layer(digest) for digest in image.layers]
         self.reply(image_json(image, [layer for layer in layers if layer is not None]))
 

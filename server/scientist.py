@@ -48,7 +48,7 @@ class JobsHandler(JobsBase):
             raise BadRequest('body must be {"job": {...job file...}, "chunks": ["<hash>", ...]}')
         spec = parse_jobfile(payload.get("job"))
         if not PINNED_RE.fullmatch(spec.image):  # an image from a registry goes by digest, never by tag
-            spec = replace(spec, image=(await images.resolve(self, spec.image)).id)
+            spec = replace(spec, image=(await images.resolve(self.master.store, spec.image)).id)
         chunks = payload.get("chunks")
         if spec.sweep is not None:
             if chunks:

@@ -109,8 +109,7 @@ def test_an_image_is_registered_from_its_config_and_its_pushed_layers(master: An
 
 def test_a_tag_belongs_to_whoever_pushed_it_first(master: Any) -> None:
     alice, bob = Pusher(master, master.key("scientist", "alice")), Pusher(master, master.key("scientist", "bob"))
-    layer = alice.push_layer(layer_bytes(b"alice's"))
-    assert layer
+    assert alice.push_layer(layer_bytes(b"alice's")) == sha(layer_bytes(b"alice's"))
     config = config_for(layer_bytes(b"alice's"))
     assert alice.image({"config": alice.blob(config), "tags": ["alice/tool"]}).status_code == 201
     bob.push_layer(layer_bytes(b"bob's"))

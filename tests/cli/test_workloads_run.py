@@ -22,7 +22,7 @@ from dockercomp.client import images
 from dockercomp.client.runner import LABEL_CLIENT
 from dockercomp.protocol.chunking import chunk_inputs
 from dockercomp.protocol.jobfile import parse_jobfile
-from tests.needs import skip_or_fail
+from tests.fixtures.docker import workload_image
 
 WORKLOADS = images.workloads_dir()
 ACGT = set("ACGT")
@@ -30,18 +30,12 @@ ACGT = set("ACGT")
 
 @pytest.fixture(scope="module")
 def kmers_image(docker_client: docker.DockerClient) -> str:
-    try:
-        return images.build_workload(docker_client, "kmers")
-    except images.ImageError as exc:
-        skip_or_fail(f"cannot build the kmers image: {exc}")
+    return workload_image(docker_client, "kmers")
 
 
 @pytest.fixture(scope="module")
 def imagefilter_image(docker_client: docker.DockerClient) -> str:
-    try:
-        return images.build_workload(docker_client, "imagefilter")
-    except images.ImageError as exc:
-        skip_or_fail(f"cannot build the imagefilter image: {exc}")
+    return workload_image(docker_client, "imagefilter")
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import docker
 import pytest
 import requests
 
-from dockercomp.client import images
 from dockercomp.protocol import signing
 from tests.engines import empty_engine
+from tests.fixtures.docker import workload_image
 from tests.needs import skip_or_fail
 from tests.pki import make_pki
 from tests.publish import publish, signing_key
@@ -205,10 +205,7 @@ def docker_objects(client: docker.DockerClient) -> set[str]:
 @pytest.fixture(scope="module")
 def workload_images(docker_client: docker.DockerClient) -> list[str]:
     """wordfreq and kmers: two workloads built FROM the same base image."""
-    try:
-        return [images.build_workload(docker_client, name) for name in ("wordfreq", "kmers")]
-    except images.ImageError as exc:
-        skip_or_fail(f"cannot build the workload images: {exc}")
+    return [workload_image(docker_client, name) for name in ("wordfreq", "kmers")]
 
 
 def cli(master: Any, ca: Path, *args: str) -> dict[str, Any]:

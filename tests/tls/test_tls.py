@@ -18,12 +18,12 @@ import requests
 from dockercomp.client.daemon import Daemon
 from dockercomp.client.errors import MasterRefused, MasterUntrusted
 from dockercomp.client.master import Backoff, MasterSession
-from dockercomp.client.runner import Runner, RunOutcome, RunSpec
 from dockercomp.client.settings import ClientSettings
-from dockercomp.protocol.messages import ContainerInfo, RegisterRequest
+from dockercomp.protocol.messages import RegisterRequest
 from dockercomp.scientist import MasterError, Scientist
 from dockercomp.server.settings import ServerSettings
 from dockercomp.settings import SettingsError
+from tests.client.daemon_stub import StubRunner
 from tests.masters import MasterProcess, Masters, start_master
 from tests.pki import Pki, make_pki
 
@@ -142,22 +142,6 @@ def test_a_certificate_for_another_name_is_refused_at_once(wrong_name_master: Ma
     assert "not valid for" in message or "mismatch" in message, message
 
 
-class IdleRunner(Runner):
-    """A runner the daemon never gets to use: it stops before its first lease."""
-
-    def run(self, spec: RunSpec, cancel: threading.Event) -> RunOutcome:
-        raise AssertionError("no unit should run")
-
-    def containers(self) -> list[ContainerInfo]:
-        return []
-
-    def available_images(self) -> list[str]:
-        return []
-
-    def remove_leftovers(self, client: str | None = None) -> int:
-        return 0
-
-
 @NO_VERIFY
 def test_the_daemon_stops_with_exit_1_on_a_refused_certificate(
     wrong_name_master: MasterProcess, pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -165,7 +149,8 @@ def test_the_daemon_stops_with_exit_1_on_a_refused_certificate(
     work_dir = str(tmp_path / "work")  # allow_unsigned: no image is run before the daemon stops
     settings = ClientSettings(server=wrong_name_master.url, ca=str(pki.ca), work_dir=work_dir, allow_unsigned=True)
     settings.validate()
-    daemon = Daemon(settings, IdleRunner())
+    runner = StubRunner()  # the daemon never gets to use it: it stops before its first lease
+    daemon = Daemon(settings, runner)
     assert daemon.master.verify == str(pki.ca)
     outcome: list[int] = []
     thread = threading.Thread(target=lambda: outcome.append(daemon.run()), daemon=True)
@@ -177,6 +162,7 @@ def test_the_daemon_stops_with_exit_1_on_a_refused_certificate(
         thread.join(10)
         pytest.fail("the daemon kept trying a master whose certificate it refused")
     assert outcome == [1]
+    assert runner.runs == []  # no unit ran
     assert "certificate of the master" in caplog.text and "was refused" in caplog.text
     assert not (tmp_path / "work" / "identity.json").exists()
 

@@ -163,8 +163,10 @@ class SQLiteStore(Store):
             _insert_key(db, key)
 
     async def find_key(self, token_hash: str) -> Key | None:
-        with self._tx() as db:
-            row = db.execute("SELECT * FROM keys WHERE token_hash = ?", (token_hash,)).fetchone()
+        """Every request asks this: one indexed read, not a write transaction."""
+        if self._db is None:
+            raise StoreUnavailable("the store is not open")
+        row = self._db.execute("SELECT * FROM keys WHERE token_hash = ?", (token_hash,)).fetchone()
         return _key_from(row) if row else None
 
     async def list_keys(self) -> list[Key]:
@@ -368,7 +370,7 @@ class SQLiteStore(Store):
 
     async def record_results(self, client_id: str, reports: list[ResultReport], now: float) -> list[Ack]:
         def one(db: sqlite3.Connection, report: ResultReport) -> Ack:
-            snap = self._snap_of(db, report.attempt, client_id)
+            snap = self._snap_of(db, report.attempt)
             change = on_result(self._spec(db, snap.job).redundancy, snap, client_id, report, now)
             if change is None:
                 return Ack(report.attempt, True, "duplicate")
@@ -379,7 +381,7 @@ class SQLiteStore(Store):
 
     async def release(self, client_id: str, attempt_ids: list[str], now: float) -> list[Ack]:
         def one(db: sqlite3.Connection, attempt_id: str) -> Ack:
-            snap = self._snap_of(db, attempt_id, client_id)
+            snap = self._snap_of(db, attempt_id)
             change = on_release(self._spec(db, snap.job).redundancy, snap, client_id, attempt_id, now)
             if change is None:
                 return Ack(attempt_id, True, "already released")
@@ -420,15 +422,21 @@ class SQLiteStore(Store):
                     acks.append(Ack(attempt_id, False, str(exc)))
         return acks
 
-    def _snap_of(self, db: sqlite3.Connection, attempt_id: str, client_id: str) -> UnitSnap:
-        row = db.execute("SELECT unit_id FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
-        if row is None:
+    def _snap_of(self, db: sqlite3.Connection, attempt_id: str) -> UnitSnap:
+        """The unit of an attempt, found through it (the result and release paths)."""
+        unit = db.execute(
+            f"SELECT {_UNIT_SNAP} FROM attempts AS a JOIN units AS u ON u.id = a.unit_id WHERE a.id = ?", (attempt_id,)
+        ).fetchone()
+        if unit is None:
             raise NotFound(f"attempt {attempt_id!r:.40} is unknown or was leased to another client")
-        return self._snap(db, row[0])
+        return self._snapshot(db, unit)
 
     def _snap(self, db: sqlite3.Connection, unit_id: str) -> UnitSnap:
-        unit = db.execute("SELECT id, job_id, kind, state, wanted FROM units WHERE id = ?", (unit_id,)).fetchone()
-        attempts = db.execute(f"SELECT {_ATTEMPT_SNAP} FROM attempts AS a WHERE a.unit_id = ?", (unit_id,))
+        unit = db.execute(f"SELECT {_UNIT_SNAP} FROM units AS u WHERE u.id = ?", (unit_id,)).fetchone()
+        return self._snapshot(db, unit)
+
+    def _snapshot(self, db: sqlite3.Connection, unit: sqlite3.Row) -> UnitSnap:
+        attempts = db.execute(f"SELECT {_ATTEMPT_SNAP} FROM attempts AS a WHERE a.unit_id = ?", (unit["id"],))
         return UnitSnap(
             unit["id"], unit["job_id"], unit["kind"], UnitState(unit["state"]), unit["wanted"],
             tuple(_attempt_snap(a) for a in attempts),
@@ -507,6 +515,7 @@ class SQLiteStore(Store):
         )  # fmt: skip
 
 
+_UNIT_SNAP = "u.id, u.job_id, u.kind, u.state, u.wanted"
 _ATTEMPT_SNAP = "a.id, a.client_id, a.state, a.output_hash, a.output_size, a.error, a.validity, a.deadline"
 
 
