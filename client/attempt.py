@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 from dockercomp.protocol.errors import IntegrityError, ProtocolError
 from dockercomp.protocol.integrity import check_hash
+from dockercomp.protocol.jobfile import CONTAINER_NAME_RE, MAX_CONTAINERS
 from dockercomp.protocol.limits import ENV_NAME_RE, STDERR_TAIL
 from dockercomp.protocol.messages import ErrorKind, Grant, ResultReport, ResultStatus
 
@@ -23,7 +24,7 @@ from .cache import ChunkCache, Download, place
 from .errors import Cancelled, MasterError, ResultUnreadable
 from .master import MasterSession
 from .provision import Provisioner
-from .runner import Runner, RunOutcome, RunSpec, open_result
+from .runner import Runner, RunOutcome, RunSpec, Sidecar, open_result
 from .spool import SAFE_ID, Spool
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,9 @@ class Executor:
             client=self.client, attempt=grant.attempt, job=grant.job, unit=grant.unit, image=grant.image,
             command=tuple(grant.command), env=tuple(sorted(grant.env.items())), cpus=grant.cpus,
             memory=grant.memory, timeout=grant.timeout, input_dir=input_dir, output_dir=output_dir,
+            sidecars=tuple(Sidecar(s.name, s.image, tuple(s.command), tuple(sorted(s.env.items())))
+                           for s in grant.sidecars),
+            name=grant.main_name, gpus=grant.gpus,
         )  # fmt: skip
 
 
@@ -226,6 +230,29 @@ def check_grant(grant: Grant) -> str:
     for key, value in grant.env.items():
         if not ENV_NAME_RE.fullmatch(key) or "\x00" in value:
             return f"environment variable {key!r:.40} is not a plain name with a value"
+    return _check_sidecars(grant)
+
+
+def _check_sidecars(grant: Grant) -> str:
+    """Why the other containers of a multi-container grant cannot run as sent, or ""."""
+    if not grant.sidecars:
+        return ""
+    if 1 + len(grant.sidecars) > MAX_CONTAINERS:
+        return f"the unit has {1 + len(grant.sidecars)} containers; this client runs at most {MAX_CONTAINERS}"
+    if not CONTAINER_NAME_RE.fullmatch(grant.main_name):
+        return f"the main container's name {grant.main_name!r:.70} is not a host name"
+    names = {grant.main_name}
+    for sidecar in grant.sidecars:
+        if not CONTAINER_NAME_RE.fullmatch(sidecar.name) or sidecar.name in names:
+            return f"container name {sidecar.name!r:.70} is not a plain, unique host name"
+        names.add(sidecar.name)
+        if not sidecar.image or "\x00" in sidecar.image:
+            return f"container {sidecar.name} names no image"
+        if any("\x00" in arg for arg in sidecar.command):
+            return f"the command of container {sidecar.name} holds a NUL character"
+        for key, value in sidecar.env.items():
+            if not ENV_NAME_RE.fullmatch(key) or "\x00" in value:
+                return f"environment variable {key!r:.40} of container {sidecar.name} is not a plain name with a value"
     return ""
 
 

@@ -6,13 +6,18 @@ Threads, each a short loop with named exits:
 - the leaser registers, then leases batches sized to the free slots and, while they compute,
   one batch ahead (prefetch); queued grants it cannot start before their deadline go back;
 - one worker per slot runs attempts (attempt.Executor);
-- the heartbeat reports slots and containers and obeys the master's commands (abort);
+- the heartbeat reports slots and containers and obeys the master's commands (abort, and
+  pause or resume, which it hands to the pauser);
+- the pauser (client/pause.py) keeps containers paused while the master or the volunteer
+  wants them so (``dockercomp client pause``, run hours, idle load); a paused client leases
+  nothing and starts no queued grant;
 - the uploader sends spooled results in batches until the master acknowledges them.
 
 Stopping (rq's work()): the first ``stop()`` (SIGTERM, Ctrl-C) ends leasing, releases the
 queued grants, lets running units finish for ``stop_timeout`` seconds (then stops and
-releases them), uploads, and exits 0. A second kills our containers, releases their attempts
-and exits 130. Results not uploaded by then stay spooled for the next start.
+releases them), uploads, and exits 0. A paused unit cannot finish: it is stopped and released
+at once. A second stop kills our containers, releases their attempts and exits 130. Results
+not uploaded by then stay spooled for the next start.
 """
 
 import fcntl
@@ -35,9 +40,10 @@ from .cache import ChunkCache
 from .errors import ClientError, MasterError, MasterRefused, MasterUnavailable, MasterUntrusted, NotRegistered
 from .heartbeat import HeartbeatLoop
 from .master import Backoff, Identity, MasterSession
+from .pause import Pauser
 from .provision import Provisioner
 from .runner import Runner
-from .settings import ClientSettings, host_facts
+from .settings import ClientSettings, free_disk, host_facts
 from .slots import Slots
 from .spool import Spool
 from .uploader import Uploader
@@ -45,6 +51,7 @@ from .uploader import Uploader
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 TICK = 0.1  # how often the supervisor looks at stop requests
+SIDE_THREADS = ("heartbeat", "pauser")  # they run until the workers, leaser and uploader are done
 
 
 class Exit(StrEnum):
@@ -65,7 +72,7 @@ class Daemon:
         self.work_dir = settings.work_path
         os.makedirs(self.work_dir, mode=0o700, exist_ok=True)
         self._lock_file = _lock_work_dir(self.work_dir)
-        self.slots = Slots(settings.slot_count, settings.memory_bytes, settings.prefetch)
+        self.slots = Slots(settings.slot_count, settings.memory_bytes, settings.prefetch, settings.gpu_count)
         backoff = Backoff(settings.backoff_base, settings.backoff_max)
         self.master = MasterSession(
             settings.server_url, timeout=settings.request_timeout, backoff=backoff, ca=settings.ca
@@ -101,9 +108,10 @@ class Daemon:
             self.spool, self.master, self.call, batch=settings.upload_batch, halt=self._halt,
             registered=self._registered, idle=self._idle, acked=self._on_acked,
         )  # fmt: skip
+        self.pauser = Pauser(runner, self.slots, self.work_dir, settings, share=lambda: self.heartbeat.cpu_share())
         self.heartbeat = HeartbeatLoop(
             self.master, self.call, runner, self.slots, registered=self._registered, finished=self._finished,
-            halt=self._halt, count=self._count,
+            halt=self._halt, count=self._count, pauser=self.pauser, work_dir=self.work_dir,
         )  # fmt: skip
 
     # -- control -----------------------------------------------------------------------------------
@@ -137,6 +145,7 @@ class Daemon:
         targets: list[tuple[str, Callable[[], None]]] = [("leaser", self._lease_loop), ("uploader", self.uploader.loop)]
         targets += [(f"worker-{i}", self._work_loop) for i in range(self.slots.slots)]
         targets.append(("heartbeat", self.heartbeat.loop))
+        targets.append(("pauser", lambda: self.pauser.loop(self._finished)))
         threads = [threading.Thread(target=self._guard, args=(fn,), name=name, daemon=True) for name, fn in targets]
         for thread in threads:
             thread.start()
@@ -152,7 +161,7 @@ class Daemon:
 
     def _supervise(self, threads: list[threading.Thread]) -> Exit:
         tick = threading.Event()  # set by nobody: a sleep
-        working = [t for t in threads if t.name != "heartbeat"]
+        working = [t for t in threads if t.name not in SIDE_THREADS]
         stop_by = next_status = 0.0
         while True:
             if self._fatal is not None:
@@ -164,6 +173,10 @@ class Daemon:
                 log.info("stopping: no more leases; running units get %gs to finish", self.settings.stop_timeout)
                 stop_by = time.monotonic() + self.settings.stop_timeout
                 self._stopping.set()
+                paused = sorted(self.pauser.paused)
+                if paused:  # they cannot finish while paused
+                    log.info("stopping and releasing the paused attempt(s) %s", ", ".join(paused))
+                    self.slots.stop(paused, "shutdown")
                 self._wake()
             if self._stopping.is_set():
                 if not any(t.is_alive() for t in working):
@@ -172,7 +185,9 @@ class Daemon:
                     log.info("stop_timeout passed: stopping what still runs and releasing it")
                     self._halt_all()
             if self.slots.changed or time.monotonic() >= next_status:
-                state = "running" if self._registered.is_set() else "registering"
+                state = "registering"
+                if self._registered.is_set():
+                    state = "paused" if self.pauser.client_paused else "running"
                 self._write_status("stopping" if self._stopping.is_set() else state)
                 next_status = time.monotonic() + self.settings.status_interval
             tick.wait(TICK)
@@ -188,13 +203,13 @@ class Daemon:
         self.uploader.wake()
 
     def _teardown(self, threads: list[threading.Thread]) -> None:
-        if self.exit != Exit.STOPPED or any(t.is_alive() for t in threads if t.name != "heartbeat"):
+        if self.exit != Exit.STOPPED or any(t.is_alive() for t in threads if t.name not in SIDE_THREADS):
             self._halt_all()
         self._stopping.set()
         self._wake()
         deadline = time.monotonic() + self.settings.request_timeout + 5
         for thread in threads:
-            if thread.name != "heartbeat":
+            if thread.name not in SIDE_THREADS:
                 thread.join(max(0.0, deadline - time.monotonic()))
         self._finished.set()
         for thread in threads:
@@ -274,8 +289,9 @@ class Daemon:
             max_units, cpus, memory = want
             self._acked.clear()
             try:
-                reply = self.call(self.master.lease, LeaseRequest(max_units, cpus, memory, self._images()),
-                                  until=self._stopping)  # fmt: skip
+                request = LeaseRequest(max_units, cpus, memory, self._images(), self.slots.free_gpus(),
+                                       free_disk(self.work_dir))  # fmt: skip
+                reply = self.call(self.master.lease, request, until=self._stopping)
             except MasterUnavailable:
                 continue
             except MasterError as exc:  # refused or not understood: asking again at once would not help
@@ -344,9 +360,11 @@ class Daemon:
     def _work_loop(self) -> None:
         while True:
             attempt, stale = self.slots.take(self._stopping)
-            self._release(stale, "its deadline is near")
+            self._release(stale, "its deadline is near and it was not started")
             if attempt is None:
-                return
+                if self._stopping.is_set():
+                    return
+                continue
             disposition, report = self.executor.execute(attempt)
             self.slots.done(attempt)
             if disposition == Disposition.RELEASE:
@@ -383,6 +401,7 @@ class Daemon:
         now = time.monotonic()
         with self.slots.cond:
             running, queued, counts = self.slots.running(), self.slots.queued(), dict(self.counts)
+        paused = set(self.pauser.paused)
         spooled, spool_bytes = self.spool.usage()
         cache_bytes, cache_files = self.cache.usage()
         return {
@@ -396,7 +415,11 @@ class Daemon:
             "memory": self.slots.memory,
             "started_at": self.started_at,
             "updated_at": time.time(),
-            "running": [_attempt_json(a) | {"started_at": a.started_at} for a in running],
+            "paused": list(self.pauser.reasons.values()),  # why the whole client is paused; empty: it is not
+            "running": [
+                _attempt_json(a) | {"started_at": a.started_at, "phase": "paused" if a.id in paused else a.phase}
+                for a in running
+            ],
             "queued": [_attempt_json(a) | {"expires_in": round(a.expires - now, 1)} for a in queued],
             "spool": {"results": spooled, "bytes": spool_bytes},
             "cache": {"bytes": cache_bytes, "files": cache_files, "limit": self.cache.max_bytes},

@@ -13,6 +13,10 @@ when it exits non-zero (to tell an OOM from an ordinary failure) and its log is 
 then. ``containers()``, called by the heartbeat, is where stats are taken. The peak memory
 of a run is the kernel's own record, read from the container's cgroup between wait slices:
 none for a unit shorter than one slice, or when the daemon cannot see the engine's cgroups.
+
+``pause`` and ``resume`` freeze and thaw every live container of an attempt (``docker
+pause``, the cgroup freezer: memory is kept, nothing runs). Time spent paused is not the
+unit's: its timeout's deadline moves by it, and the runtime reported leaves it out.
 """
 
 import logging
@@ -25,7 +29,7 @@ import docker
 import docker.errors
 import requests
 import urllib3.exceptions
-from docker.types import LogConfig, Mount
+from docker.types import DeviceRequest, LogConfig, Mount
 
 from dockercomp.protocol.limits import STDERR_TAIL
 from dockercomp.protocol.messages import ContainerInfo, ErrorKind
@@ -72,8 +76,10 @@ class _Live:
 
     spec: RunSpec
     id: str
-    state: str = "created"
+    state: str = "created"  # created, running, paused, stopping
     started_at: float = 0.0
+    paused_at: float | None = None  # monotonic, while paused
+    paused_for: float = 0.0  # seconds paused before paused_at
     cpu_sample: tuple[int, int] | None = None  # (container cpu ns, system cpu ns) last seen
 
 
@@ -137,6 +143,10 @@ class DockerRunner(Runner):
         except OSError as exc:
             log.error("%s: cannot prepare the output directory: %s", where, exc)
             return RunOutcome(ErrorKind.CLIENT, stderr_tail=f"cannot prepare the output directory: {exc}")
+        if spec.sidecars:  # a multi-container unit: its containers on a private network of their own
+            from .group import run_group  # group.py builds on this module
+
+            return run_group(self, spec, cancel, where)
         container_id: str | None = None
         try:
             container_id = self._create(spec, where)
@@ -154,10 +164,10 @@ class DockerRunner(Runner):
                     self._live.pop(container_id, None)
                 self._remove(container_id, where)
 
-    def _create(self, spec: RunSpec, where: str) -> str:
+    def _create(self, spec: RunSpec, where: str, network: str = "") -> str:
         """Create the container, making its image available first when the engine lacks it."""
         try:
-            return self._create_container(spec)
+            return self._create_container(spec, network)
         except docker.errors.ImageNotFound:
             pass
         except docker.errors.APIError as exc:
@@ -173,7 +183,7 @@ class DockerRunner(Runner):
         except _ENGINE_ERRORS as exc:
             raise _EngineError(_unavailable(exc, where, f"getting image {spec.image}")) from exc
         try:
-            return self._create_container(spec)
+            return self._create_container(spec, network)
         except docker.errors.ImageNotFound as exc:
             raise _EngineError(_image_missing(spec.image, exc)) from exc
         except docker.errors.APIError as exc:
@@ -181,9 +191,16 @@ class DockerRunner(Runner):
         except _ENGINE_ERRORS as exc:
             raise _EngineError(_unavailable(exc, where, "creating the container")) from exc
 
-    def _create_container(self, spec: RunSpec) -> str:
+    def _create_container(self, spec: RunSpec, network: str = "") -> str:
+        """``network``: a unit's private network (group.py), where the container is ``spec.name``;
+        "" for none. The unit's directories are mounted when the spec names them."""
+        mounts = []
+        if spec.input_dir:
+            mounts.append(Mount("/input", os.path.abspath(spec.input_dir), type="bind", read_only=True))
+        if spec.output_dir:
+            mounts.append(Mount("/output", os.path.abspath(spec.output_dir), type="bind", read_only=False))
         host_config = self._api.create_host_config(
-            network_mode="none",
+            network_mode=network or "none",
             read_only=True,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
@@ -192,12 +209,10 @@ class DockerRunner(Runner):
             mem_limit=spec.memory,
             memswap_limit=spec.memory,
             tmpfs=self._tmpfs,
-            mounts=[
-                Mount("/input", os.path.abspath(spec.input_dir), type="bind", read_only=True),
-                Mount("/output", os.path.abspath(spec.output_dir), type="bind", read_only=False),
-            ],
+            mounts=mounts,
             log_config=self._log_config,
             auto_remove=False,
+            device_requests=[DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])] if spec.gpus else None,
         )
         created = self._api.create_container(
             spec.image,
@@ -212,6 +227,11 @@ class DockerRunner(Runner):
                 LABEL_ATTEMPT: spec.attempt,
             },
             host_config=host_config,
+            networking_config=(
+                self._api.create_networking_config({network: self._api.create_endpoint_config(aliases=[spec.name])})
+                if network and spec.name
+                else None
+            ),
         )
         return str(created["Id"])
 
@@ -252,35 +272,36 @@ class DockerRunner(Runner):
             live = self._live[container_id]
             live.state, live.started_at = "running", time.time()
         log.info("%s: container %s started (%s)", where, short, _printable(spec.image))
-        deadline = started + spec.timeout
         peak: int | None = None
+
+        def ran() -> float:  # seconds it ran, time paused left out
+            return time.monotonic() - started - self._paused_for(container_id)
+
         while True:
             if cancel.is_set():
                 self._kill(container_id, where)
                 log.info("%s: container %s aborted", where, short)
-                return RunOutcome(
-                    ErrorKind.ABORTED, stderr_tail="aborted", runtime=time.monotonic() - started, peak_memory=peak
-                )
-            remaining = deadline - time.monotonic()
+                return RunOutcome(ErrorKind.ABORTED, stderr_tail="aborted", runtime=ran(), peak_memory=peak)
+            remaining = spec.timeout - ran()  # the deadline moves while the container is paused
             if remaining <= 0:
                 self._kill(container_id, where)
                 log.info("%s: container %s killed at its timeout of %gs", where, short, spec.timeout)
                 return RunOutcome(
                     ErrorKind.TIMEOUT,
                     stderr_tail=f"killed after the unit's timeout of {spec.timeout:g}s",
-                    runtime=time.monotonic() - started,
+                    runtime=ran(),
                     peak_memory=peak,
                 )
             try:
                 status = self._api.wait(container_id, timeout=min(self._wait_slice, remaining))
                 break
             except docker.errors.NotFound:
-                return _removed_from_outside(where, container_id, time.monotonic() - started, peak)
+                return _removed_from_outside(where, container_id, ran(), peak)
             except _ENGINE_ERRORS as exc:
                 if not _is_read_timeout(exc):
                     return _unavailable(exc, where, "waiting for the container")
             peak = _read_peak(container_id, peak)
-        runtime = time.monotonic() - started
+        runtime = ran()
         code = int(status.get("StatusCode", -1))
         if code == 0:
             log.info("%s: container %s exited 0 after %.2fs", where, short, runtime)
@@ -316,15 +337,89 @@ class DockerRunner(Runner):
         return RunOutcome(ErrorKind.EXIT_NONZERO, exit_code=code, stderr_tail=stderr, runtime=runtime, peak_memory=peak)
 
     def _kill(self, container_id: str, where: str) -> None:
+        """SIGKILL. A paused container takes it too (the engine thaws it to deliver a
+        SIGKILL); an engine that refuses because it is paused gets an unpause first."""
         with self._lock:
             if container_id in self._live:
                 self._live[container_id].state = "stopping"
         try:
             self._api.kill(container_id)
         except docker.errors.APIError as exc:  # it may have ended by itself just now
-            log.debug("%s: kill %s: %s", where, container_id[:12], _explain(exc))
+            message = _explain(exc)
+            log.debug("%s: kill %s: %s", where, container_id[:12], message)
+            if "paused" in message.lower():
+                self._unpause_and_kill(container_id, where)
         except _ENGINE_ERRORS as exc:
             log.warning("%s: cannot kill container %s: %s", where, container_id[:12], exc)
+
+    def _unpause_and_kill(self, container_id: str, where: str) -> None:
+        try:
+            self._api.unpause(container_id)
+            self._api.kill(container_id)
+        except _ENGINE_ERRORS as exc:
+            log.warning("%s: cannot kill paused container %s: %s", where, container_id[:12], exc)
+
+    # --- pausing ------------------------------------------------------------------------------
+
+    def pause(self, attempt_id: str) -> bool:
+        return self._set_paused(attempt_id, True)
+
+    def resume(self, attempt_id: str) -> bool:
+        return self._set_paused(attempt_id, False)
+
+    def _set_paused(self, attempt_id: str, paused: bool) -> bool:
+        """Bring every live container of the attempt to paused (or running); only those not
+        there yet cost an engine call, so asking again is cheap. A container still being
+        created, or stopping, is not touched (and makes the answer False while it is so)."""
+        have, want = ("running", "paused") if paused else ("paused", "running")
+        with self._lock:
+            records = [r for r in self._live.values() if r.spec.attempt == attempt_id]
+            todo = [r.id for r in records if r.state == have]
+            done = bool(records) and all(r.state in (have, want) for r in records)
+        for container_id in todo:
+            done = self._freeze(container_id, paused) and done
+        return done
+
+    def _freeze(self, container_id: str, paused: bool) -> bool:
+        """Pause or unpause one container; True when it is in that state now."""
+        verb = "pause" if paused else "unpause"
+        try:
+            (self._api.pause if paused else self._api.unpause)(container_id)
+        except docker.errors.APIError as exc:
+            message = _explain(exc).lower()
+            already = "already paused" in message if paused else "is not paused" in message
+            if not already:  # gone, or not running any more: it is ending
+                log.debug("%s %s: %s", verb, container_id[:12], message)
+                return False
+        except _ENGINE_ERRORS as exc:
+            log.warning("cannot %s container %s: %s", verb, container_id[:12], exc)
+            return False
+        now = time.monotonic()
+        with self._lock:
+            record = self._live.get(container_id)
+            if record is None or record.state not in ("running", "paused"):
+                return False  # it ended, or is being killed, meanwhile
+            changed = (record.paused_at is None) == paused
+            if paused and changed:
+                record.state, record.paused_at = "paused", now
+            elif changed and record.paused_at is not None:
+                record.state, record.paused_for = "running", record.paused_for + now - record.paused_at
+                record.paused_at = None
+            record.cpu_sample = None  # cpu use is measured again from the next sample
+            attempt = record.spec.attempt
+        if changed:
+            log.info("attempt %s: container %s %s", _printable(attempt), container_id[:12],
+                     "paused" if paused else "resumed")  # fmt: skip
+        return True
+
+    def _paused_for(self, container_id: str) -> float:
+        """Seconds the container has spent paused so far."""
+        with self._lock:
+            record = self._live.get(container_id)
+            if record is None:
+                return 0.0
+            now = time.monotonic()
+            return record.paused_for + (now - record.paused_at if record.paused_at is not None else 0.0)
 
     def _remove(self, container_id: str, where: str) -> None:
         try:
@@ -403,7 +498,8 @@ class DockerRunner(Runner):
         return sorted({tag for image in found for tag in image.get("RepoTags") or () if tag != "<none>:<none>"})
 
     def remove_leftovers(self, client: str | None = None) -> int:
-        """Remove our containers that no run of this runner owns (never those running now).
+        """Remove our containers that no run of this runner owns (never those running now),
+        then our networks (group.py's) that no running attempt owns.
         An engine that does not answer is logged, not raised: the leftovers keep their labels
         and are found on the next start or by ``cleanup``."""
         selector = LABEL_CLIENT if client is None else f"{LABEL_CLIENT}={client}"
@@ -434,7 +530,11 @@ class DockerRunner(Runner):
                 labels.get(LABEL_ATTEMPT),
             )
             removed += 1
-        return removed
+        with self._lock:
+            running = {record.spec.attempt for record in self._live.values()}
+        from .group import remove_networks  # group.py builds on this module
+
+        return removed + remove_networks(self._api, selector, running)
 
 
 def _make_writable(output_dir: str, user: str) -> None:

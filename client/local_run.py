@@ -29,7 +29,7 @@ from dockercomp.protocol.limits import ENV_NAME_RE
 
 from . import images
 from .errors import ClientError, ResultUnreadable
-from .runner import Runner, RunOutcome, RunSpec, open_result
+from .runner import Runner, RunOutcome, RunSpec, Sidecar, open_result
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,8 @@ def _unit_spec(spec: JobSpec, run_id: str, unit: str, unit_dir: str, command: tu
         image=spec.image, command=command, env=env, cpus=spec.resources.cpus,
         memory=spec.resources.memory, timeout=spec.resources.timeout,
         input_dir=os.path.join(unit_dir, "input"), output_dir=os.path.join(unit_dir, "output"),
+        sidecars=tuple(Sidecar(c.name, c.image, c.command, c.env) for c in spec.sidecars), name=spec.main_name,
+        gpus=spec.resources.gpus,
     )  # fmt: skip
 
 

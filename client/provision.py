@@ -1,10 +1,13 @@
 """What a volunteer checks before a grant may run, and the image it fetches for it.
 
 The master is not trusted blindly. Before anything of a grant is downloaded or started:
-- it must fit what this volunteer donated (cpus, memory) and its longest timeout;
+- it must fit what this volunteer donated (cpus: its slots; memory) and its longest timeout
+  (the container is then limited to the grant's cpus and memory, never more: docker_runner;
+  a multi-container unit needs that much for each of its containers);
 - its image must be named by id (``sha256:...``), never by tag, and signed by a key this
   volunteer trusts (unless it allows unsigned images, in a lab), and its tags must match
-  ``allow_images`` when that is set;
+  ``allow_images`` when that is set; so must every image of a multi-container unit, each
+  checked before any of them is fetched;
 - an image the engine lacks is fetched from the master itself: its config and only the
   layers the engine lacks, piece by piece (each verified by its xxh3), every layer then
   checked against its sha256, the loaded image against its id.
@@ -19,6 +22,7 @@ import shutil
 import tempfile
 import threading
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ from dockercomp.protocol.images import PINNED_RE, ImageInfo
 from dockercomp.protocol.integrity import verify
 from dockercomp.protocol.limits import STDERR_TAIL
 from dockercomp.protocol.messages import ErrorKind, Grant
+from dockercomp.protocol.quantities import format_size
 from dockercomp.protocol.signing import IMAGE_ID_RE, Signed, SigningError, trust, trusted_signer
 
 from . import delivery
@@ -51,7 +56,7 @@ class Provisioner:
         self.master = master
         self.engine = engine
         self.work_dir = work_dir
-        self.cpus, self.memory = float(slots), memory
+        self.cpus, self.memory, self.gpus = float(slots), memory, settings.gpu_count
         self.max_timeout = settings.max_timeout
         self.patterns = settings.image_patterns
         try:
@@ -69,14 +74,25 @@ class Provisioner:
         self._lock = threading.Lock()
 
     def prepare(self, grant: Grant, cancel: threading.Event) -> RunOutcome | None:
-        """None when the grant may run here (its image present, trusted, allowed), else the
-        outcome to report instead of running it."""
+        """None when the grant may run here (its images present, trusted, allowed), else the
+        outcome to report instead of running it. A multi-container grant's every image is
+        checked before any is fetched; a refusal of a sidecar's names it."""
         problem = self._limits(grant)
         if problem:
             return RunOutcome(ErrorKind.REFUSED, stderr_tail=problem)
-        image = grant.image
+        images = [("", grant.image), *((s.name, s.image) for s in grant.sidecars)]
+        for fetch in (False, True):
+            for name, image in images:
+                outcome = self._image(image, cancel, fetch)
+                if outcome is not None:
+                    return replace(outcome, stderr_tail=f"container {name}: {outcome.stderr_tail}") if name else outcome
+        return None
+
+    def _image(self, image: str, cancel: threading.Event, fetch: bool) -> RunOutcome | None:
+        """None when ``image`` may run here (and, with ``fetch``, is in the engine), else the
+        outcome to report."""
         if PINNED_RE.fullmatch(image):
-            return self._registry(image)
+            return self._registry(image, pull=fetch)
         if not IMAGE_ID_RE.fullmatch(image):
             return RunOutcome(ErrorKind.REFUSED, stderr_tail=f"image {image!r:.80} is not an image id; run by id only")
         with self._lock:
@@ -87,7 +103,7 @@ class Provisioner:
                 problem = self._allowed(info)
                 if problem:
                     return RunOutcome(ErrorKind.REFUSED, stderr_tail=problem)
-                if self.engine is not None:
+                if fetch and self.engine is not None:
                     self._fetch(info, cancel)
             except SigningError as exc:
                 log.error("image %s refused: %s", image, exc)
@@ -110,10 +126,14 @@ class Provisioner:
 
     # -- the volunteer's own rules -------------------------------------------------------------
     def _limits(self, grant: Grant) -> str:
-        if grant.cpus > self.cpus + 1e-9:
-            return f"the unit asks {grant.cpus:g} cpus; this volunteer donated {self.cpus:g}"
-        if grant.memory > self.memory:
-            return f"the unit asks {grant.memory} bytes of memory; this volunteer donated {self.memory}"
+        each = f" for its {1 + len(grant.sidecars)} containers" if grant.sidecars else ""
+        if grant.unit_cpus > self.cpus + 1e-9:
+            return f"the unit asks {grant.unit_cpus:g} cpus{each}; this volunteer donated {self.cpus:g}"
+        if grant.unit_memory > self.memory:
+            asked, donated = format_size(grant.unit_memory), format_size(self.memory)
+            return f"the unit asks {asked} of memory{each}; this volunteer donated {donated}"
+        if grant.gpus > self.gpus:
+            return f"the unit asks {grant.gpus} GPUs; this volunteer donated {self.gpus}"
         if grant.timeout > self.max_timeout:
             return f"the unit may run {grant.timeout:g}s; this volunteer allows at most {self.max_timeout:g}s"
         return ""
@@ -123,7 +143,7 @@ class Provisioner:
             return ""
         return f"image {info.id} ({', '.join(info.tags) or 'no tag'}) matches none of allow_images"
 
-    def _registry(self, ref: str) -> RunOutcome | None:
+    def _registry(self, ref: str, pull: bool = True) -> RunOutcome | None:
         """A job may name ``name@sha256:...`` from a registry: pulled by digest only, and only by a
         volunteer that allows registries. No signature can vouch for it through the master."""
         if not self.settings.allow_registries:
@@ -133,7 +153,7 @@ class Provisioner:
             return RunOutcome(ErrorKind.UNTRUSTED, stderr_tail=f"{ref:.120} comes from a registry, unsigned")
         if self.patterns and not any(fnmatch.fnmatchcase(ref, p) for p in self.patterns):
             return RunOutcome(ErrorKind.REFUSED, stderr_tail=f"{ref:.120} matches none of allow_images")
-        if self.engine is not None:
+        if pull and self.engine is not None:
             try:
                 self.engine.images.pull(ref)
             except Exception as exc:  # the SDK's errors, and the network's

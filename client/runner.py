@@ -24,6 +24,18 @@ LABEL_ATTEMPT = "dockercomp.attempt"
 
 
 @dataclass(frozen=True)
+class Sidecar:
+    """Another container of a multi-container unit, as granted: run beside the main one on the
+    unit's private network (reachable there as ``name``), sandboxed with the same limits, with
+    none of the unit's files."""
+
+    name: str
+    image: str
+    command: tuple[str, ...] = ()  # empty: the image's own command
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """One attempt to run: what the master granted, and where its files are on this host."""
 
@@ -37,8 +49,11 @@ class RunSpec:
     cpus: float
     memory: int  # bytes
     timeout: float  # seconds; the container is killed after it
-    input_dir: str  # mounted read-only at /input
-    output_dir: str  # mounted at /output; the result is output_dir/result
+    input_dir: str  # mounted read-only at /input ("": nothing mounted, as for a sidecar)
+    output_dir: str  # mounted at /output; the result is output_dir/result ("": nothing mounted)
+    sidecars: tuple[Sidecar, ...] = ()  # the unit's other containers: it ends when the main one exits
+    name: str = ""  # with sidecars: the main container's name on the unit's network
+    gpus: int = 0  # GPUs for this container (a Docker device request)
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,19 @@ class Runner(ABC):
     def remove_leftovers(self, client: str | None = None) -> int:
         """Remove containers an earlier run of this daemon left (found by label, never by
         name); all of ours when ``client`` is None. Return how many."""
+
+    def pause(self, attempt_id: str) -> bool:
+        """Pause every live container of an attempt (``docker pause``: its processes are
+        frozen, its memory kept). True when the attempt has a container here and all of them
+        are paused now; False when it has none (not started yet, or ended) or the engine
+        failed. Idempotent: pausing a paused attempt is True and changes nothing. Time spent
+        paused does not count against the unit's timeout. A runner that cannot pause says False."""
+        return False
+
+    def resume(self, attempt_id: str) -> bool:
+        """Undo ``pause``: True when the attempt has a container here and none of them is
+        paused now; False when it has none or the engine failed. Idempotent."""
+        return False
 
     def engine_version(self) -> str:
         """The container engine's version as operators see it (the dashboard's Docker column),

@@ -6,10 +6,12 @@ from the cores, memory from /proc/meminfo, the work directory under $XDG_DATA_HO
 
 import os
 import platform
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from dockercomp.protocol.jobfile import MAX_GPUS, docker_arch
 from dockercomp.protocol.limits import MAX_BATCH, MAX_SLOTS, MIN_SLOTS, NAME_RE
 from dockercomp.protocol.messages import HostFacts
 from dockercomp.protocol.quantities import format_size, parse_duration, parse_size
@@ -17,6 +19,29 @@ from dockercomp.protocol.transport import ca_problem, plain_http_refusal
 from dockercomp.settings import Settings, SettingsError, setting
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+_HOURS_RE = re.compile(r"([01]?\d|2[0-4]):([0-5]\d)-([01]?\d|2[0-4]):([0-5]\d)")
+DAY = 24 * 60
+
+
+def parse_run_hours(text: str) -> tuple[tuple[int, int], ...]:
+    """``22:00-07:00,12:00-13:30`` as (start, end) minutes of the day, local time; a range whose
+    end is before its start wraps midnight; empty: always. SettingsError says what is wrong."""
+    ranges = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        match = _HOURS_RE.fullmatch(part.replace(" ", ""))
+        if not match:
+            raise SettingsError(f"run_hours: {part!r:.40} is not a range of local times such as 22:00-07:00")
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        start, end = h1 * 60 + m1, h2 * 60 + m2
+        if start > DAY or end > DAY:
+            raise SettingsError(f"run_hours: {part!r:.40}: 24:00 is the latest time of a day")
+        start %= DAY  # 24:00-06:00 starts at midnight
+        if start == end:
+            raise SettingsError(f"run_hours: {part!r:.40} starts where it ends (for always, leave run_hours empty)")
+        ranges.append((start, end))
+    return tuple(ranges)
 
 
 def default_server() -> str:
@@ -47,14 +72,33 @@ def host_memory() -> int:
     return 0
 
 
+def host_gpus() -> int:
+    """The NVIDIA GPUs of this machine (its /dev/nvidiaN devices), 0 when it has none."""
+    try:
+        return sum(1 for name in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", name))
+    except OSError:
+        return 0
+
+
+def free_disk(path: str) -> int:
+    """Bytes free for us on the filesystem of ``path`` (0 when it cannot be told)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
 def host_facts(engine_version: str = "") -> HostFacts:
-    """What the master shows operators about this machine."""
+    """What the master shows operators about this machine, and matches units against (its
+    architecture as Docker names it: a unit built for arm64 never goes to an amd64 machine)."""
     return HostFacts(
         cores=os.cpu_count() or 0,
         memory=host_memory(),
         os=f"{platform.system()} {platform.release()}".strip(),
-        arch=platform.machine(),
+        arch=docker_arch(platform.machine()) or platform.machine()[:32],
         docker=engine_version[:64],
+        gpus=host_gpus(),
     )
 
 
@@ -72,6 +116,8 @@ class ClientSettings(Settings):
         flag="--memory",
         parse=parse_size,
     )
+    # None: every GPU this machine has (its /dev/nvidiaN devices)
+    gpus: int | None = setting(None, "GPUs donated to containers (default: all this machine has)", flag="--gpus")
     # identity, chunk cache, spooled results, status
     work_dir: str = setting(
         "", "identity, chunk cache and results (default ~/.local/share/dockercomp/client)", flag="--work-dir"
@@ -118,6 +164,21 @@ class ClientSettings(Settings):
         flag="--max-timeout",
         parse=parse_duration,
     )
+    # local times, comma separated ranges; empty: always
+    run_hours: str = setting(
+        "",
+        "run units only in these local hours, e.g. 22:00-07:00 (may wrap midnight; ranges comma separated)",
+        flag="--run-hours",
+        metavar="HH:MM-HH:MM",
+        repeat=True,
+    )
+    # 0: whatever the load; else others' 1-minute load average must stay below it
+    idle_load: float = setting(
+        0.0,
+        "run units only while the load average of everything else is below this, e.g. 1.5 (default 0: always)",
+        flag="--idle-load",
+    )
+    idle_check: float = 30.0  # seconds between two looks at the load average (no flapping)
     ca: str = setting(
         "", "PEM CA certificates to trust for the master instead of the system's", flag="--ca", metavar="FILE"
     )
@@ -146,12 +207,22 @@ class ClientSettings(Settings):
         return max(256 << 20, host_memory() // 2)
 
     @property
+    def gpu_count(self) -> int:
+        """The GPUs donated: the setting, else every one this machine has."""
+        return self.gpus if self.gpus is not None else host_gpus()
+
+    @property
     def work_path(self) -> str:
         return os.path.abspath(os.path.expanduser(self.work_dir or default_work_dir()))
 
     @property
     def trust_files(self) -> list[str]:
         return [p.strip() for p in self.trust.split(",") if p.strip()]
+
+    @property
+    def run_ranges(self) -> tuple[tuple[int, int], ...]:
+        """The run hours as (start, end) minutes of the day; empty: always."""
+        return parse_run_hours(self.run_hours)
 
     @property
     def image_patterns(self) -> list[str]:
@@ -175,6 +246,8 @@ class ClientSettings(Settings):
             )
         if self.memory_bytes < 16 << 20:
             raise SettingsError(f"memory must be at least 16MiB, got {format_size(self.memory_bytes)}")
+        if self.gpus is not None and not 0 <= self.gpus <= MAX_GPUS:
+            raise SettingsError(f"gpus must be from 0 to {MAX_GPUS}, got {self.gpus}")
         if self.cache_size < 1 << 20:
             raise SettingsError(f"cache_size must be at least 1MiB, got {format_size(self.cache_size)}")
         for name in ("request_timeout", "backoff_base", "backoff_max", "status_interval"):
@@ -187,5 +260,10 @@ class ClientSettings(Settings):
         for path in self.trust_files:
             if not os.path.isfile(path):
                 raise SettingsError(f"trust: {path} is not a file of PEM public keys")
+        self.run_ranges  # noqa: B018 - raises SettingsError for a bad range
+        if not (self.idle_load >= 0 and self.idle_load < 1e6):
+            raise SettingsError(f"idle_load must be a load average such as 1.5 (0: any load), got {self.idle_load:g}")
+        if not self.idle_check > 0:
+            raise SettingsError("idle_check must be greater than 0")
         if not 1 <= self.upload_batch <= MAX_BATCH:
             raise SettingsError(f"upload_batch must be from 1 to {MAX_BATCH}")

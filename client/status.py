@@ -2,9 +2,11 @@
 
 The daemon rewrites ``WORK_DIR/status.json`` atomically every few seconds and on every
 change, so the status view needs no connection to the daemon and works while it is stuck
-or after it has died (it then says so).
+or after it has died (it then says so). Whether a daemon uses a work directory now is told
+by its lock, not by the status file (``daemon_running``).
 """
 
+import fcntl
 import json
 import os
 import time
@@ -34,6 +36,24 @@ def read_status(work_dir: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def daemon_running(work_dir: str) -> bool:
+    """A daemon holds ``work_dir``'s lock now (the daemon takes it for its whole life)."""
+    try:
+        handle = open(os.path.join(work_dir, "lock"))  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return False
+    except OSError:  # not ours to open: the status file's pid has to do
+        data = read_status(work_dir) or {}
+        return data.get("state") != "stopped" and is_alive(data.get("pid"))
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 def is_alive(pid: object) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -53,6 +73,9 @@ def render(data: dict[str, Any], now: float | None = None) -> str:
     ago = _ago(now - float(data.get("updated_at") or 0))
     if alive:
         state = str(data.get("state", "unknown"))
+        if data.get("paused") and state != "stopping":
+            why = "paused " + "; ".join(str(why) for why in data["paused"])
+            state = why if state in ("running", "paused") else f"{state} ({why})"
     elif data.get("state") == "stopped":
         state = f"not running (stopped {ago} ago)"
     else:

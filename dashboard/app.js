@@ -1,6 +1,8 @@
 "use strict";
-// The operator's dashboard: one EventSource on /api/v1/events delivers a snapshot of the
-// store whenever it changes; the job page reads /api/v1/dashboard/jobs/ID when shown.
+// The dashboard: one EventSource on /api/v1/events delivers a snapshot of the store whenever
+// it changes; the job page reads /api/v1/dashboard/jobs/ID when shown, and offers the verbs the
+// master says apply to the job now (its "actions"), sent to POST /api/v1/jobs/ID/VERB. The
+// operator sees everything; a scientist their own jobs only (the master cuts the data down).
 (function () {
   const $ = (s) => document.querySelector(s);
   const STATES = ["done", "running", "ready", "suspended", "failed", "cancelled"];
@@ -9,6 +11,8 @@
   let sortKey = "name";
   let pageNo = 0;
   let plots = {};
+  let viewer = null; // who is signed in: {role, name}
+  const SESSION_HEADER = { "X-Dockercomp-Session": "1" }; // lets the session cookie authorise a job control
 
   const esc = (s) => String(s == null ? "" : s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
   const bytes = (n) => {
@@ -32,11 +36,12 @@
     if (!$("#signin").hidden) return;
     const hash = location.hash || "#/";
     const m = hash.match(/^#\/jobs\/(.+)$/);
-    const page = m ? "job" : hash === "#/clients" ? "clients" : hash === "#/jobs" ? "jobs" : "overview";
+    const clients = hash === "#/clients" && viewer && viewer.role === "operator";
+    const page = m ? "job" : clients ? "clients" : hash === "#/jobs" ? "jobs" : "overview";
     document.querySelectorAll(".page").forEach((el) => (el.hidden = el.id !== "page-" + page));
     document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === (page === "job" ? "jobs" : page)));
     document.body.dataset.page = page;
-    if (m) loadJob(decodeURIComponent(m[1]));
+    if (m) openJob(decodeURIComponent(m[1]));
     render();
   }
 
@@ -126,41 +131,127 @@
   }
 
   let currentJob = null;
+  let job = null; // the job page's job, as the master last described it
   let jobLoading = false;
+  let jobAgain = false; // asked to load while loading: load once more when done
+  let confirming = false; // the cancel button asked "are you sure?"
+  let acting = false; // a control request is on its way
+  let actionsHtml = "";
+
+  function openJob(id) {
+    if (id !== currentJob) {
+      job = null;
+      confirming = false;
+      $("#job-error").textContent = "";
+      $("#job-actions").innerHTML = actionsHtml = "";
+      $("#job-states").hidden = true;
+    }
+    loadJob(id);
+  }
+
   async function loadJob(id) {
     currentJob = id;
-    if (jobLoading) return;
+    if (jobLoading) { jobAgain = true; return; }
     jobLoading = true;
     try {
       const r = await fetch(`/api/v1/dashboard/jobs/${encodeURIComponent(id)}`);
       const d = await r.json();
-      if (!r.ok) { $("#job-title").textContent = d.error || "no such job"; return; }
-      const j = d.job;
+      if (id !== currentJob) return;
+      if (!r.ok) {
+        job = null;
+        $("#job-title").textContent = d.error || "no such job";
+        $("#job-states").hidden = true;
+        $("#job-actions").innerHTML = actionsHtml = "";
+        $("#job-summary").innerHTML = "";
+        $("#units tbody").innerHTML = "";
+        return;
+      }
+      const j = (job = d.job);
       const total = STATES.reduce((n, s) => n + (j.counts[s] || 0), 0);
-      $("#job-title").textContent = `${j.name} (${j.id}) — ${j.state}`;
+      $("#job-title").textContent = `${j.name} (${j.id})`;
+      $("#job-states").hidden = false;
+      $("#job-state").textContent = j.state;
+      $("#job-drmaa2").textContent = j.drmaa2;
+      $("#job-owner").textContent = j.owner;
+      renderActions();
       $("#job-summary").innerHTML = bar(j.counts, total) + `<p>${STATES.filter((s) => j.counts[s]).map((s) => `${s} ${j.counts[s]}`).join(", ")}</p>`;
       $("#units tbody").innerHTML = d.units.map((u) => `<tr class="unit"><td>${u.index}</td><td>${esc(u.kind)}</td><td>${esc(u.state)}</td><td>${u.attempts}</td>
         <td>${u.history.map((a) => `${esc(a.client)} <span class="muted">${esc(a.state)}${a.validity ? " " + esc(a.validity) : ""}</span>`).join("<br>")}</td>
         <td>${time(u.first_leased)}</td><td>${time(u.last_finished)}</td><td>${u.runtime == null ? "–" : u.runtime.toFixed(1) + "s"}</td></tr>`).join("");
+    } catch (e) {
+      $("#job-error").textContent = `cannot read the job: ${e.message}`;
     } finally {
       jobLoading = false;
+      if (jobAgain) { jobAgain = false; loadJob(currentJob); }
     }
   }
 
-  // The operator signs in once: the token goes to /api/v1/session as a bearer token and comes
-  // back as an HttpOnly cookie, which the event stream and the page's requests then carry.
+  // Exactly the verbs the master lists for the job now (it has the rules, server/lifecycle.py);
+  // it shows them only to those who can see the job: the operator and the job's owner.
+  const LABELS = { suspend: "Suspend", resume: "Resume", hold: "Hold", release: "Release", cancel: "Cancel" };
+  function renderActions() {
+    const verbs = job ? job.actions : [];
+    if (confirming && !verbs.includes("cancel")) confirming = false;
+    const buttons = verbs.map((v) => `<button type="button" class="verb${v === "cancel" ? " danger" : ""}" data-verb="${esc(v)}"${acting || confirming ? " disabled" : ""}>${esc(LABELS[v] || v)}</button>`).join("");
+    const confirm = confirming
+      ? `<span id="job-confirm" class="confirm">Cancel this job? Its running containers are stopped; what finished stays downloadable.
+          <button type="button" class="danger" data-confirm="yes"${acting ? " disabled" : ""}>Yes, cancel it</button>
+          <button type="button" data-confirm="no"${acting ? " disabled" : ""}>No, keep it</button></span>`
+      : "";
+    const html = buttons + confirm;
+    if (html !== actionsHtml) $("#job-actions").innerHTML = actionsHtml = html; // a feed update leaves them be
+  }
+
+  async function control(verb) {
+    const id = currentJob;
+    acting = true;
+    renderActions();
+    $("#job-error").textContent = "";
+    try {
+      const r = await fetch(`/api/v1/jobs/${encodeURIComponent(id)}/${verb}`, { method: "POST", headers: SESSION_HEADER });
+      const d = await r.json().catch(() => ({}));
+      if (!r.ok) $("#job-error").textContent = d.error || `${verb} failed (HTTP ${r.status})`;
+    } catch (e) {
+      $("#job-error").textContent = `${verb} failed: ${e.message}`;
+    } finally {
+      acting = false;
+      confirming = false;
+      if (id === currentJob) loadJob(id); // the feed follows within a second too
+    }
+  }
+
+  $("#job-actions").addEventListener("click", (e) => {
+    const button = e.target.closest("button");
+    if (!button || button.disabled) return;
+    if (button.dataset.verb === "cancel") { confirming = true; renderActions(); return; }
+    if (button.dataset.verb) { control(button.dataset.verb); return; }
+    if (button.dataset.confirm === "yes") control("cancel");
+    if (button.dataset.confirm === "no") { confirming = false; renderActions(); }
+  });
+
+  // The operator or a scientist signs in once: the token goes to /api/v1/session as a bearer
+  // token and comes back as an HttpOnly cookie, which the event stream and the page's requests
+  // then carry (a job control also sends X-Dockercomp-Session, without which the cookie only reads).
   function showSignIn(message) {
     $("#signin").hidden = false;
     $("#signout").hidden = true;
     document.querySelectorAll("main > .page").forEach((p) => (p.hidden = true));
     $("#signin-error").textContent = message || "";
+    $("#viewer").textContent = "";
     $("#conn").textContent = "signed out";
     $("#conn").className = "conn off";
   }
 
   async function signedIn() {
-    const r = await fetch("/api/v1/dashboard/overview");
+    const r = await fetch("/api/v1/session");
+    viewer = r.ok ? await r.json() : null;
     return r.ok;
+  }
+
+  function showViewer() {
+    $("#viewer").textContent = `${viewer.name} (${viewer.role})`;
+    const clients = document.querySelector('nav a[data-page="clients"]');
+    clients.hidden = viewer.role !== "operator"; // the clients are the operator's to see
   }
 
   $("#signin-form").addEventListener("submit", async (e) => {
@@ -185,6 +276,7 @@
     if (!(await signedIn())) { showSignIn(); return; }
     $("#signin").hidden = true;
     $("#signout").hidden = false;
+    showViewer();
     route();
     connect();
   }

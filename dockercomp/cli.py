@@ -66,6 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+# the job control verbs (server/lifecycle.py Verb), each a command of its own
+JOB_VERBS = {
+    "suspend": "suspend a job: no more leases; the volunteers pause its running containers",
+    "resume": "resume a suspended job: its containers go on, its units are leased again",
+    "hold": "hold a job that has not started: it starts nothing until released",
+    "release": "release a held job",
+    "cancel": "cancel a job: its running containers are stopped and removed; what finished stays (results --partial)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dockercomp", description="Volunteer computing on Docker.")
     parser.add_argument("--log-level", default=os.environ.get("DOCKERCOMP_LOG_LEVEL", "info"),
@@ -88,11 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until the job ends, with a progress bar")
     p.add_argument("--json", action="store_true", help='print {"job": ID} (and the final state with --wait)')
     p.add_argument("--chunk-on-master", action="store_true", help="send inputs whole; the master chunks them")
+    p.add_argument("--hold", action="store_true", help="start no unit until `dockercomp release JOB`")
 
-    p = command("status", cmd_status, "show a job's state and its units per state")
+    p = command("status", cmd_status, "show a job's state (and its DRMAA2 state) and its units per state")
     p.add_argument("job")
     _server_arg(p)
     p.add_argument("--json", action="store_true")
+
+    for verb, help in JOB_VERBS.items():
+        p = command(verb, cmd_control, help)
+        p.add_argument("job")
+        _server_arg(p)
+        p.add_argument("--json", action="store_true")
 
     p = command("results", cmd_results, "download a job's result")
     p.add_argument("job")
@@ -146,10 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("client", cmd_client, "run the volunteer client daemon (or: client status)")
     add_flags(p, ClientSettings)
     p.add_argument("--config", help="settings file (TOML, a [client] table)")
-    actions = p.add_subparsers(dest="client_action", metavar="[status|uninstall]")
+    actions = p.add_subparsers(dest="client_action", metavar="[status|pause|resume|uninstall]")
     s = actions.add_parser("status", help="show what the daemon runs now", description="show what the daemon runs now")
     s.add_argument("--work-dir", default=argparse.SUPPRESS, help="the daemon's work directory")
     s.add_argument("--json", action="store_true", help="print the daemon's status file as it is")
+    for verb, about in (
+        ("pause", "pause the running daemon: its running units are paused (not lost), it leases nothing"),
+        ("resume", "resume a daemon paused by `client pause`"),
+    ):
+        s = actions.add_parser(verb, help=about, description=about)
+        s.add_argument("--work-dir", default=argparse.SUPPRESS, help="the daemon's work directory")
     u = actions.add_parser("uninstall", help="remove what installer.sh installed (runs its cleanup)",
                            description="remove what installer.sh installed (runs its cleanup)")  # fmt: skip
     u.add_argument("--prefix", help="the install directory (default ~/.local/share/dockercomp)")
@@ -253,10 +276,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         chunks = scientist.chunk_on_master(spec, args.inputs)
     else:
         chunks = scientist.upload_chunks(spec, args.inputs, progress=show)
-    job_id = scientist.create_job(spec, chunks)
+    job_id = scientist.create_job(spec, chunks, hold=args.hold)
     units = len(spec.sweep) if spec.sweep is not None else len(chunks)
-    if not args.wait:
-        _print(args, {"job": job_id}, f"job {job_id}: {units} units")
+    if not args.wait or args.hold:
+        held = ", held until `dockercomp release`" if args.hold else ""
+        _print(args, {"job": job_id}, f"job {job_id}: {units} units{held}")
         return 0
     if not args.json:
         print(f"job {job_id}: {units} units", file=sys.stderr)
@@ -367,7 +391,13 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     status = _scientist(args).status(args.job)
-    _print(args, {"job": status["job"], "state": status["state"], "units": status["units"]}, _status_line(status))
+    _print(args, _status_json(status), _status_line(status))
+    return 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    status = _scientist(args).control(args.job, args.command)
+    _print(args, _status_json(status), _status_line(status))
     return 0
 
 
@@ -415,6 +445,8 @@ def _client_settings(args: argparse.Namespace) -> ClientSettings:
 def cmd_client(args: argparse.Namespace) -> int:
     if args.client_action == "status":
         return cmd_client_status(args)
+    if args.client_action in ("pause", "resume"):
+        return cmd_client_pause(args)
     if args.client_action == "uninstall":
         return cmd_client_uninstall(args)
     _require("client")
@@ -442,6 +474,49 @@ def cmd_client_status(args: argparse.Namespace) -> int:
         print(f"dockercomp: no client daemon has run with the work directory {work_dir}", file=sys.stderr)
         return 1
     print(json.dumps(data, indent=1) if args.json else status.render(data))
+    return 0
+
+
+def cmd_client_pause(args: argparse.Namespace) -> int:
+    """``client pause|resume``: the control file in the daemon's work directory, which the
+    daemon looks at every 0.2s (and keeps paused across restarts); then what it says it did."""
+    from dockercomp.client import pause, status
+
+    work_dir = _client_settings(args).work_path
+    if not status.daemon_running(work_dir):
+        raise UsageError(f"no client daemon uses the work directory {work_dir} (is it running? its --work-dir?)")
+    pausing = args.client_action == "pause"
+    try:
+        changed = pause.request_pause(work_dir) if pausing else pause.request_resume(work_dir)
+    except OSError as exc:
+        print(f"dockercomp: cannot {args.client_action} the client in {work_dir}: {exc}", file=sys.stderr)
+        return 1
+    if not changed:
+        print("the client was paused already" if pausing else "the client was not paused by `client pause`")
+
+    def settled() -> dict[str, Any] | None:  # the daemon's status file agrees (and no container runs on)
+        data = status.read_status(work_dir) or {}
+        by_volunteer = any(str(why).startswith("by the volunteer") for why in data.get("paused") or ())
+        running = pausing and any(a.get("phase") == "running" for a in data.get("running") or ())
+        return data if by_volunteer == pausing and not running and data.get("state") not in (None, "stopped") else None
+
+    deadline = time.monotonic() + 10.0
+    while (data := settled()) is None and time.monotonic() < deadline and status.daemon_running(work_dir):
+        time.sleep(0.1)
+    if data is None:
+        print(f"dockercomp: the daemon in {work_dir} has not confirmed yet; see `dockercomp client status`",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    paused = sum(1 for a in data.get("running") or () if a.get("phase") == "paused")
+    if pausing:
+        print(f"client {data.get('client', '')} paused: {paused} running unit(s) paused, nothing new is leased; "
+              "`dockercomp client resume` to go on")  # fmt: skip
+    elif data.get("paused"):
+        print(f"client {data.get('client', '')} resumed by the volunteer, but still paused: "
+              + "; ".join(str(why) for why in data["paused"]))  # fmt: skip
+    else:
+        running = len(data.get("running") or ())
+        print(f"client {data.get('client', '')} resumed: {running} unit(s) running, leasing again")
     return 0
 
 
@@ -543,9 +618,16 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data) if getattr(args, "json", False) else text)
 
 
+def _status_json(status: dict[str, Any]) -> dict[str, Any]:
+    return {key: status.get(key) for key in ("job", "state", "drmaa2", "units", "unrunnable")}
+
+
 def _status_line(status: dict[str, Any]) -> str:
     units = ", ".join(f"{n} {state}" for state, n in status["units"].items() if n)
-    return f"job {status['job']} ({status.get('name', '')}): {status['state']}; units: {units or 'none'}"
+    drmaa2 = f" (DRMAA2 {status['drmaa2']})" if status.get("drmaa2") else ""
+    line = f"job {status['job']} ({status.get('name', '')}): {status['state']}{drmaa2}; units: {units or 'none'}"
+    why = status.get("unrunnable")
+    return f"{line}\nwaiting: {why['message']}" if why else line
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> str:

@@ -3,7 +3,9 @@ like. Image delivery must be tested against an engine that really lacks the laye
 main engine cannot be emptied (other tests and the developer's images live there).
 
 The engine is a plain ``dockerd`` with its own data root, exec root, pidfile and socket, and
-no networking of its own (no bridge, no iptables), so it touches nothing of the host's engine.
+no networking of its own (no bridge, no iptables), in a network namespace of its own (a
+``dockerd --bridge=none`` deletes the host's ``docker0`` when it starts), so it touches nothing
+of the host's engine.
 It needs root and the dockerd binary (EngineUnavailable says which is missing). The demo
 runs one volunteer on such an engine; the tests run image delivery against one.
 """
@@ -46,7 +48,13 @@ def empty_engine(tmp: Path) -> Iterator[str]:
     state = Path(tempfile.mkdtemp(prefix="dce-", dir="/tmp"))
     url = f"unix://{state}/sock"
     log_path = tmp / "dockerd.log"
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise EngineUnavailable("a second Docker engine needs unshare (util-linux) for a network namespace of its own")
     argv = [
+        unshare,
+        "--net",
+        "--",
         binary,
         f"--data-root={state}/root",
         f"--exec-root={state}/exec",

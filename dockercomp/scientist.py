@@ -153,15 +153,22 @@ class Scientist(Transport):
             hashes.extend(c["hash"] for c in reply["chunks"])
         return hashes
 
-    def create_job(self, spec: JobSpec, chunks: list[str] | None = None) -> str:
-        """Create the job on uploaded chunks; a sweep job takes none (the master makes its units)."""
+    def create_job(self, spec: JobSpec, chunks: list[str] | None = None, hold: bool = False) -> str:
+        """Create the job on uploaded chunks; a sweep job takes none (the master makes its units).
+        A held job starts nothing until released."""
         body: dict[str, Any] = {"job": spec.to_dict()}
         if chunks:
             body["chunks"] = chunks
+        if hold:
+            body["hold"] = True
         return self._call("POST", "/jobs", json=body).json()["job"]
 
     def status(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/jobs/{job_id}").json()
+
+    def control(self, job_id: str, verb: str) -> dict[str, Any]:
+        """Suspend, resume, hold, release or cancel a job; its status after."""
+        return self._call("POST", f"/jobs/{job_id}/{verb}").json()
 
     def wait(self, job_id: str, progress: bool = True, poll: float = 1.0) -> dict[str, Any]:
         status = self.status(job_id)

@@ -7,8 +7,11 @@
      "reduce": {"command": ["python3", "/app/reduce.py"]}}
 
 A parameter sweep (a DRMAA2 job array) gives ``"sweep"`` instead of input files: either a
-range ``{"start": 1, "end": 101, "step": 10}`` or a list of parameter objects. Everything
-but name and image has a default. The same parser runs in the CLI (exit code 2)
+range ``{"start": 1, "end": 101, "step": 10}`` or a list of parameter objects. A unit of
+several containers (DGrid's multi-container units) lists them in ``"containers"``: the one
+marked ``"main": true`` is the job's own image, command and env, the others are its sidecars,
+all on one private network where each is reachable by its name. Everything but name and
+image has a default. The same parser runs in the CLI (exit code 2)
 and in the master (HTTP 400), so a bad job file is refused before anything is created.
 """
 
@@ -27,6 +30,9 @@ EXEC_MODES = ("batch",)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._\-/:@]{0,254}")
 MAX_SWEEP = 100_000  # units of one sweep: each is a unit row and a params.json blob on the master
+MAX_CONTAINERS = 8  # containers of one unit, the main one included: each is a sandbox with the job's limits
+# a container's name on its unit's network: one lowercase DNS label
+CONTAINER_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 Scalar = str | int | float | bool
 
@@ -52,11 +58,31 @@ class Redundancy:
     max_attempts: int = 3
 
 
+# CPU architectures as Docker names them (an image config's "architecture"), and the names
+# machines give themselves for them (platform.machine())
+ARCHES = ("amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64")
+_MACHINE_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm", "i686": "386", "i386": "386"}
+MAX_GPUS = 16
+
+
+def docker_arch(machine: str) -> str:
+    """A machine's architecture as Docker names it (x86_64 is amd64); "" when unknown."""
+    name = machine.strip().lower()
+    name = _MACHINE_ARCH.get(name, name)
+    return name if name in ARCHES else ""
+
+
 @dataclass(frozen=True)
 class Resources:
+    """What one container of a unit needs: limits it runs under, and what a volunteer must
+    have for it (units go only to clients that have it free)."""
+
     cpus: float = 1.0
     memory: int = 256 << 20
     timeout: float = 300.0
+    gpus: int = 0  # GPUs for the main container (Docker device requests)
+    disk: int = 0  # bytes of free disk a unit needs on the volunteer (inputs, output); 0: not asked
+    arch: str = ""  # the CPU architecture (amd64, arm64, ...); "": the image's, set when submitted
 
 
 @dataclass(frozen=True)
@@ -99,6 +125,24 @@ class ListSweep:
 Sweep = RangeSweep | ListSweep
 
 
+@dataclass(frozen=True)
+class Container:
+    """One container of a multi-container unit. The main one (``main``) is the job's own
+    image, command and env, and gets /input and /output; any other (a sidecar) has its own
+    image, command (empty: the image's own) and env, and no files of the unit."""
+
+    name: str  # its host name on the unit's private network
+    image: str = ""  # "" for the main container: the job's image
+    command: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    main: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        if self.main:
+            return {"name": self.name, "main": True}
+        return {"name": self.name, "image": self.image, "command": list(self.command) or None, "env": dict(self.env)}
+
+
 def params_env(params: dict[str, Scalar]) -> dict[str, str]:
     """A unit's parameters as environment variables: strings as they are, numbers and
     booleans as JSON writes them (``3``, ``0.5``, ``true``)."""
@@ -124,6 +168,27 @@ class JobSpec:
     priority: int = 0
     mode: str = "batch"
     sweep: Sweep | None = None  # a parameter sweep: its units take no input files
+    containers: tuple[Container, ...] = ()  # a multi-container unit's, the main one among them; () for one
+
+    @property
+    def sidecars(self) -> tuple[Container, ...]:
+        """The containers a unit runs beside its main one (none for a job of one container)."""
+        return tuple(c for c in self.containers if not c.main)
+
+    @property
+    def main_name(self) -> str:
+        """The main container's name on the unit's network ("" for a job of one container)."""
+        return next((c.name for c in self.containers if c.main), "")
+
+    @property
+    def unit_cpus(self) -> float:
+        """What one unit takes of a volunteer's cpus: every container of it has the job's limit."""
+        return self.resources.cpus * max(1, len(self.containers))
+
+    @property
+    def unit_memory(self) -> int:
+        """What one unit takes of a volunteer's memory: every container of it has the job's limit."""
+        return self.resources.memory * max(1, len(self.containers))
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical job file for this spec (parse_jobfile(spec.to_dict()) == spec)."""
@@ -141,6 +206,10 @@ class JobSpec:
         else:
             d["sweep"] = self.sweep.to_json()
             del d["chunking"]  # a sweep has no input files to chunk
+        if self.containers:
+            d["containers"] = [c.to_json() for c in self.containers]
+        else:
+            del d["containers"]
         return d
 
 
@@ -156,6 +225,7 @@ _TOP_KEYS = {
     "priority",
     "mode",
     "sweep",
+    "containers",
     "description",
 }
 
@@ -193,12 +263,66 @@ def parse_jobfile(data: object) -> JobSpec:
         env=_env(data.get("env")),
         chunking=_chunking(_section(data, "chunking", {"by", "size", "separator"})),
         redundancy=_redundancy(_section(data, "redundancy", {"replicas", "quorum", "max_attempts"})),
-        resources=_resources(_section(data, "resources", {"cpus", "memory", "timeout"})),
+        resources=_resources(_section(data, "resources", {"cpus", "memory", "timeout", "gpus", "disk", "arch"})),
         reduce_command=reduce_command,
         priority=priority,
         mode=mode,
         sweep=sweep,
+        containers=_containers(data.get("containers")),
     )
+
+
+def _containers(value: object) -> tuple[Container, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not 2 <= len(value) <= MAX_CONTAINERS:
+        raise ProtocolError(
+            f"containers must be a list of 2 to {MAX_CONTAINERS} containers, the main one among them, e.g. "
+            '[{"name": "main", "main": true}, {"name": "kv", "image": "dockercomp/kv"}]'
+        )
+    found: list[Container] = []
+    for i, entry in enumerate(value):
+        where = f"containers[{i}]"
+        if not isinstance(entry, dict):
+            raise ProtocolError(f"{where} must be an object with name and image (or main: true)")
+        _no_unknown(entry, {"name", "image", "command", "env", "main"}, where)
+        name = entry.get("name")
+        if not isinstance(name, str) or not CONTAINER_NAME_RE.fullmatch(name):
+            raise ProtocolError(
+                f"{where}.name must be a host name: 1-63 lowercase letters, digits and '-', "
+                f"not starting or ending with '-'; got {name!r:.70}"
+            )
+        if any(c.name == name for c in found):
+            raise ProtocolError(f"{where}.name: {name} names another container too; each needs a name of its own")
+        main = entry.get("main", False)
+        if not isinstance(main, bool):
+            raise ProtocolError(f"{where}.main ({name}) must be true or false")
+        if main:
+            given = sorted(k for k in ("image", "command", "env") if entry.get(k) is not None)
+            if given:
+                raise ProtocolError(
+                    f"{where} ({name}) is the main container: it runs the job's own image, command and env; "
+                    f"set {', '.join(given)} at the top level of the job file"
+                )
+            found.append(Container(name=name, main=True))
+            continue
+        image = entry.get("image")
+        if image is None:
+            raise ProtocolError(f'{where} ({name}) needs an image, or "main": true to be the job\'s own container')
+        if not isinstance(image, str) or not _IMAGE_RE.fullmatch(image):
+            raise ProtocolError(
+                f"{where}.image ({name}) must be a Docker image reference (lowercase, e.g. dockercomp/kv), "
+                f"got {image!r:.80}"
+            )
+        command = _command(entry.get("command"), f"{where}.command")
+        found.append(Container(name, image, command, _env(entry.get("env"), f"{where}.env")))
+    mains = [c.name for c in found if c.main]
+    if len(mains) != 1:
+        raise ProtocolError(
+            'exactly one of containers must be the main one ("main": true), the job\'s own image and command; '
+            f"{'none is' if not mains else ', '.join(mains) + ' are'}"
+        )
+    return tuple(found)
 
 
 def _chunking(d: dict[str, Any]) -> Chunking:
@@ -241,7 +365,17 @@ def _resources(d: dict[str, Any]) -> Resources:
     timeout = parse_duration(d.get("timeout", "5m"), "resources.timeout")
     if not 0 < timeout <= 7 * 86400:
         raise ProtocolError("resources.timeout must be more than 0 and at most 7d")
-    return Resources(cpus=float(cpus), memory=memory, timeout=timeout)
+    gpus = d.get("gpus", 0)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= MAX_GPUS:
+        raise ProtocolError(f"resources.gpus must be a whole number from 0 to {MAX_GPUS}")
+    disk = parse_size(d.get("disk", 0), "resources.disk")
+    if disk > INT64_MAX:
+        raise ProtocolError("resources.disk must be less than 8EiB")
+    arch = d.get("arch", "")
+    if not isinstance(arch, str) or (arch and arch not in ARCHES):
+        raise ProtocolError(f"resources.arch must be one of {', '.join(ARCHES)} (or left out: the image's), "
+                            f"got {arch!r:.40}")  # fmt: skip
+    return Resources(cpus=float(cpus), memory=memory, timeout=timeout, gpus=gpus, disk=disk, arch=arch)
 
 
 def _sweep(value: object) -> Sweep | None:
@@ -346,14 +480,14 @@ def _command(value: object, what: str, required: bool = False) -> tuple[str, ...
     return tuple(value)
 
 
-def _env(value: object) -> tuple[tuple[str, str], ...]:
+def _env(value: object, what: str = "env") -> tuple[tuple[str, str], ...]:
     if value is None:
         return ()
     if not isinstance(value, dict) or len(value) > 256:
-        raise ProtocolError('env must be an object of strings, e.g. {"LANG": "C.UTF-8"}')
+        raise ProtocolError(f'{what} must be an object of strings, e.g. {{"LANG": "C.UTF-8"}}')
     for key, val in value.items():
         if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
-            raise ProtocolError(f"env name {key!r:.40} must be letters, digits and '_', not starting with a digit")
+            raise ProtocolError(f"{what} name {key!r:.40} must be letters, digits and '_', not starting with a digit")
         if not isinstance(val, str) or "\0" in val:
-            raise ProtocolError(f"env {key} must be a string")
+            raise ProtocolError(f"{what} {key} must be a string")
     return tuple(sorted(value.items()))

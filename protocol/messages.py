@@ -174,8 +174,9 @@ class HostFacts(Message):
     cores: int = 0
     memory: int = 0
     os: str = ""
-    arch: str = ""
+    arch: str = ""  # as Docker names it: amd64, arm64, ...
     docker: str = ""
+    gpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -216,13 +217,27 @@ class Heartbeat(Message):
     slots: int
     busy: int = 0
     containers: list[ContainerInfo] = field(default_factory=list)
+    paused: bool = False  # the volunteer paused this client: it leases nothing, its containers are paused
+    # what the volunteer donates, for the master to tell a job that no client can run it why
+    memory: int = 0  # bytes of memory (0: not said)
+    gpus: int = 0
+    disk: int = 0  # bytes of free disk in the client's work directory (0: not said)
+
+
+class Action(StrEnum):
+    """What the master orders a client to do with one of its attempts."""
+
+    ABORT = "abort"  # stop and remove its containers: the master no longer wants it
+    PAUSE = "pause"  # its job is suspended: pause its containers (docker pause), keep the attempt
+    RESUME = "resume"  # its job was resumed: unpause them (unless the volunteer paused the client)
 
 
 @dataclass(frozen=True)
 class Command(Message):
-    """An order carried by a heartbeat reply, such as ``abort`` an attempt."""
+    """An order carried by a heartbeat reply, for one attempt. A client ignores an action it
+    does not know (a newer master's)."""
 
-    action: str
+    action: str  # an Action
     attempt: str = ""
 
 
@@ -237,10 +252,14 @@ class HeartbeatReply(Message):
 
 @dataclass(frozen=True)
 class LeaseRequest(Message):
+    """What a client asks for: up to ``max_units`` units that fit in what it has free."""
+
     max_units: int
     cpus: float = 1.0
     memory: int = 1 << 40
     images: list[str] = field(default_factory=list)
+    gpus: int = 0
+    disk: int = 1 << 62  # bytes
 
 
 @dataclass(frozen=True)
@@ -251,6 +270,18 @@ class InputRef(Message):
     hash: str
     size: int
     url: str
+
+
+@dataclass(frozen=True)
+class ContainerSpec(Message):
+    """Another container of a multi-container unit (a sidecar): started before the grant's own
+    container on the unit's private network, where it is reachable by ``name``. It has the
+    grant's cpu and memory limits, and none of the unit's files."""
+
+    name: str
+    image: str
+    command: list[str] = field(default_factory=list)  # empty: the image's own
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -270,6 +301,19 @@ class Grant(Message):
     deadline: float
     inputs: list[InputRef]
     mode: str = "batch"
+    sidecars: list[ContainerSpec] = field(default_factory=list)  # the unit's other containers, if any
+    main_name: str = ""  # with sidecars: the name of the grant's own (main) container on the unit's network
+    gpus: int = 0  # GPUs for the main container (a Docker device request)
+
+    @property
+    def unit_cpus(self) -> float:
+        """What the unit takes of a client's cpus: each of its containers has the grant's limit."""
+        return self.cpus * (1 + len(self.sidecars))
+
+    @property
+    def unit_memory(self) -> int:
+        """What the unit takes of a client's memory: each of its containers has the grant's limit."""
+        return self.memory * (1 + len(self.sidecars))
 
 
 @dataclass(frozen=True)

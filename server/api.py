@@ -71,8 +71,8 @@ class HeartbeatHandler(BaseHandler):
             # shown to operators as JSON, which has no infinity
             if not all(math.isfinite(x) and x >= 0 for x in (c.cpus, c.started_at, c.cpu_percent or 0.0)):
                 raise BadRequest(f"containers[{i}]: cpus, started_at and cpu_percent must be finite, not negative")
-        abort = await self.master.store.heartbeat(client_id, beat, self.master.now())
-        commands = [Command("abort", attempt) for attempt in abort]
+        orders = await self.master.store.heartbeat(client_id, beat, self.master.now())
+        commands = [Command(action.value, attempt) for action, attempt in orders]
         self.reply(HeartbeatReply(commands, self.master.settings.heartbeat_interval))
 
 

@@ -66,13 +66,16 @@ ROUTES: list[tuple[str, type[BaseHandler], dict[str, frozenset[Role]]]] = [
     (rf"{V1}/jobs", scientist.JobsHandler, {"GET": PEOPLE, "POST": PEOPLE}),
     (rf"{V1}/jobs/{HASH}", scientist.JobHandler, {"GET": PEOPLE}),
     (rf"{V1}/jobs/{HASH}/units", scientist.UnitsHandler, {"GET": PEOPLE}),
+    (rf"{V1}/jobs/{HASH}/({'|'.join(scientist.Verb)})", scientist.JobControlHandler, {"POST": PEOPLE}),
     (rf"{V1}/jobs/{HASH}/results", scientist.ResultsDownloadHandler, {"GET": PEOPLE}),
     # the operator's
     (rf"{V1}/clients", scientist.ClientsHandler, {"GET": OPERATOR}),
     (rf"{V1}/keys", keys.KeysHandler, {"GET": OPERATOR, "POST": OPERATOR}),
     (rf"{V1}/keys/{HASH}", keys.KeyHandler, {"DELETE": OPERATOR}),
-    (rf"{V1}/session", dashboard.SessionHandler, {"POST": OPERATOR, "DELETE": ANYONE}),
-    *((path, handler, {"GET": OPERATOR}) for path, handler in dashboard.API),
+    # the dashboard: people sign in; a scientist sees only their own jobs there, no client
+    (rf"{V1}/session", dashboard.SessionHandler, {"GET": PEOPLE, "POST": PEOPLE, "DELETE": ANYONE}),
+    *((path, handler, {"GET": PEOPLE}) for path, handler in dashboard.API),
+    *((path, handler, {"GET": OPERATOR}) for path, handler in dashboard.OPERATOR_API),
     # what a volunteer needs to join, and the dashboard's page (which asks for a token)
     *((path, handler, {"GET": ANYONE}) for path, handler in install.ROUTES),
 ]
@@ -153,6 +156,7 @@ async def serve(settings: ServerSettings, ready: asyncio.Event | None = None) ->
     """Run a master until SIGTERM or SIGINT."""
     tls = tls_context(settings)  # before anything is opened: a bad certificate stops the start
     store, blobs = await open_store(settings.store_url, settings.data_path)
+    store.scheduler = settings.make_scheduler()
     store.events.subscribe(events.log_event)
     master = Master(settings, store, blobs)
     await first_operator_token(master)

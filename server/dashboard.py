@@ -1,9 +1,14 @@
-"""The operator's dashboard: the page at / (static files under dashboard/), its JSON API under
+"""The dashboard: the page at / (static files under dashboard/), its JSON API under
 /api/v1/dashboard/ and the live feed /api/v1/events (server-sent events).
+
+The operator sees everything; a scientist who signs in sees only their own jobs and no
+client (the overview's counts stay: they name no one). Each job carries the verbs that apply
+to it now (``actions``, from server/lifecycle.py), so the page offers exactly those buttons;
+the page sends them to ``POST /api/v1/jobs/ID/VERB`` (server/scientist.py).
 
 Everything comes from the store, so any master of several serves the same page. Each master
 polls its store once a second for all of its connected browsers together (one ``Feed``) and
-pushes a fresh snapshot when something changed; nothing here is state another master needs.
+pushes a fresh snapshot to each when its view changed; nothing here is state another master needs.
 """
 
 import asyncio
@@ -11,6 +16,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tornado.iostream import StreamClosedError
@@ -18,9 +24,11 @@ from tornado.web import StaticFileHandler
 
 from dockercomp import resources
 
-from .errors import BadRequest
+from .auth import Caller, Role
+from .errors import BadRequest, NotFound
 from .handlers import COOKIE, Access, BaseHandler, Master
-from .models import Tally
+from .lifecycle import VERBS, JobState, Verb, drmaa2_state, started
+from .models import Job, Tally
 from .store.base import ZERO_COUNTS
 
 log = logging.getLogger(__name__)
@@ -35,31 +43,70 @@ MAX_JOBS = 100
 OPEN_STATES = ("ready", "running", "suspended")
 
 
-async def snapshot(master: Master) -> dict[str, Any]:
-    """Everything the page shows, computed from the store: overview, clients, jobs, series. The
-    activity of the last hour comes from the store's per-minute counters, a few rows a minute."""
+View = str | None
+"""Whose picture a snapshot is: None for the operator's (everything), else a scientist's name."""
+
+
+def view_of(caller: Caller) -> View:
+    return None if caller.role == Role.OPERATOR else caller.name
+
+
+def actions(state: JobState, counts: Mapping[str, int]) -> list[str]:
+    """The verbs that would change a job now, as server/lifecycle.py's VERBS says (a verb
+    repeated where it leads already is harmless, but no button to offer) and its control rule
+    for hold (only a job that has not started can be held)."""
+    return [
+        verb.value
+        for verb, (applies, leads_to) in VERBS.items()
+        if state in applies and leads_to != state and not (verb == Verb.HOLD and started(counts))
+    ]
+
+
+def job_json(job: Job, counts: Mapping[str, int]) -> dict[str, Any]:
+    """A job as the page shows it: with its units per state, DRMAA2 state and actions."""
+    return job.to_json() | {
+        "counts": dict(counts),
+        "drmaa2": drmaa2_state(job.state, counts).value,
+        "actions": actions(job.state, counts),
+    }
+
+
+async def snapshot(master: Master, caller: Caller) -> dict[str, Any]:
+    """Everything the page shows this caller (see ``snapshots``)."""
+    view = view_of(caller)
+    return (await snapshots(master, [view]))[view]
+
+
+async def snapshots(master: Master, views: Iterable[View]) -> dict[View, dict[str, Any]]:
+    """Everything the page shows, computed from the store once for several views: overview,
+    clients, jobs, series. The activity of the last hour comes from the store's per-minute
+    counters, a few rows a minute. A scientist's view has their jobs only and no clients; the
+    overview and the series are the whole master's (counts that name no one)."""
     store = master.store
     now = master.now()
     online_after = now - master.settings.online_window
     clients = [c.to_json(online_after) for c in await store.list_clients()]
     tallies = await store.activity(now - HOUR)
-    jobs = []
     totals = dict(ZERO_COUNTS)
     recent: dict[str, int] = {}
     for t in tallies:
         if t.counter == "completed" and t.minute > now - THROUGHPUT_WINDOW - MINUTE:
             recent[t.job] = recent.get(t.job, 0) + t.n
-    for job in await store.list_jobs(MAX_JOBS):
+
+    async def row(job: Job) -> dict[str, Any]:
         counts = await store.unit_counts(job.id)
-        for state, n in counts.items():
-            totals[state] = totals.get(state, 0) + n
         per_minute = recent.get(job.id, 0) / max(job.spec.redundancy.quorum, 1) / (THROUGHPUT_WINDOW / MINUTE)
         remaining = sum(counts.get(s, 0) for s in OPEN_STATES)
         eta = remaining / per_minute * MINUTE if per_minute > 0 and remaining else None
-        jobs.append(job.to_json() | {"counts": counts, "per_minute": round(per_minute, 2), "eta": eta})
+        return job_json(job, counts) | {"per_minute": round(per_minute, 2), "eta": eta}
+
+    jobs = [await row(job) for job in await store.list_jobs(MAX_JOBS)]
+    for j in jobs:
+        for state, n in j["counts"].items():
+            totals[state] = totals.get(state, 0) + n
     online = [c for c in clients if c["online"]]
     hour = {name: sum(t.n for t in tallies if t.counter == name) for name in ("errors", "invalid", "integrity")}
-    return {
+    common = {
         "now": now,
         "online_window": master.settings.online_window,
         "overview": {
@@ -75,9 +122,16 @@ async def snapshot(master: Master) -> dict[str, Any]:
             "errors_hour": hour["errors"],
         },
         "series": series(tallies, now),
-        "clients": clients,
-        "jobs": jobs,
     }
+    rows = {j["id"]: j for j in jobs}
+    result: dict[View, dict[str, Any]] = {}
+    for view in set(views):
+        if view is None:
+            result[view] = common | {"clients": clients, "jobs": jobs}
+        else:  # their own jobs, even those older than the newest MAX_JOBS of everyone's
+            own = [rows.get(job.id) or await row(job) for job in await store.list_jobs(MAX_JOBS, view)]
+            result[view] = common | {"clients": [], "jobs": own}
+    return result
 
 
 def last_minute(tallies: list[Tally], counter: str, now: float) -> float:
@@ -106,45 +160,51 @@ def series(tallies: list[Tally], now: float) -> dict[str, list[float]]:
 
 class Feed:
     """One poller per master for all its browsers: every second it reads the store once and
-    hands the snapshot to each subscriber when it changed. It stops when nobody listens."""
+    hands each subscriber its view's snapshot when that changed. It stops when nobody listens."""
 
     def __init__(self, master: Master) -> None:
         self.master = master
-        self.subscribers: set[asyncio.Queue[str | None]] = set()
-        self.last = ""
+        self.subscribers: dict[asyncio.Queue[str | None], View] = {}
+        self.last: dict[View, str] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def subscribe(self) -> "asyncio.Queue[str | None]":
+    def subscribe(self, view: View = None) -> "asyncio.Queue[str | None]":
         queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=4)
-        if self.last:
-            queue.put_nowait(self.last)
-        self.subscribers.add(queue)
+        if view in self.last:
+            queue.put_nowait(self.last[view])
+        self.subscribers[queue] = view
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
         return queue
 
     def unsubscribe(self, queue: "asyncio.Queue[str | None]") -> None:
-        self.subscribers.discard(queue)
+        self.subscribers.pop(queue, None)
         with contextlib.suppress(asyncio.QueueFull):
             queue.put_nowait(None)
 
     async def _run(self) -> None:
         while self.subscribers:
             started = time.monotonic()
+            views = set(self.subscribers.values())
+            for gone in set(self.last) - views:  # nobody watches it: a newcomer waits for a fresh one
+                del self.last[gone]
             try:
-                data = json.dumps(await snapshot(self.master), separators=(",", ":"))
+                snaps = await snapshots(self.master, views)
+                data = {view: json.dumps(snap, separators=(",", ":")) for view, snap in snaps.items()}
             except Exception:
                 log.exception("dashboard: reading the store failed; trying again")
-                data = self.last
-            if data != self.last:
-                self.last = data
-                for queue in list(self.subscribers):
-                    if queue.full():  # a slow browser gets the newest snapshot, not a backlog
-                        with contextlib.suppress(asyncio.QueueEmpty):
-                            queue.get_nowait()
-                    queue.put_nowait(data)
+                data = dict(self.last)
+            changed = {view for view, text in data.items() if text != self.last.get(view)}
+            self.last.update(data)
+            for queue, view in list(self.subscribers.items()):
+                if view not in changed:
+                    continue
+                if queue.full():  # a slow browser gets the newest snapshot, not a backlog
+                    with contextlib.suppress(asyncio.QueueEmpty):
+                        queue.get_nowait()
+                queue.put_nowait(data[view])
             await asyncio.sleep(max(0.05, POLL_INTERVAL - (time.monotonic() - started)))
-        self.last = ""
+        self.last = {}
 
 
 class DashboardHandler(BaseHandler):
@@ -155,12 +215,12 @@ class DashboardHandler(BaseHandler):
 
 class SnapshotHandler(DashboardHandler):
     async def get(self) -> None:
-        self.reply(await snapshot(self.master))
+        self.reply(await snapshot(self.master, self.caller))
 
 
 class OverviewHandler(DashboardHandler):
     async def get(self) -> None:
-        snap = await snapshot(self.master)
+        snap = await snapshot(self.master, self.caller)
         self.reply({"overview": snap["overview"], "series": snap["series"]})
 
 
@@ -196,15 +256,18 @@ class DashboardClientsHandler(DashboardHandler):
 
 class DashboardJobsHandler(DashboardHandler):
     async def get(self) -> None:
-        self.reply({"jobs": (await snapshot(self.master))["jobs"]})
+        self.reply({"jobs": (await snapshot(self.master, self.caller))["jobs"]})
 
 
 class DashboardJobHandler(DashboardHandler):
-    """One job with its units: state, attempts, which clients, timings."""
+    """One job with its units: state, attempts, which clients, timings; and the verbs that
+    apply to it now. Another scientist's job is as good as unknown (404)."""
 
     async def get(self, job_id: str) -> None:
         store = self.master.store
         job = await store.get_job(job_id)
+        if not self.caller.owns(job.owner):
+            raise NotFound(f"no job {job_id!r:.40}")
         offset, limit = self.int_arg("offset", 0, 0, 10**9), self.int_arg("limit", 200, 1, 1000)
         units = []
         for unit in await store.list_units(job_id, offset, limit):
@@ -224,7 +287,7 @@ class DashboardJobHandler(DashboardHandler):
                 }
             )
         counts = await store.unit_counts(job_id)
-        self.reply({"job": job.to_json() | {"counts": counts}, "units": units, "offset": offset})
+        self.reply({"job": job_json(job, counts), "units": units, "offset": offset})
 
 
 def _attempt_json(a: Any) -> dict[str, Any]:
@@ -249,7 +312,7 @@ class EventsHandler(DashboardHandler):
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
-        self.queue = self.feed.subscribe()
+        self.queue = self.feed.subscribe(view_of(self.caller))
         try:
             self.write("retry: 1000\n\n")
             await self.flush()
@@ -283,9 +346,14 @@ class PageHandler(StaticFileHandler):
 
 
 class SessionHandler(BaseHandler):
-    """The dashboard's sign-in: POST with the operator's token as bearer sets it as a cookie
-    (HttpOnly, SameSite=Strict) that the page's GET requests and its event stream then carry;
-    DELETE signs out. The cookie counts for reading only (see BaseHandler._token)."""
+    """The dashboard's sign-in: POST with the operator's or a scientist's token as bearer sets
+    it as a cookie (HttpOnly, SameSite=Strict) that the page's GET requests and its event
+    stream then carry; GET says who is signed in; DELETE signs out. The cookie counts for
+    reading, and for the job controls when the request also carries the header
+    ``X-Dockercomp-Session: 1`` (see BaseHandler._token)."""
+
+    async def get(self) -> None:
+        self.reply({"role": self.caller.role.value, "name": self.caller.name})
 
     async def post(self) -> None:
         self.set_cookie(
@@ -302,11 +370,15 @@ class SessionHandler(BaseHandler):
 API = [
     (r"/api/v1/dashboard", SnapshotHandler),
     (r"/api/v1/dashboard/overview", OverviewHandler),
-    (r"/api/v1/dashboard/clients", DashboardClientsHandler),
     (r"/api/v1/dashboard/jobs", DashboardJobsHandler),
     (r"/api/v1/dashboard/jobs/([^/]+)", DashboardJobHandler),
     (r"/api/v1/events", EventsHandler),
 ]
+"""What every person signed in may read: a scientist's view is cut down to their own jobs."""
+OPERATOR_API = [
+    (r"/api/v1/dashboard/clients", DashboardClientsHandler),
+]
+"""What only the operator may read: the clients, who they are and what runs on them."""
 
 
 def pages() -> list[tuple[str, Any, dict[str, Any]]]:

@@ -4,7 +4,7 @@ authentication, and the one place where exceptions become HTTP statuses."""
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection
@@ -17,6 +17,7 @@ from dockercomp.protocol.messages import Message
 from .auth import ANONYMOUS, Caller, Role, admit, caller_of, token_hash
 from .blobs import BlobStore
 from .errors import BadRequest, MethodNotAllowed, ServerError, TooLarge, Unauthorized, UnsupportedMediaType
+from .models import Client
 from .settings import ServerSettings
 from .store import Store
 
@@ -24,8 +25,10 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 
-COOKIE = "dockercomp_token"  # the dashboard's session: the operator's token, for GET requests only
+COOKIE = "dockercomp_token"  # the dashboard's session: an operator's or scientist's token (see _token)
+SESSION_HEADER = "X-Dockercomp-Session"  # with the cookie, lets the page use a handler's session_writes
 MAX_TOKEN = 256
+ONLINE_CACHE = 1.0  # seconds the list of online clients is reused (each job status asks for it)
 Access = Mapping[str, frozenset[Role]]
 """Who may call a route: the roles admitted per HTTP method (server/app.py has the table)."""
 
@@ -38,6 +41,15 @@ class Master:
         self.settings = settings
         self.store = store
         self.blobs = blobs
+        self._online: tuple[float, list[Client]] = (-ONLINE_CACHE, [])
+
+    async def online_clients(self) -> list[Client]:
+        """The clients heard from within the online window, read at most once a second."""
+        now = self.now()
+        if now - self._online[0] >= ONLINE_CACHE:
+            after = now - self.settings.online_window
+            self._online = (now, [c for c in await self.store.list_clients() if c.last_seen >= after])
+        return self._online[1]
 
     async def caller(self, token: str | None) -> Caller:
         """Who presents this token: looked up on every request, so a revocation holds at once."""
@@ -68,6 +80,9 @@ def status_of(exc: BaseException) -> int:
 @stream_request_body
 class BaseHandler(RequestHandler):
     master: Master
+    session_writes: ClassVar[bool] = False
+    """Whether the dashboard's cookie may authorise this handler's writes too (with the
+    SESSION_HEADER, see _token); only the job controls say so."""
 
     def initialize(self, master: Master, access: Access | None = None) -> None:
         self.master = master
@@ -141,7 +156,12 @@ class BaseHandler(RequestHandler):
 
     # -- auth -----------------------------------------------------------------------------
     def _token(self, method: str) -> str | None:
-        """The bearer token of the request; the dashboard's cookie counts for reading only."""
+        """The bearer token of the request; else the dashboard's cookie, for reading, and for
+        writing only where the handler allows it (``session_writes``) and the request carries
+        ``X-Dockercomp-Session: 1``. The cookie is SameSite=Strict, so another site's page cannot
+        send it; and a custom header is something no cross-site form can send, and no
+        cross-origin script without a CORS preflight, which the master never grants: a request
+        carrying both comes from the dashboard's own page."""
         header = self.request.headers.get("Authorization")
         if header is not None:
             scheme, _, token = header.partition(" ")
@@ -150,7 +170,15 @@ class BaseHandler(RequestHandler):
             return token.strip()
         if method in ("GET", "HEAD"):
             return self.get_cookie(COOKIE)
-        return None
+        cookie = self.get_cookie(COOKIE)
+        if cookie is None or not self.session_writes:
+            return None
+        if self.request.headers.get(SESSION_HEADER) != "1":
+            raise Unauthorized(
+                f"the dashboard's session cookie counts for {method} {self.request.path} only with the header "
+                f"'{SESSION_HEADER}: 1'; send it, or send 'Authorization: Bearer TOKEN'"
+            )
+        return cookie
 
     def client_id(self) -> str:
         """The id of the client daemon calling: only a client token has one."""

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 from dockercomp.protocol.jobfile import Redundancy
-from dockercomp.protocol.messages import ErrorKind, ResultReport, ResultStatus, UnitKind
+from dockercomp.protocol.messages import Action, ErrorKind, ResultReport, ResultStatus, UnitKind
 
 from .errors import Conflict, InvalidTransition, NotFound
 
@@ -23,10 +23,12 @@ S = TypeVar("S", bound=StrEnum)
 
 
 class JobState(StrEnum):
+    HELD = "held"  # submitted on hold: starts no unit until released
     RUNNING = "running"  # units are being computed (or wait for clients)
+    SUSPENDED = "suspended"  # no leases; the containers of its running units are paused
     DONE = "done"  # every unit is done, the reduce unit too when there is one
     FAILED = "failed"  # a unit failed for good; the outputs of the others stay downloadable
-    CANCELLED = "cancelled"  # stopped by its owner
+    CANCELLED = "cancelled"  # stopped by its owner or the operator; what finished stays downloadable
 
 
 class UnitState(StrEnum):
@@ -35,7 +37,7 @@ class UnitState(StrEnum):
     DONE = "done"  # a quorum of results agreed: the unit has its canonical output
     FAILED = "failed"  # max_attempts spent without a quorum
     CANCELLED = "cancelled"  # its job was cancelled
-    SUSPENDED = "suspended"  # its job is suspended: not leased until resumed
+    SUSPENDED = "suspended"  # its job is suspended or held: not leased, its leases do not expire
 
 
 class AttemptState(StrEnum):
@@ -53,6 +55,7 @@ class Validity(StrEnum):
 
 
 TERMINAL_UNIT = frozenset({UnitState.DONE, UnitState.FAILED, UnitState.CANCELLED})
+TERMINAL_JOB = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 # A unit may go again to a client that gave it back, or on which the unit's own workload failed
 # (exit code, memory, timeout: a retry elsewhere would say the same, and a small pool must still
 # reach max_attempts). After a failure of the client itself (its engine, its image, an input that
@@ -68,7 +71,12 @@ def may_lease_again(state: AttemptState, error: str | None) -> bool:
 
 MOVES: dict[type[StrEnum], dict[StrEnum, frozenset[StrEnum]]] = {
     JobState: {
-        JobState.RUNNING: frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED}),
+        JobState.HELD: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+        JobState.RUNNING: frozenset(
+            {JobState.HELD, JobState.SUSPENDED, JobState.DONE, JobState.FAILED, JobState.CANCELLED}
+        ),
+        # a result taken just before the pause may still end the last unit
+        JobState.SUSPENDED: frozenset({JobState.RUNNING, JobState.DONE, JobState.FAILED, JobState.CANCELLED}),
         JobState.DONE: frozenset(),
         JobState.FAILED: frozenset(),
         JobState.CANCELLED: frozenset(),
@@ -81,7 +89,10 @@ MOVES: dict[type[StrEnum], dict[StrEnum, frozenset[StrEnum]]] = {
         UnitState.RUNNING: frozenset(
             {UnitState.READY, UnitState.DONE, UnitState.FAILED, UnitState.CANCELLED, UnitState.SUSPENDED}
         ),
-        UnitState.SUSPENDED: frozenset({UnitState.READY, UnitState.CANCELLED}),
+        # a result taken while suspended may decide the unit
+        UnitState.SUSPENDED: frozenset(
+            {UnitState.READY, UnitState.RUNNING, UnitState.DONE, UnitState.FAILED, UnitState.CANCELLED}
+        ),
         UnitState.DONE: frozenset(),
         UnitState.FAILED: frozenset(),
         UnitState.CANCELLED: frozenset(),
@@ -259,6 +270,7 @@ class EventKind(StrEnum):
     ATTEMPT_ERRORED = "attempt_errored"  # a client reported a failure; detail: its kind
     LEASE_EXPIRED = "lease_expired"  # past its deadline, or its client fell silent
     REDUCE_CREATED = "reduce_created"  # every map unit of a job is done
+    JOB_CONTROLLED = "job_controlled"  # its owner or the operator acted on it; detail: the verb
     JOB_ENDED = "job_ended"  # detail: the job's final state
 
 
@@ -319,6 +331,7 @@ class AttemptUpdate:
     finished_at: float | None = None
     result: ResultReport | None = None
     validity: Validity | None = None
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -349,6 +362,7 @@ class UnitChange:
     valid: tuple[str, ...] = ()  # ... whose valid count rises
     invalid: tuple[str, ...] = ()  # ... whose invalid count rises
     events: tuple[Event, ...] = ()
+    leases: int = 0  # how the number of its leased attempts moves (+1 a lease, -1 each that ended)
 
     @property
     def ended(self) -> bool:
@@ -362,7 +376,7 @@ def on_lease(unit: UnitSnap, client: str, attempt_id: str, now: float, deadline:
     state = transition(unit.state, UnitState.RUNNING)
     return UnitChange(
         unit.id, unit.job, unit.kind, unit.state, state, unit.wanted - 1,
-        lease=NewAttempt(attempt_id, client, now, deadline),
+        lease=NewAttempt(attempt_id, client, now, deadline), leases=1,
     )  # fmt: skip
 
 
@@ -397,8 +411,13 @@ def on_release(policy: Redundancy, unit: UnitSnap, client: str, attempt_id: str,
 
 def on_expire(policy: Redundancy, unit: UnitSnap, now: float, silent: frozenset[str]) -> UnitChange | None:
     """Leases past their deadline, or of clients silent past the heartbeat timeout, time out;
-    None when the unit has none (another master expired them first)."""
-    overdue = [a for a in unit.attempts if a.state == AttemptState.LEASED and (a.deadline < now or a.client in silent)]
+    None when the unit has none (another master expired them first). While the unit is
+    suspended its deadlines stand still (resume moves them on); a silent client still loses it."""
+    late = unit.state != UnitState.SUSPENDED
+    overdue = [
+        a for a in unit.attempts
+        if a.state == AttemptState.LEASED and ((late and a.deadline < now) or a.client in silent)
+    ]  # fmt: skip
     if not overdue:
         return None
     updates = {a.id: AttemptUpdate(a.id, transition(a.state, AttemptState.TIMED_OUT), now) for a in overdue}
@@ -428,7 +447,8 @@ def _settle(
         else:
             after.append((a, update.state or a.state, a.output_hash, a.output_size))
     decision = decide(policy, [AttemptView(a.id, state, output) for a, state, output, _ in after])
-    state = transition(unit.state, decision.state)
+    held = unit.state == UnitState.SUSPENDED and decision.state not in TERMINAL_UNIT
+    state = transition(unit.state, UnitState.SUSPENDED if held else decision.state)
     out = list(events)
     extra: dict[str, dict[str, Any]] = {}  # new values for attempts the decision touches
     valid: list[str] = []
@@ -451,14 +471,16 @@ def _settle(
         updates[attempt_id] = AttemptUpdate(
             attempt_id, values.get("state", base.state if base else None),
             values.get("finished_at", base.finished_at if base else None), base.result if base else None,
-            values.get("validity", base.validity if base else None),
+            values.get("validity", base.validity if base else None), base.deadline if base else None,
         )  # fmt: skip
     if state != unit.state and state in (UnitState.DONE, UnitState.FAILED):
         kind = EventKind.UNIT_DONE if state == UnitState.DONE else EventKind.UNIT_FAILED
         out.append(Event(kind, unit.job, unit.id, detail=decision.canonical or "", at=now))
+    ended = sum(1 for a in unit.attempts if a.state == AttemptState.LEASED and a.id in updates
+                and updates[a.id].state not in (None, AttemptState.LEASED))  # fmt: skip
     return UnitChange(
         unit.id, unit.job, unit.kind, unit.state, state, decision.wanted, decision.canonical, size,
-        tuple(updates.values()), None, errors, tuple(valid), tuple(invalid), tuple(out),
+        tuple(updates.values()), None, errors, tuple(valid), tuple(invalid), tuple(out), -ended,
     )  # fmt: skip
 
 
@@ -486,14 +508,17 @@ class JobChange:
 
 def count_into_job(change: UnitChange) -> str | None:
     """Which of a job's counters a map unit's end moves ("done_map" or "failed_map"); None for
-    the reduce unit, which is not counted."""
-    if change.kind != UnitKind.MAP:
+    the reduce unit, which is not counted, and for a unit cancelled with its job."""
+    if change.kind != UnitKind.MAP or change.state == UnitState.CANCELLED:
         return None
     return "done_map" if change.state == UnitState.DONE else "failed_map"
 
 
 def on_unit_ended(job: JobCounts, change: UnitChange, now: float) -> JobChange:
-    """What a job does once a unit of it ended (``job`` counted with it already)."""
+    """What a job does once a unit of it ended (``job`` counted with it already). A job that
+    ended already (cancelled while a result was being taken) takes no step."""
+    if job.state in TERMINAL_JOB:
+        return JobChange(JobStep.WAIT)
     step = job_step(job.n_map, job.done_map, job.failed_map, job.has_reduce,
                     change.state if change.kind == UnitKind.REDUCE else None)  # fmt: skip
     if step == JobStep.REDUCE:
@@ -527,13 +552,151 @@ def result_units(units: Sequence[_U]) -> list[_U]:
 # -- the heartbeat ------------------------------------------------------------------------------
 
 
-def aborts(client: str, running: Iterable[str], found: Mapping[str, tuple[AttemptSnap, UnitState]]) -> list[str]:
-    """Which of the attempts a client says it runs it should abort: unknown ones, another
-    client's, those released or ended, and those whose unit was decided without them."""
+def commands(
+    client: str,
+    running: Mapping[str, bool],
+    found: Mapping[str, tuple[AttemptSnap, UnitState]],
+    volunteer_paused: bool = False,
+) -> list[tuple[Action, str]]:
+    """The master's orders for the attempts a client says it runs (``running``: attempt id →
+    whether its containers are paused): abort unknown ones, another client's, those released
+    or ended, and those whose unit was decided or cancelled without them; pause those of a
+    suspended job (every beat: a client that was paused by its volunteer must keep them so
+    after); resume paused ones whose job runs again, unless the volunteer paused the client."""
     alive = (AttemptState.LEASED, AttemptState.TIMED_OUT)
-    abort = []
-    for attempt_id in running:
+    orders = []
+    for attempt_id, paused in running.items():
         attempt, unit_state = found.get(attempt_id, (None, None))
         if attempt is None or attempt.client != client or attempt.state not in alive or unit_state in TERMINAL_UNIT:
-            abort.append(attempt_id)
-    return abort
+            orders.append((Action.ABORT, attempt_id))
+        elif unit_state == UnitState.SUSPENDED:
+            orders.append((Action.PAUSE, attempt_id))
+        elif paused and not volunteer_paused:
+            orders.append((Action.RESUME, attempt_id))
+    return orders
+
+
+# -- job control ---------------------------------------------------------------------------------
+
+
+class Verb(StrEnum):
+    """What a job's owner or the operator may do to it (DRMAA2's control verbs)."""
+
+    SUSPEND = "suspend"  # lease no more; pause the containers of its running units
+    RESUME = "resume"  # undo suspend: unpause, lease again; the leases' deadlines move by the pause
+    HOLD = "hold"  # a job that has not started yet starts nothing until released
+    RELEASE = "release"  # undo hold
+    CANCEL = "cancel"  # stop and remove its running containers; what finished stays downloadable
+
+
+# per verb: the job states it applies to, and the state it leads to (again is harmless: a verb
+# repeated sweeps the units once more, which also completes one a failed master left half done)
+VERBS: dict[Verb, tuple[frozenset[JobState], JobState]] = {
+    Verb.SUSPEND: (frozenset({JobState.RUNNING, JobState.SUSPENDED}), JobState.SUSPENDED),
+    Verb.RESUME: (frozenset({JobState.SUSPENDED, JobState.RUNNING}), JobState.RUNNING),
+    Verb.HOLD: (frozenset({JobState.RUNNING, JobState.HELD}), JobState.HELD),
+    Verb.RELEASE: (frozenset({JobState.HELD, JobState.RUNNING}), JobState.RUNNING),
+    Verb.CANCEL: (frozenset({JobState.HELD, JobState.RUNNING, JobState.SUSPENDED, JobState.CANCELLED}),
+                  JobState.CANCELLED),
+}  # fmt: skip
+_PAST = {Verb.SUSPEND: "suspended", Verb.RESUME: "resumed", Verb.HOLD: "held", Verb.RELEASE: "released",
+         Verb.CANCEL: "cancelled"}  # fmt: skip
+# what to do instead, when a verb does not apply to a job's state
+_INSTEAD = {
+    (Verb.RESUME, JobState.HELD): "release it",
+    (Verb.RELEASE, JobState.SUSPENDED): "resume it",
+    (Verb.HOLD, JobState.SUSPENDED): "it is suspended already; resume or cancel it",
+    (Verb.SUSPEND, JobState.HELD): "it is held already; release or cancel it",
+}
+
+
+class Drmaa2State(StrEnum):
+    """A job's state as DRMAA2 names it (for tools that speak DRMAA2)."""
+
+    QUEUED = "Queued"  # waiting for clients: no unit has started yet
+    QUEUED_HELD = "QueuedHeld"  # held
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    DONE = "Done"
+    FAILED = "Failed"  # failed or cancelled
+
+
+def started(counts: Mapping[str, int]) -> bool:
+    """Whether a job has started, from its units per state: one runs or has ended."""
+    return any(counts.get(s, 0) for s in (UnitState.RUNNING, UnitState.DONE, UnitState.FAILED))
+
+
+def drmaa2_state(state: JobState, counts: Mapping[str, int]) -> Drmaa2State:
+    if state == JobState.RUNNING:
+        return Drmaa2State.RUNNING if started(counts) else Drmaa2State.QUEUED
+    return {
+        JobState.HELD: Drmaa2State.QUEUED_HELD, JobState.SUSPENDED: Drmaa2State.SUSPENDED,
+        JobState.DONE: Drmaa2State.DONE,
+    }.get(state, Drmaa2State.FAILED)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class JobControl:
+    """What a verb does to a job, for a store to write as a compare-and-set on ``old``, then
+    to apply to each of its open units with ``on_control``."""
+
+    job: str
+    verb: Verb
+    old: JobState
+    state: JobState
+    suspended_at: float | None  # since when it is suspended (None: it is not)
+    shift: float  # how long it was suspended (resume): its leases' deadlines move by as much
+    at: float
+    events: tuple[Event, ...]
+
+
+def on_job_control(
+    job: str, state: JobState, suspended_at: float | None, counts: Mapping[str, int], verb: Verb, now: float
+) -> JobControl:
+    """A verb on a job in ``state`` with these units per state; Conflict, saying the job's
+    state and what to do instead, when the verb does not apply."""
+    applies, new = VERBS[verb]
+    if verb == Verb.HOLD and state == JobState.RUNNING and started(counts):
+        raise Conflict(f"job {job} has started (DRMAA2 Running): only a queued job can be held; suspend it instead")
+    if state not in applies:
+        instead = _INSTEAD.get((verb, state), "")
+        raise Conflict(f"job {job} is {state} (DRMAA2 {drmaa2_state(state, counts)}): it cannot be {_PAST[verb]}"
+                       + (f"; {instead}" if instead else ""))  # fmt: skip
+    new = transition(state, new)
+    paused = suspended_at if state == JobState.SUSPENDED else None
+    since = (paused or now) if new == JobState.SUSPENDED else None
+    shift = now - paused if paused is not None and new == JobState.RUNNING else 0.0
+    events: tuple[Event, ...] = (Event(EventKind.JOB_CONTROLLED, job, detail=verb.value, at=now),)
+    if new == JobState.CANCELLED and state != new:
+        events += (Event(EventKind.JOB_ENDED, job, detail=new.value, at=now),)
+    return JobControl(job, verb, state, new, since, max(0.0, shift), now, events)
+
+
+def unit_start_state(job: JobState) -> UnitState:
+    """The state a new unit of a job in this state starts in (map units at submit, the reduce
+    unit once the map units are done)."""
+    return UnitState.SUSPENDED if job in (JobState.HELD, JobState.SUSPENDED) else UnitState.READY
+
+
+def on_control(unit: UnitSnap, control: JobControl) -> UnitChange | None:
+    """What a job's verb does to one of its units; None when it has nothing to do (ended, or
+    already where the verb leads). Suspend and hold stop leasing it; resume and release lease
+    it again, moving its leases' deadlines by the pause; cancel releases its leases (their
+    clients are told to abort at their next heartbeat)."""
+    if unit.state in TERMINAL_UNIT:
+        return None
+    leased = [a for a in unit.attempts if a.state == AttemptState.LEASED]
+    if control.state in (JobState.SUSPENDED, JobState.HELD):
+        if unit.state == UnitState.SUSPENDED:
+            return None
+        return UnitChange(unit.id, unit.job, unit.kind, unit.state, transition(unit.state, UnitState.SUSPENDED),
+                          unit.wanted)  # fmt: skip
+    if control.state == JobState.RUNNING:
+        if unit.state != UnitState.SUSPENDED:
+            return None
+        state = transition(unit.state, UnitState.RUNNING if leased else UnitState.READY)
+        updates = tuple(AttemptUpdate(a.id, deadline=a.deadline + control.shift) for a in leased if control.shift)
+        return UnitChange(unit.id, unit.job, unit.kind, unit.state, state, unit.wanted, attempts=updates)
+    state = transition(unit.state, UnitState.CANCELLED)
+    updates = tuple(AttemptUpdate(a.id, transition(a.state, AttemptState.RELEASED), control.at) for a in leased)
+    return UnitChange(unit.id, unit.job, unit.kind, unit.state, state, 0, attempts=updates, leases=-len(leased))

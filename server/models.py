@@ -32,6 +32,7 @@ class Job:
     n_map: int = 0  # map units (the reduce unit, if any, comes after them)
     done_map: int = 0
     failed_map: int = 0
+    suspended_at: float | None = None  # while suspended: since when
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,6 +43,7 @@ class Job:
             "state": self.state.value,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
+            "suspended_at": self.suspended_at,
             "units": self.n_map,
             "reduce": self.spec.reduce_command is not None,
             "priority": self.spec.priority,
@@ -98,6 +100,10 @@ class Client:
     valid: int = 0  # results that agreed with the quorum
     invalid: int = 0  # results that disagreed with it
     errors: int = 0  # attempts that errored or timed out
+    # what it donates, as its last heartbeat said (0: not said)
+    memory: int = 0
+    gpus: int = 0
+    disk: int = 0
 
     @property
     def reliability(self) -> float:
@@ -113,6 +119,9 @@ class Client:
             "last_seen": self.last_seen,
             "slots": self.slots,
             "busy": self.busy,
+            "memory": self.memory,
+            "gpus": self.gpus,
+            "disk": self.disk,
             "host": self.host.to_wire(),
             "containers": self.containers,
             "valid": self.valid,

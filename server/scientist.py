@@ -2,6 +2,7 @@
 upload input, follow progress, download results, list jobs and clients."""
 
 import io
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -9,14 +10,15 @@ from dockercomp.protocol.chunking import chunk_stream
 from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.images import PINNED_RE
 from dockercomp.protocol.integrity import check_hash
-from dockercomp.protocol.jobfile import Sweep, params_json, parse_jobfile
+from dockercomp.protocol.jobfile import JobSpec, Sweep, docker_arch, params_json, parse_jobfile
 
 from . import images
 from .auth import Role
 from .errors import BadRequest, Conflict, NotFound
 from .handlers import BaseHandler
-from .lifecycle import JobState, result_units
-from .models import InputFile, Job
+from .lifecycle import JobState, UnitState, Verb, drmaa2_state, result_units
+from .matching import shortfall
+from .models import Image, InputFile, Job
 from .store.base import map_inputs, sweep_inputs
 
 MAX_UNITS = 1_000_000
@@ -40,15 +42,17 @@ class JobsHandler(JobsBase):
         self.reply({"jobs": [job.to_json() for job in jobs]})
 
     async def post(self) -> None:
-        """Create a job from ``{"job": JOBFILE, "chunks": [HASH, ...]}``; every chunk must have
-        been uploaded first. A sweep job gives no chunks: the master stores each unit's
-        params.json itself. All units are created at once, or nothing is."""
+        """Create a job from ``{"job": JOBFILE, "chunks": [HASH, ...], "hold": false}``; every
+        chunk must have been uploaded first. A sweep job gives no chunks: the master stores each
+        unit's params.json itself. All units are created at once, or nothing is. A held job
+        starts no unit until it is released."""
         payload = self.payload()
-        if not isinstance(payload, dict) or set(payload) - {"job", "chunks"}:
-            raise BadRequest('body must be {"job": {...job file...}, "chunks": ["<hash>", ...]}')
-        spec = parse_jobfile(payload.get("job"))
-        if not PINNED_RE.fullmatch(spec.image):  # an image from a registry goes by digest, never by tag
-            spec = replace(spec, image=(await images.resolve(self.master.store, spec.image)).id)
+        if not isinstance(payload, dict) or set(payload) - {"job", "chunks", "hold"}:
+            raise BadRequest('body must be {"job": {...job file...}, "chunks": ["<hash>", ...], "hold": false}')
+        hold = payload.get("hold", False)
+        if not isinstance(hold, bool):
+            raise BadRequest("hold must be true or false")
+        spec = await self._pinned(parse_jobfile(payload.get("job")))
         chunks = payload.get("chunks")
         if spec.sweep is not None:
             if chunks:
@@ -56,8 +60,36 @@ class JobsHandler(JobsBase):
             units = await self._sweep_units(spec.sweep)
         else:
             units = await self._chunk_units(chunks)
-        job = await self.master.store.create_job(spec, units, self.master.now(), self.caller.name)
+        job = await self.master.store.create_job(spec, units, self.master.now(), self.caller.name, held=hold)
         self.reply({"job": job.id, "image": spec.image}, status=201)
+
+    async def _pinned(self, spec: JobSpec) -> JobSpec:
+        """The job with each image named by its pushed id (a registry's goes by digest, never by
+        tag), a sidecar's too, and the architecture its image was built for."""
+        if not PINNED_RE.fullmatch(spec.image):
+            image = await images.resolve(self.master.store, spec.image)
+            arch = await self._arch(image, spec.resources.arch)
+            spec = replace(spec, image=image.id, resources=replace(spec.resources, arch=arch))
+        containers = []
+        for c in spec.containers:
+            if not c.main and not PINNED_RE.fullmatch(c.image):
+                try:
+                    c = replace(c, image=(await images.resolve(self.master.store, c.image)).id)
+                except BadRequest as exc:
+                    raise BadRequest(f"container {c.name}: {exc}") from None
+            containers.append(c)
+        return replace(spec, containers=tuple(containers))
+
+    async def _arch(self, image: Image, asked: str) -> str:
+        """The architecture of a pushed image (its config's), which the job may only repeat."""
+        try:
+            config = json.loads(await self.master.blobs.read(image.config, 0, image.config_size))
+        except (ValueError, OSError):
+            return asked
+        built = docker_arch(str(config.get("architecture", ""))) if isinstance(config, dict) else ""
+        if asked and built and asked != built:
+            raise BadRequest(f"resources.arch is {asked}, but image {image.id[:19]} is built for {built}")
+        return asked or built
 
     async def _chunk_units(self, chunks: object) -> list[list[InputFile]]:
         if not isinstance(chunks, list) or not chunks:
@@ -87,9 +119,33 @@ class JobsHandler(JobsBase):
 
 class JobHandler(JobsBase):
     async def get(self, job_id: str) -> None:
+        await self.job(job_id)
+        self.reply(await self.status(job_id))
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        """The job with its units per state and its DRMAA2 state, and, while its units wait for
+        clients none of which could run them, why (matching.shortfall)."""
         store = self.master.store
-        job = await self.job(job_id)
-        self.reply(job.to_json() | {"job": job.id, "units": await store.unit_counts(job_id)})
+        job, counts = await store.get_job(job_id), await store.unit_counts(job_id)
+        why = None
+        if job.state == JobState.RUNNING and counts[UnitState.READY]:
+            why = shortfall(job.spec, await self.master.online_clients())
+        return job.to_json() | {
+            "job": job.id, "units": counts, "drmaa2": drmaa2_state(job.state, counts).value,
+            "unrunnable": why.to_json() if why else None,
+        }  # fmt: skip
+
+
+class JobControlHandler(JobHandler):
+    """``POST /api/v1/jobs/ID/VERB``: suspend, resume, hold, release or cancel a job (its
+    owner or the operator); the job's status after it, or 409 saying the job's state."""
+
+    session_writes = True  # the dashboard's buttons: its cookie with X-Dockercomp-Session (BaseHandler._token)
+
+    async def post(self, job_id: str, verb: str) -> None:
+        await self.job(job_id)
+        await self.master.store.control_job(job_id, Verb(verb), self.master.now())
+        self.reply(await self.status(job_id))
 
 
 class UnitsHandler(JobsBase):

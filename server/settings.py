@@ -4,11 +4,12 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dockercomp.protocol.quantities import parse_size
+from dockercomp.protocol.quantities import parse_duration, parse_size
 from dockercomp.settings import Settings, SettingsError, setting
 
 if TYPE_CHECKING:  # the CLI builds the flags of `dockercomp server` from this class: it imports no more
     from .lifecycle import LeasePolicy
+    from .scheduler import Scheduler
 
 
 def default_data_dir() -> str:
@@ -35,6 +36,18 @@ class ServerSettings(Settings):
     )
     lease_slack: float = setting(120.0, "seconds added to a job's timeout for a lease's deadline", flag="--lease-slack")
     reap_interval: float = setting(5.0, "seconds between looks for expired leases", flag="--reap-interval")
+    scheduler: str = setting(
+        "fifo", "which job a lease serves: fifo (priority, then age) or fairshare (owners by recent use)",
+        flag="--scheduler",
+    )  # fmt: skip
+    max_running_per_owner: int = setting(
+        0, "units one owner may run at once (default 0: no cap)", flag="--max-running-per-owner"
+    )
+    # seconds; how fast fairshare forgets past use
+    fairshare_half_life: float = setting(
+        3600.0, "fairshare: time for past use to count half, e.g. 1h (default 1h)", flag="--fairshare-half-life",
+        parse=parse_duration,
+    )  # fmt: skip
     online_window: float = 60.0  # a client seen within this many seconds counts as online
     # serves HTTPS (TLS 1.2 or newer) instead of HTTP; both or neither
     certfile: str = setting("", "PEM certificate chain: serve HTTPS (with --keyfile)", flag="--certfile")
@@ -57,6 +70,11 @@ class ServerSettings(Settings):
 
         return LeasePolicy(slack=self.lease_slack, heartbeat_timeout=self.heartbeat_timeout)
 
+    def make_scheduler(self) -> "Scheduler":
+        from .scheduler import SCHEDULERS
+
+        return SCHEDULERS[self.scheduler](self.max_running_per_owner, self.fairshare_half_life)
+
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be 0-65535, got {self.port}")
@@ -69,6 +87,14 @@ class ServerSettings(Settings):
                 raise SettingsError(f"{name} must be greater than 0")
         if self.lease_slack < 0:
             raise SettingsError("lease_slack must not be negative")
+        from .scheduler import SCHEDULERS
+
+        if self.scheduler not in SCHEDULERS:
+            raise SettingsError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r:.40}")
+        if self.max_running_per_owner < 0:
+            raise SettingsError("max_running_per_owner must not be negative (0: no cap)")
+        if self.fairshare_half_life <= 0:
+            raise SettingsError("fairshare_half_life must be greater than 0, e.g. 1h")
         if bool(self.certfile) != bool(self.keyfile):
             raise SettingsError("certfile and keyfile go together: give both (to serve HTTPS) or neither")
         for name in ("certfile", "keyfile"):

@@ -133,11 +133,12 @@ class SimClient:
         enroll: str = "",
         heartbeat_every: float = 0.5,
         idle_wait: float = 0.05,
+        arch: str = "x86_64",
     ) -> None:
         assert mode in ("honest", "liar", "vanisher"), mode
         self.urls = itertools.cycle([urls] if isinstance(urls, str) else urls)
         self.name, self.mode, self.batch, self.enroll = name, mode, batch, enroll
-        self.heartbeat_every, self.idle_wait = heartbeat_every, idle_wait
+        self.heartbeat_every, self.idle_wait, self.arch = heartbeat_every, idle_wait, arch
         self.http = requests.Session()
         self.id = self.token = ""
         self.cache: dict[str, bytes] = {}
@@ -160,7 +161,7 @@ class SimClient:
 
     def register(self, slots: int = 2) -> dict[str, Any]:
         """Register, with the volunteer token when given (else as a stranger: open enrollment)."""
-        body = {"name": self.name, "slots": slots, "host": {"cores": 2, "os": "linux", "arch": "x86_64"}}
+        body = {"name": self.name, "slots": slots, "host": {"cores": 2, "os": "linux", "arch": self.arch}}
         self.token = self.enroll
         reply = self.call("/clients/register", body)
         self.id, self.token = reply["client"], reply["token"]

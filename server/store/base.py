@@ -15,6 +15,8 @@ from dockercomp.protocol.jobfile import JobSpec, params_env
 from dockercomp.protocol.messages import (
     API,
     Ack,
+    Action,
+    ContainerSpec,
     Grant,
     Heartbeat,
     HostFacts,
@@ -27,8 +29,9 @@ from dockercomp.protocol.signing import Signed
 
 from ..auth import Key, Role
 from ..events import Bus
-from ..lifecycle import JobCounts, LeasePolicy, UnitState
+from ..lifecycle import JobCounts, LeasePolicy, UnitState, Verb
 from ..models import Attempt, Client, Image, InputFile, Job, Layer, Tally, Unit
+from ..scheduler import Fifo, Scheduler, Share
 
 
 def new_id(nbytes: int = 6) -> str:
@@ -41,6 +44,7 @@ class Store(ABC):
 
     def __init__(self) -> None:
         self.events = Bus()
+        self.scheduler: Scheduler = Fifo()  # which job a lease serves next; the master sets its own
 
     # -- life -------------------------------------------------------------------------
     @abstractmethod
@@ -97,8 +101,17 @@ class Store(ABC):
 
     # -- jobs ---------------------------------------------------------------------------
     @abstractmethod
-    async def create_job(self, spec: JobSpec, units: list[list[InputFile]], now: float, owner: str = "") -> Job:
-        """Create a job with one map unit per entry of ``units``, all or nothing."""
+    async def create_job(
+        self, spec: JobSpec, units: list[list[InputFile]], now: float, owner: str = "", held: bool = False
+    ) -> Job:
+        """Create a job with one map unit per entry of ``units``, all or nothing; a ``held``
+        job starts no unit until released (control_job)."""
+
+    @abstractmethod
+    async def control_job(self, job_id: str, verb: Verb, now: float) -> Job:
+        """Apply a verb to a job (lifecycle.on_job_control), then to each of its open units
+        (lifecycle.on_control); the job as it is now. NotFound, or Conflict with the job's
+        state when the verb does not apply. Repeating a verb that applied is harmless."""
 
     @abstractmethod
     async def get_job(self, job_id: str) -> Job:
@@ -140,16 +153,21 @@ class Store(ABC):
     async def list_clients(self) -> list[Client]: ...
 
     @abstractmethod
-    async def heartbeat(self, client_id: str, beat: Heartbeat, now: float) -> list[str]:
-        """Record a heartbeat; return the attempts the client runs but should abort (released,
-        unknown, foreign, or their unit already decided)."""
+    async def heartbeat(self, client_id: str, beat: Heartbeat, now: float) -> list[tuple[Action, str]]:
+        """Record a heartbeat; return the master's orders for the attempts the client runs
+        (lifecycle.commands: abort, pause, resume)."""
 
     # -- attempts ------------------------------------------------------------------------
     @abstractmethod
     async def lease(self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy) -> list[Grant]:
-        """Atomically issue up to ``request.max_units`` attempts to this client: units in order
-        of priority, job age and index, only what fits the client's free cpus and memory, and
-        a unit this client had before only when lifecycle.may_lease_again allows it."""
+        """Atomically issue up to ``request.max_units`` attempts to this client: units of the
+        running jobs in the order ``self.scheduler`` picks them (each job's in index order),
+        within its per-owner cap, only what fits the client's free cpus and memory, and a unit
+        this client had before only when lifecycle.may_lease_again allows it."""
+
+    @abstractmethod
+    async def shares(self) -> dict[str, Share]:
+        """Each owner's use of the pool, as last written."""
 
     @abstractmethod
     async def record_results(self, client_id: str, reports: list[ResultReport], now: float) -> list[Ack]:
@@ -171,7 +189,9 @@ class Store(ABC):
 def grant(job_id: str, spec: JobSpec, unit: Unit, attempt_id: str, deadline: float) -> Grant:
     """The lease message for one attempt of ``unit``. A sweep's map unit also gets its
     parameters as environment variables (over the job's env of the same name): they follow
-    from the job's sweep and the unit's index, so stores keep nothing more per unit."""
+    from the job's sweep and the unit's index, so stores keep nothing more per unit. A job of
+    several containers sends its sidecars with every unit (the reduce unit's too); the
+    parameters go to the main container only."""
     command = spec.reduce_command if unit.kind == UnitKind.REDUCE else spec.command
     env = dict(spec.env)
     if spec.sweep is not None and unit.kind == UnitKind.MAP:
@@ -186,21 +206,19 @@ def grant(job_id: str, spec: JobSpec, unit: Unit, attempt_id: str, deadline: flo
         env=env,
         cpus=spec.resources.cpus,
         memory=spec.resources.memory,
+        gpus=spec.resources.gpus,
         timeout=spec.resources.timeout,
         deadline=deadline,
         inputs=[InputRef(f.name, f.hash, f.size, f"{API}/blobs/{f.hash}") for f in unit.inputs],
         mode=spec.mode,
+        sidecars=[ContainerSpec(c.name, c.image, list(c.command), dict(c.env)) for c in spec.sidecars],
+        main_name=spec.main_name,
     )
 
 
 def reduce_inputs(map_units: list[Unit]) -> list[InputFile]:
     """The reduce unit's inputs: every canonical map output as 000000, 000001, ... in order."""
     return [InputFile(f"{u.idx:06d}", u.canonical_hash or "", u.canonical_size or 0) for u in map_units]
-
-
-def fits(spec: JobSpec, cpus: float, memory: int) -> bool:
-    """Whether one unit of this job fits in what the client has free."""
-    return spec.resources.cpus <= cpus + 1e-9 and spec.resources.memory <= memory
 
 
 def map_inputs(hashes: list[tuple[str, int]]) -> list[InputFile]:
@@ -218,6 +236,14 @@ ZERO_COUNTS = {s.value: 0 for s in UnitState}
 def job_counts(job: Job) -> JobCounts:
     """What the lifecycle needs of a job to say its next step."""
     return JobCounts(job.id, job.state, job.n_map, job.done_map, job.failed_map, job.spec.reduce_command is not None)
+
+
+def running_of(beat: Heartbeat) -> dict[str, bool]:
+    """The attempts a heartbeat says run, each with whether one of its containers is paused."""
+    running: dict[str, bool] = {}
+    for c in beat.containers:
+        running[c.attempt] = running.get(c.attempt, False) or c.state == "paused"
+    return running
 
 
 def client_key(client: Client, token_hash: str) -> Key:

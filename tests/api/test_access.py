@@ -56,6 +56,8 @@ class World:
             text = group.group(0)
             if "sha256" in text:
                 return self.image
+            if re.fullmatch(r"\(\w+(\|\w+)+\)", text):  # a choice of words, such as a job's verbs
+                return text[1:].split("|")[0]
             if "jobs" in pattern:
                 return self.job
             if "keys" in pattern:

@@ -38,10 +38,10 @@ def sign_in(page: Any, master: Any) -> None:
 
 def test_the_dashboard_asks_for_a_token_and_its_data_needs_one(master_factory: Any, page: Any) -> None:
     master = master_factory()
-    scientist = master.key("scientist")
+    volunteer = master.key("volunteer")
     page.goto(f"{master.url}/")
     page.wait_for_selector("#signin-form", state="visible", timeout=5000)
-    page.fill("#token", scientist)  # a scientist's token is no operator's
+    page.fill("#token", volunteer)  # a volunteer's token opens no dashboard
     page.click("#signin-form button")
     page.wait_for_selector("#signin-error:has-text('may not')", timeout=5000)
     assert page.evaluate("fetch('/api/v1/dashboard').then((r) => r.status)") == 401

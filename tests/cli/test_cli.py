@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from dockercomp.cli import JOB_VERBS
+from dockercomp.server.lifecycle import Verb
 from tests.masters import MasterProcess, Masters
 from tests.needs import skip_or_fail
 from tests.sim import Fleet, SimClient, compute, job_file, job_status, wait_for, wait_job
@@ -115,11 +117,20 @@ def test_status_json_shape(master, files):
     result = dockercomp("status", job, "--server", master.url, "--json")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
-    assert set(status) == {"job", "state", "units"}
-    assert status["job"] == job and status["state"] == "done"
+    assert set(status) == {"job", "state", "drmaa2", "units", "unrunnable"}
+    assert (status["job"], status["state"], status["drmaa2"], status["unrunnable"]) == (job, "done", "Done", None)
     assert status["units"] == {**dict.fromkeys(UNIT_STATES, 0), "done": 2}
     text = dockercomp("status", job, "--server", master.url)
-    assert text.returncode == 0 and job in text.stdout and "2 done" in text.stdout
+    assert text.returncode == 0 and job in text.stdout and "2 done" in text.stdout and "(DRMAA2 Done)" in text.stdout
+
+
+def test_every_job_verb_is_a_command(master, files):
+    assert set(JOB_VERBS) == {v.value for v in Verb}
+    job = submit(master, files["job"], files["in1"])
+    wait_job(master.url, job)
+    refused = dockercomp("resume", job, "--server", master.url)
+    assert refused.returncode == 2 and "is done (DRMAA2 Done): it cannot be resumed" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_results_writes_the_outputs_in_unit_order(master, files, tmp_path):

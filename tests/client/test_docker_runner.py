@@ -440,6 +440,7 @@ def test_a_daemon_restarted_after_a_crash_removes_what_it_left(
 def test_remove_leftovers_spares_live_runs_and_selects_by_label() -> None:
     api = mock.Mock()
     api.containers.return_value = [{"Id": "a" * 64, "Labels": {}}, {"Id": "b" * 64, "Labels": {}}]
+    api.networks.return_value = []  # no leftover network (tests/client/test_group.py has those)
     client = mock.Mock(api=api)
     runner = DockerRunner(client)
     runner._live["b" * 64] = mock.Mock()  # a run of this runner, in progress
@@ -477,3 +478,16 @@ def test_telling_an_out_of_memory_from_a_failure(
 def test_available_images_lists_tags(runner: DockerRunner, base_image: str) -> None:
     found = runner.available_images()
     assert base_image in found and "<none>:<none>" not in found
+
+
+def test_a_units_gpus_are_a_device_request_of_its_container(tmp_path: Path) -> None:
+    """No GPU here: what the engine is asked is checked (a machine with one runs it so)."""
+    api = mock.Mock()
+    api.create_container.return_value = {"Id": "d" * 64}
+    runner = DockerRunner(mock.Mock(api=api))
+    for gpus, expected in ((2, [{"Driver": "", "Count": 2, "DeviceIDs": [], "Capabilities": [["gpu"]],
+                                 "Options": {}}]), (0, None)):  # fmt: skip
+        spec = RunSpec(CLIENT, "a", "j", "u", "img", (), (), 1.0, 32 * MIB, 10.0, str(tmp_path), str(tmp_path),
+                       gpus=gpus)  # fmt: skip
+        runner._create_container(spec)
+        assert api.create_host_config.call_args.kwargs["device_requests"] == expected

@@ -111,8 +111,9 @@ def test_a_record_for_another_image_is_an_integrity_failure(tmp_path: Path) -> N
     ("fields", "fragment"),
     [
         ({"cpus": 3.0}, "asks 3 cpus; this volunteer donated 2"),
-        ({"memory": 2 << 30}, "bytes of memory"),
+        ({"memory": 2 << 30}, "asks 2.0GiB of memory; this volunteer donated 1.0GiB"),
         ({"timeout": 3 * 86400.0}, "at most 86400s"),
+        ({"gpus": 1}, "asks 1 GPUs; this volunteer donated 0"),
         ({"image": "dockercomp/wordfreq:latest"}, "not an image id"),
         ({"image": "busybox@sha256:" + "0" * 64}, "does not pull from registries"),
     ],

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from dockercomp.protocol import codec
 from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.jobfile import (
+    MAX_CONTAINERS,
     Chunking,
+    Container,
     JobSpec,
     ListSweep,
     RangeSweep,
@@ -120,7 +122,7 @@ def test_env_is_sorted_and_kept_as_strings():
         (job(replicas=3), "job file: unknown key.*replicas"),
         (job(chunking={"by": "lines", "sise": 5}), "chunking: unknown key.*sise"),
         (job(redundancy={"replica": 3}), "redundancy: unknown key.*replica"),
-        (job(resources={"gpus": 1}), "resources: unknown key.*gpus"),
+        (job(resources={"gpu": 1}), "resources: unknown key.*gpu"),
         (job(reduce={"command": ["x"], "image": "y"}), "reduce: unknown key.*image"),
         (job(chunking="lines"), "chunking must be an object"),
         (job(resources=[1]), "resources must be an object"),
@@ -211,6 +213,14 @@ def test_env_is_sorted_and_kept_as_strings():
         (job(resources={"memory": "9" * 400}), "resources.memory"),
         (job(resources={"timeout": 0}), "resources.timeout must be more than 0 and at most 7d"),
         (job(resources={"timeout": "8d"}), "resources.timeout must be more than 0 and at most 7d"),
+        (job(resources={"gpus": -1}), "resources.gpus must be a whole number from 0 to 16"),
+        (job(resources={"gpus": 17}), "resources.gpus must be"),
+        (job(resources={"gpus": 1.5}), "resources.gpus must be"),
+        (job(resources={"gpus": True}), "resources.gpus must be"),
+        (job(resources={"disk": "lots"}), "resources.disk"),
+        (job(resources={"disk": -1}), "resources.disk"),
+        (job(resources={"arch": "x86_64"}), "resources.arch must be one of amd64, arm64"),
+        (job(resources={"arch": 64}), "resources.arch must be one of"),
         (job(resources={"timeout": "7d1s"}), "resources.timeout must be a duration"),
         (job(resources={"timeout": "-5m"}), "resources.timeout must be a duration"),
         (job(resources={"timeout": "5 parsecs"}), "resources.timeout: unknown duration unit"),
@@ -293,6 +303,22 @@ def redundancies(draw):
     return d
 
 
+CONTAINER_NAMES = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+
+
+@st.composite
+def container_lists(draw):
+    """A unit's containers: one main entry (just its name) among 1 to 7 sidecars."""
+    names = draw(st.lists(CONTAINER_NAMES, min_size=2, max_size=8, unique=True))
+    sidecars = [
+        {"name": name, "image": draw(IMAGES)}
+        | draw(maybe("command", st.none() | COMMANDS))
+        | draw(maybe("env", st.dictionaries(ENV_NAMES, ARGS, max_size=3)))
+        for name in names[1:]
+    ]
+    return draw(st.permutations([{"name": names[0], "main": True}, *sidecars]))
+
+
 @st.composite
 def jobfiles(draw):
     d = {"name": draw(NAMES), "image": draw(IMAGES)}
@@ -313,6 +339,7 @@ def jobfiles(draw):
         "priority": st.integers(-1000, 1000),
         "mode": st.just("batch"),
         "description": st.text(max_size=20),
+        "containers": container_lists(),
     }
     for key, strategy in optional.items():
         if draw(st.booleans()):
@@ -454,3 +481,103 @@ def test_the_largest_sweeps_are_accepted():
     assert len(parse_jobfile(job(sweep={"start": 0, "end": 100_000})).sweep) == 100_000
     assert len(parse_jobfile(job(sweep={"start": -(2**63), "end": 2**63 - 1, "step": 2**63 - 1})).sweep) == 3
     assert len(parse_jobfile(job(sweep=[{"I": i} for i in range(100_000)])).sweep) == 100_000
+
+
+# -- multi-container units ------------------------------------------------------------------------
+
+KV = {"name": "kv", "image": "dockercomp/kv", "command": ["python3", "/app/kv.py"], "env": {"PORT": "7000"}}
+MAIN = {"name": "main", "main": True}
+
+
+def test_a_job_has_one_container_by_default():
+    spec = parse_jobfile(MINIMAL)
+    assert spec.containers == () and spec.sidecars == () and spec.main_name == ""
+    assert (spec.unit_cpus, spec.unit_memory) == (1.0, 256 << 20)
+    assert "containers" not in spec.to_dict()
+    assert parse_jobfile(job(containers=None)) == spec
+
+
+def test_the_main_container_is_the_jobs_own_and_sidecars_bring_theirs():
+    spec = parse_jobfile(job(command=["python3", "/app/query.py"], env={"A": "1"}, containers=[KV, MAIN],
+                             resources={"cpus": 0.5, "memory": "64MiB"}))  # fmt: skip
+    assert spec.containers == (
+        Container("kv", "dockercomp/kv", ("python3", "/app/kv.py"), (("PORT", "7000"),)),
+        Container("main", main=True),
+    )
+    assert spec.sidecars == (spec.containers[0],) and spec.main_name == "main"
+    assert (spec.image, spec.command, spec.env) == ("dockercomp/wordfreq", ("python3", "/app/query.py"), (("A", "1"),))
+    assert (spec.unit_cpus, spec.unit_memory) == (1.0, 128 << 20)  # each container has the job's limits
+    assert spec.to_dict()["containers"] == [KV, MAIN]
+
+
+def test_a_sidecar_without_command_or_env_runs_its_image_as_it_is():
+    spec = parse_jobfile(job(containers=[MAIN, {"name": "db", "image": "dockercomp/db"}]))
+    assert spec.sidecars == (Container("db", "dockercomp/db"),)
+    canonical = spec.to_dict()
+    assert canonical["containers"][1] == {"name": "db", "image": "dockercomp/db", "command": None, "env": {}}
+    assert parse_jobfile(canonical) == spec
+
+
+def test_eight_containers_is_the_most():
+    sidecars = [{"name": f"s{i}", "image": "dockercomp/kv"} for i in range(MAX_CONTAINERS - 1)]
+    assert len(parse_jobfile(job(containers=[MAIN, *sidecars])).containers) == MAX_CONTAINERS == 8
+    with pytest.raises(ProtocolError, match="containers must be a list of 2 to 8 containers"):
+        parse_jobfile(job(containers=[MAIN, *sidecars, {"name": "one-more", "image": "x"}]))
+
+
+@pytest.mark.parametrize(
+    ("containers", "message"),
+    [
+        ([], "containers must be a list of 2 to 8 containers, the main one among them"),
+        ([MAIN], "containers must be a list of 2 to 8"),
+        ({"main": MAIN}, "containers must be a list"),
+        ("kv", "containers must be a list"),
+        ([MAIN, "kv"], r"containers\[1\] must be an object"),
+        ([MAIN, KV | {"ports": [7000]}], r"containers\[1\]: unknown key\(s\) ports"),
+        ([MAIN, KV | {"name": "KV"}], r"containers\[1\].name must be a host name.*got 'KV'"),
+        ([MAIN, KV | {"name": "-kv"}], r"containers\[1\].name must be a host name"),
+        ([MAIN, KV | {"name": "kv-"}], r"containers\[1\].name must be a host name"),
+        ([MAIN, KV | {"name": "k_v"}], r"containers\[1\].name must be a host name"),
+        ([MAIN, KV | {"name": "k.v"}], r"containers\[1\].name must be a host name"),
+        ([MAIN, KV | {"name": "k" * 64}], r"containers\[1\].name must be a host name"),
+        ([MAIN, KV | {"name": ""}], r"containers\[1\].name must be a host name"),
+        ([MAIN, KV | {"name": None}], r"containers\[1\].name must be a host name"),
+        ([MAIN, {"image": "x"}], r"containers\[1\].name must be a host name"),
+        ([MAIN, KV, KV], r"containers\[2\].name: kv names another container too"),
+        ([MAIN, KV | {"name": "main"}], r"containers\[1\].name: main names another container too"),
+        ([KV, {"name": "kv2", "image": "x"}], r"exactly one of containers must be the main one.*none is"),
+        ([MAIN, {"name": "m2", "main": True}], r"exactly one of containers must be the main one.*main, m2 are"),
+        ([MAIN, KV | {"main": False}, {"name": "m2", "main": "yes"}], r"containers\[2\].main \(m2\) must be true"),
+        ([MAIN | {"image": "x"}, KV], r"containers\[0\] \(main\) is the main container.*set image at the top"),
+        ([MAIN | {"command": ["x"], "env": {}}, KV], r"is the main container.*set command, env at the top level"),
+        ([MAIN, {"name": "kv"}], r'containers\[1\] \(kv\) needs an image, or "main": true'),
+        ([MAIN, KV | {"image": "Ubuntu"}], r"containers\[1\].image \(kv\) must be a Docker image reference"),
+        ([MAIN, KV | {"image": ""}], r"containers\[1\].image \(kv\) must be"),
+        ([MAIN, KV | {"image": 5}], r"containers\[1\].image \(kv\) must be"),
+        ([MAIN, KV | {"command": []}], r"containers\[1\].command must be a non-empty list of strings"),
+        ([MAIN, KV | {"command": "kv --port 1"}], r"containers\[1\].command must be"),
+        ([MAIN, KV | {"command": ["a\0b"]}], r"containers\[1\].command must be"),
+        ([MAIN, KV | {"env": ["A=1"]}], r"containers\[1\].env must be an object of strings"),
+        ([MAIN, KV | {"env": {"1A": "x"}}], r"containers\[1\].env name '1A' must be letters"),
+        ([MAIN, KV | {"env": {"A": 1}}], r"containers\[1\].env A must be a string"),
+        ([MAIN, KV | {"env": {"A": "a\0b"}}], r"containers\[1\].env A must be a string"),
+    ],
+    ids=lambda v: repr(v)[:60],
+)
+def test_container_validation_errors(containers, message):
+    with pytest.raises(ProtocolError, match=message):
+        parse_jobfile(job(containers=containers))
+
+
+def test_a_sweep_may_have_sidecars_and_round_trips():
+    spec = parse_jobfile(job(sweep={"start": 0, "end": 4}, containers=[MAIN, KV]))
+    assert parse_jobfile(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert parse_jobfile(codec.unpack(codec.pack(spec.to_dict()))) == spec
+
+
+def test_resources_a_volunteer_must_have():
+    spec = parse_jobfile(job(resources={"gpus": 2, "disk": "10GiB", "arch": "arm64"}))
+    assert (spec.resources.gpus, spec.resources.disk, spec.resources.arch) == (2, 10 << 30, "arm64")
+    assert parse_jobfile(spec.to_dict()) == spec
+    plain = parse_jobfile(job())
+    assert (plain.resources.gpus, plain.resources.disk, plain.resources.arch) == (0, 0, "")

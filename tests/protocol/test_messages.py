@@ -21,6 +21,7 @@ from dockercomp.protocol.messages import (
     AckBatch,
     Command,
     ContainerInfo,
+    ContainerSpec,
     ErrorKind,
     Grant,
     Heartbeat,
@@ -41,11 +42,11 @@ HASH = "0123456789abcdef0123456789abcdef"
 
 # One complete, valid wire form of every message (every field present).
 SAMPLES: dict[type[Message], dict] = {
-    HostFacts: {"cores": 8, "memory": 16 << 30, "os": "linux", "arch": "x86_64", "docker": "26.1.5"},
+    HostFacts: {"cores": 8, "memory": 16 << 30, "os": "linux", "arch": "x86_64", "docker": "26.1.5", "gpus": 1},
     RegisterRequest: {
         "name": "laptop",
         "slots": 4,
-        "host": {"cores": 8, "memory": 1 << 30, "os": "linux", "arch": "arm64", "docker": "24"},
+        "host": {"cores": 8, "memory": 1 << 30, "os": "linux", "arch": "arm64", "docker": "24", "gpus": 0},
     },
     RegisterReply: {"client": "c1", "token": "t", "heartbeat_interval": 10.0},
     ContainerInfo: {
@@ -79,10 +80,21 @@ SAMPLES: dict[type[Message], dict] = {
                 "memory_usage": None,
             }
         ],
+        "paused": True,
+        "memory": 1 << 30,
+        "gpus": 0,
+        "disk": 10 << 30,
     },
-    Command: {"action": "abort", "attempt": "a1"},
+    Command: {"action": "pause", "attempt": "a1"},
     HeartbeatReply: {"commands": [{"action": "abort", "attempt": "a1"}], "interval": 10.0},
-    LeaseRequest: {"max_units": 4, "cpus": 2.0, "memory": 1 << 30, "images": ["dockercomp/wordfreq"]},
+    LeaseRequest: {
+        "max_units": 4,
+        "cpus": 2.0,
+        "memory": 1 << 30,
+        "images": ["dockercomp/wordfreq"],
+        "gpus": 1,
+        "disk": 1 << 30,
+    },
     InputRef: {"name": "input", "hash": HASH, "size": 10, "url": "/api/v1/blobs/" + HASH},
     Grant: {
         "attempt": "a1",
@@ -98,7 +110,11 @@ SAMPLES: dict[type[Message], dict] = {
         "deadline": 1e9,
         "inputs": [{"name": "input", "hash": HASH, "size": 10, "url": "/x"}],
         "mode": "batch",
+        "sidecars": [{"name": "kv", "image": "sha256:" + "ab" * 32, "command": ["python3", "/kv.py"], "env": {}}],
+        "main_name": "main",
+        "gpus": 1,
     },
+    ContainerSpec: {"name": "kv", "image": "dockercomp/kv", "command": [], "env": {"PORT": "7000"}},
     LeaseReply: {"attempts": [], "retry_after": 5.0},
     ResultReport: {
         "attempt": "a1",

@@ -10,24 +10,35 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dockercomp.protocol.jobfile import Redundancy
-from dockercomp.protocol.messages import ErrorKind, ResultReport
+from dockercomp.protocol.messages import Action, ErrorKind, ResultReport
 from dockercomp.server.errors import Conflict, InvalidTransition
 from dockercomp.server.lifecycle import (
     MOVES,
     TERMINAL_UNIT,
+    VERBS,
+    AttemptSnap,
     AttemptState,
     AttemptView,
     Decision,
+    Drmaa2State,
     JobState,
     JobStep,
     LeasePolicy,
+    UnitSnap,
     UnitState,
+    Verb,
     can_move,
+    commands,
+    count_into_job,
     decide,
+    drmaa2_state,
     initial_wanted,
     job_step,
     judge_result,
     may_lease_again,
+    on_control,
+    on_expire,
+    on_job_control,
     reliability,
     transition,
 )
@@ -37,9 +48,17 @@ MACHINES = (JobState, UnitState, AttemptState)
 # The lifecycle as DESIGN.md tells it, written out arrow by arrow, independently of MOVES.
 DOCUMENTED = {
     JobState: {
+        ("held", "running"),  # released
+        ("held", "cancelled"),
+        ("running", "held"),  # held before any unit started
+        ("running", "suspended"),
         ("running", "done"),
         ("running", "failed"),
         ("running", "cancelled"),
+        ("suspended", "running"),  # resumed
+        ("suspended", "done"),  # a result taken just before the pause ended the last unit
+        ("suspended", "failed"),
+        ("suspended", "cancelled"),
     },
     UnitState: {
         ("ready", "running"),
@@ -52,7 +71,10 @@ DOCUMENTED = {
         ("running", "failed"),
         ("running", "cancelled"),
         ("running", "suspended"),
-        ("suspended", "ready"),
+        ("suspended", "ready"),  # resumed, nothing in flight
+        ("suspended", "running"),  # resumed with its paused attempts
+        ("suspended", "done"),  # a result taken while suspended decided it
+        ("suspended", "failed"),
         ("suspended", "cancelled"),
     },
     AttemptState: {
@@ -524,3 +546,74 @@ def test_may_lease_again_after_giving_back_or_a_failure_of_the_unit_itself(
 ) -> None:
     unit_failed = state == AttemptState.ERRORED and error in (ErrorKind.EXIT_NONZERO, ErrorKind.OOM, ErrorKind.TIMEOUT)
     assert may_lease_again(state, error) == (state == AttemptState.RELEASED or unit_failed)
+
+
+# -- job control and the heartbeat's orders -------------------------------------------------
+
+
+def test_every_verb_leads_where_the_table_allows():
+    for verb, (applies, new) in VERBS.items():
+        for state in applies:
+            assert can_move(state, new), (verb, state, new)
+    assert {s for applies, _ in VERBS.values() for s in applies} <= set(JobState) - {JobState.DONE, JobState.FAILED}
+
+
+@pytest.mark.parametrize("verb", list(Verb))
+@pytest.mark.parametrize("state", [JobState.DONE, JobState.FAILED])
+def test_no_verb_moves_an_ended_job(verb, state):
+    with pytest.raises(Conflict, match=f"is {state.value} .DRMAA2"):
+        on_job_control("j", state, None, {}, verb, 10.0)
+
+
+def test_resume_moves_the_leases_by_the_pause_and_cancel_releases_them():
+    suspend = on_job_control("j", JobState.RUNNING, None, {"running": 1}, Verb.SUSPEND, 100.0)
+    assert (suspend.state, suspend.suspended_at, suspend.shift) == (JobState.SUSPENDED, 100.0, 0.0)
+    again = on_job_control("j", JobState.SUSPENDED, 100.0, {"suspended": 1}, Verb.SUSPEND, 150.0)
+    assert again.suspended_at == 100.0  # still since the first
+    leased = AttemptSnap("a1", "c1", AttemptState.LEASED, deadline=200.0)
+    unit = UnitSnap("j.0", "j", "map", UnitState.RUNNING, 0, (leased,))
+    paused = on_control(unit, suspend)
+    assert paused is not None and (paused.state, paused.attempts) == (UnitState.SUSPENDED, ())
+    resume = on_job_control("j", JobState.SUSPENDED, 100.0, {"suspended": 1}, Verb.RESUME, 160.0)
+    assert (resume.state, resume.suspended_at, resume.shift) == (JobState.RUNNING, None, 60.0)
+    back = on_control(UnitSnap("j.0", "j", "map", UnitState.SUSPENDED, 0, (leased,)), resume)
+    assert back is not None and back.state == UnitState.RUNNING and back.attempts[0].deadline == 260.0
+    cancel = on_job_control("j", JobState.RUNNING, None, {"running": 1}, Verb.CANCEL, 170.0)
+    gone = on_control(unit, cancel)
+    assert gone is not None and (gone.state, gone.wanted, gone.ended) == (UnitState.CANCELLED, 0, True)
+    assert gone.attempts[0].state == AttemptState.RELEASED and count_into_job(gone) is None
+    assert on_control(UnitSnap("j.1", "j", "map", UnitState.DONE, 0), cancel) is None
+
+
+def test_a_suspended_lease_expires_only_when_its_client_falls_silent():
+    leased = AttemptSnap("a1", "c1", AttemptState.LEASED, deadline=10.0)
+    unit = UnitSnap("j.0", "j", "map", UnitState.SUSPENDED, 0, (leased,))
+    assert on_expire(POLICY, unit, 1000.0, frozenset()) is None
+    change = on_expire(POLICY, unit, 1000.0, frozenset({"c1"}))
+    assert change is not None and change.state == UnitState.SUSPENDED  # it waits for resume, not a client
+
+
+def test_the_heartbeats_orders():
+    mine = AttemptSnap("a1", "c1", AttemptState.LEASED)
+    found = {
+        "run": (mine, UnitState.RUNNING),
+        "susp": (AttemptSnap("susp", "c1", AttemptState.LEASED), UnitState.SUSPENDED),
+        "gone": (AttemptSnap("gone", "c1", AttemptState.RELEASED), UnitState.CANCELLED),
+    }
+    running = {"run": True, "susp": False, "gone": False, "ghost": False}
+    assert commands("c1", running, found) == [
+        (Action.RESUME, "run"), (Action.PAUSE, "susp"), (Action.ABORT, "gone"), (Action.ABORT, "ghost"),
+    ]  # fmt: skip
+    assert commands("c1", running, found, volunteer_paused=True)[0] == (Action.PAUSE, "susp")
+
+
+def test_drmaa2_states():
+    assert drmaa2_state(JobState.RUNNING, {"ready": 3}) == Drmaa2State.QUEUED
+    assert drmaa2_state(JobState.RUNNING, {"ready": 2, "done": 1}) == Drmaa2State.RUNNING
+    assert drmaa2_state(JobState.HELD, {"suspended": 3}) == Drmaa2State.QUEUED_HELD
+    assert drmaa2_state(JobState.SUSPENDED, {}) == Drmaa2State.SUSPENDED
+    assert drmaa2_state(JobState.CANCELLED, {}) == Drmaa2State.FAILED
+    assert drmaa2_state(JobState.DONE, {}) == Drmaa2State.DONE
+
+
+POLICY = Redundancy(replicas=1, quorum=1, max_attempts=3)

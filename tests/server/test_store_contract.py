@@ -21,6 +21,7 @@ from dockercomp.protocol.integrity import digest
 from dockercomp.protocol.jobfile import JobSpec, params_json, parse_jobfile
 from dockercomp.protocol.messages import (
     Ack,
+    Action,
     ContainerInfo,
     ErrorKind,
     Heartbeat,
@@ -276,7 +277,8 @@ async def test_heartbeat_names_attempts_to_abort(b: Backend) -> None:
         busy=len(running),
         containers=[ContainerInfo(f"c{i:011d}", x, "u", job.id, "img", 1.0, 1 << 20) for i, x in enumerate(running)],
     )
-    assert await s.heartbeat(a, beat, T0 + 10_003) == [released, stale, "unknown", foreign]
+    orders = await s.heartbeat(a, beat, T0 + 10_003)
+    assert orders == [(Action.ABORT, x) for x in (released, stale, "unknown", foreign)]
     assert (await s.get_client(a)).containers[0]["attempt"] == kept
 
 

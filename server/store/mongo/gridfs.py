@@ -17,7 +17,7 @@ from dockercomp.protocol.integrity import check_hash, digest
 
 from ...blobs import BlobStore
 from ...errors import NotFound, StoreUnavailable
-from .store import _guard
+from .guard import guard
 
 
 class GridFSBlobStore(BlobStore):
@@ -32,12 +32,12 @@ class GridFSBlobStore(BlobStore):
         self._chunks = database[f"{bucket}.chunks"]
         self._indexed = False
 
-    @_guard
+    @guard
     async def size(self, blob: str) -> int | None:
         doc = await self._files.find_one({"_id": check_hash(blob)}, {"length": 1})
         return None if doc is None else doc["length"]
 
-    @_guard
+    @guard
     async def put(self, data: bytes) -> str:
         blob = digest(data)
         if await self._files.find_one({"_id": blob}, {"_id": 1}) is not None:
@@ -61,7 +61,7 @@ class GridFSBlobStore(BlobStore):
             )  # fmt: skip
         return blob
 
-    @_guard
+    @guard
     async def read(self, blob: str, start: int = 0, end: int | None = None) -> bytes:
         """Fetch only the chunks that hold the range."""
         doc = await self._files.find_one({"_id": check_hash(blob)}, {"length": 1, "chunkSize": 1})

@@ -16,19 +16,20 @@ Blobs live in GridFS (gridfs.py); the package's ``open_mongodb`` opens both on o
 """
 
 import contextlib
-import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+import logging
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
 from dockercomp.protocol.limits import STDERR_TAIL
 from dockercomp.protocol.messages import (
     Ack,
+    Action,
     Grant,
     Heartbeat,
     HostFacts,
@@ -37,16 +38,17 @@ from dockercomp.protocol.messages import (
     ResultStatus,
     UnitKind,
 )
-from dockercomp.protocol.signing import Signed
 
-from ...auth import Key, Role
-from ...errors import Conflict, NotFound, ServerError, StoreUnavailable
+from ...errors import NotFound, ServerError, StoreUnavailable
 from ...events import active, minute_of, tally
 from ...lifecycle import (
+    TERMINAL_JOB,
+    TERMINAL_UNIT,
     AttemptSnap,
     AttemptState,
     Event,
     EventKind,
+    JobControl,
     JobState,
     JobStep,
     LeasePolicy,
@@ -54,41 +56,44 @@ from ...lifecycle import (
     UnitSnap,
     UnitState,
     Validity,
-    aborts,
+    Verb,
+    commands,
     count_into_job,
     initial_wanted,
     may_lease_again,
+    on_control,
     on_expire,
+    on_job_control,
     on_lease,
     on_release,
     on_result,
     on_unit_ended,
+    unit_start_state,
 )
-from ...models import Attempt, Client, Image, InputFile, Job, Layer, Tally, Unit
-from ..base import ZERO_COUNTS, Store, client_key, fits, grant, image_from, job_counts, new_id, reduce_inputs
+from ...matching import Room
+from ...models import Attempt, Client, InputFile, Job, Tally, Unit
+from ...scheduler import Candidate, Share, charge
+from ..base import (
+    ZERO_COUNTS,
+    Store,
+    client_key,
+    grant,
+    job_counts,
+    new_id,
+    reduce_inputs,
+    running_of,
+)
+from .catalog import Catalog, guard
 
+log = logging.getLogger(__name__)
 Doc = dict[str, Any]
 P = ParamSpec("P")
 R = TypeVar("R")
 
 CAS_TRIES = 64  # a unit changes a handful of times in its life; this many misses means trouble
 OPEN = {"state": {"$in": [UnitState.READY.value, UnitState.RUNNING.value]}, "wanted": {"$gt": 0}}
-LEASE_ORDER = [("priority", DESCENDING), ("job_created", ASCENDING), ("job_id", ASCENDING), ("idx", ASCENDING)]
+LEASE_ORDER = [("job_id", ASCENDING), ("idx", ASCENDING)]
 NO_HISTORY = {"attempts": 0, "clients": 0}  # what listing and leasing units do not need
-LEASE_SCAN = 4096  # units one lease looks at, at most, when many ahead in line do not fit the client
-
-
-def _guard(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Report a lost connection as StoreUnavailable (HTTP 503, "try again"), not a 500."""
-
-    @functools.wraps(method)
-    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await method(*args, **kwargs)
-        except ConnectionFailure as exc:
-            raise StoreUnavailable(f"MongoDB is unreachable, try again: {exc}") from None
-
-    return guarded
 
 
 def _database(target: Any, name: str) -> tuple[Any, AsyncMongoClient[Doc] | None]:
@@ -103,7 +108,7 @@ def _database(target: Any, name: str) -> tuple[Any, AsyncMongoClient[Doc] | None
     return target.get_database(name), None
 
 
-class MongoStore(Store):
+class MongoStore(Catalog, Store):
     """``target``: a ``mongodb://`` URL (database from its path, else ``database``), an
     ``AsyncMongoClient`` or a stand-in with its API, or a database of one."""
 
@@ -118,20 +123,23 @@ class MongoStore(Store):
         self._keys = self.db["keys"]
         self._layers = self.db["layers"]
         self._images = self.db["images"]
-        self._specs: dict[str, JobSpec] = {}  # job specs never change, so caching them is safe
+        self._shares = self.db["shares"]
+        self._specs: dict[str, JobSpec] = {}  # job specs and owners never change, so caching them is safe
+        self._owners: dict[str, str] = {}
 
     # -- life ---------------------------------------------------------------------------
-    @_guard
+    @guard
     async def open(self) -> None:
         units = self._units
         try:  # only units that want attempts are in the leasing index
-            await units.create_index(LEASE_ORDER, name="units_open", partialFilterExpression={"wanted": {"$gt": 0}})
+            await units.create_index(LEASE_ORDER, name="units_leasable", partialFilterExpression={"wanted": {"$gt": 0}})
         except OperationFailure:
-            await units.create_index(LEASE_ORDER, name="units_open")
+            await units.create_index(LEASE_ORDER, name="units_leasable")
         await units.create_index([("job_id", ASCENDING), ("idx", ASCENDING)], name="units_by_job", unique=True)
         for key in ("attempts.id", "attempts.deadline", "attempts.client"):
             await units.create_index(key, name=key.replace(".", "_"))
         await self._jobs.create_index([("created_at", DESCENDING)], name="jobs_by_age")
+        await self._jobs.create_index("state", name="jobs_by_state")
         await self._clients.create_index([("name", ASCENDING), ("_id", ASCENDING)], name="clients_by_name")
         await self._clients.create_index("last_seen", name="clients_last_seen")
         await self._activity.create_index(
@@ -147,91 +155,19 @@ class MongoStore(Store):
             await self._client.close()
             self._client = None
 
-    # -- keys ---------------------------------------------------------------------------
-    @_guard
-    async def add_key(self, key: Key) -> None:
-        try:
-            await self._keys.insert_one(_key_doc(key))
-        except DuplicateKeyError:
-            raise Conflict(f"a key named {key.name!r} exists already; choose another name") from None
-
-    @_guard
-    async def find_key(self, token_hash: str) -> Key | None:
-        doc = await self._keys.find_one({"token_hash": token_hash})
-        return _key_from(doc) if doc else None
-
-    @_guard
-    async def list_keys(self) -> list[Key]:
-        docs = await self._keys.find().sort([("created_at", ASCENDING), ("_id", ASCENDING)]).to_list(None)
-        return [_key_from(doc) for doc in docs]
-
-    @_guard
-    async def revoke_key(self, name: str, now: float) -> int:
-        account = await self._keys.find_one({"_id": name, "role": Role.VOLUNTEER.value})
-        scope: Doc = {"_id": name}
-        if account is not None:
-            scope = {"$or": [scope, {"account": name, "role": Role.CLIENT.value}]}
-        done = await self._keys.update_many({"$and": [scope, {"revoked_at": None}]}, {"$set": {"revoked_at": now}})
-        return done.modified_count
-
-    # -- images -------------------------------------------------------------------------
-    @_guard
-    async def add_layer(self, layer: Layer) -> None:
-        doc = {"size": layer.size, "pieces": list(layer.pieces)}
-        with contextlib.suppress(DuplicateKeyError):  # two pushes of one layer: the same bytes
-            await self._layers.update_one({"_id": layer.digest}, {"$setOnInsert": doc}, upsert=True)
-
-    @_guard
-    async def get_layer(self, digest: str) -> Layer | None:
-        doc = await self._layers.find_one({"_id": digest})
-        return Layer(doc["_id"], doc["size"], tuple(doc["pieces"])) if doc else None
-
-    @_guard
-    async def add_image(self, image: Image) -> Image:
-        """Insert the image (or add its tags), then take its tags off every other image: a
-        tag names the image pushed with it last."""
-        first = image.to_json() | {"_id": image.id, "tags": []}
-        with contextlib.suppress(DuplicateKeyError):
-            await self._images.update_one({"_id": image.id}, {"$setOnInsert": first}, upsert=True)
-        tags = list(image.tags)
-        await self._images.update_one({"_id": image.id}, {"$addToSet": {"tags": {"$each": tags}}})
-        if tags:
-            others = {"_id": {"$ne": image.id}, "tags": {"$in": tags}}
-            await self._images.update_many(others, {"$pullAll": {"tags": tags}})
-        stored = await self._images.find_one({"_id": image.id})
-        return image_from(stored)
-
-    @_guard
-    async def get_image(self, ref: str) -> Image | None:
-        doc = await self._images.find_one({"$or": [{"_id": ref}, {"tags": ref}]})
-        return image_from(doc) if doc else None
-
-    @_guard
-    async def list_images(self, owner: str | None = None) -> list[Image]:
-        query = {"owner": owner} if owner is not None else {}
-        docs = await self._images.find(query).sort([("pushed_at", DESCENDING), ("_id", ASCENDING)]).to_list(None)
-        return [image_from(doc) for doc in docs]
-
-    @_guard
-    async def add_signature(self, image_id: str, signature: Signed) -> Image:
-        entry = {"key": signature.key, "public_key": signature.public_key, "signature": signature.signature}
-        await self._images.update_one({"_id": image_id}, {"$pull": {"signatures": {"key": signature.key}}})
-        done = await self._images.find_one_and_update(
-            {"_id": image_id}, {"$push": {"signatures": entry}}, return_document=ReturnDocument.AFTER
-        )
-        if done is None:
-            raise NotFound(f"no image {image_id!r:.80}; push it first (dockercomp images push)")
-        return image_from(done)
-
     # -- jobs ---------------------------------------------------------------------------
-    @_guard
-    async def create_job(self, spec: JobSpec, units: list[list[InputFile]], now: float, owner: str = "") -> Job:
+    @guard
+    async def create_job(
+        self, spec: JobSpec, units: list[list[InputFile]], now: float, owner: str = "", held: bool = False
+    ) -> Job:
         """The job goes in first, so a unit is never leasable without its spec; should the
         units fail to go in, both are removed again (MongoDB has no transaction here)."""
-        job = Job(id=new_id(), spec=spec, state=JobState.RUNNING, created_at=now, owner=owner, n_map=len(units))
+        state = JobState.HELD if held else JobState.RUNNING
+        job = Job(id=new_id(), spec=spec, state=state, created_at=now, owner=owner, n_map=len(units))
         await self._jobs.insert_one(
             {"_id": job.id, "spec": spec.to_dict(), "state": job.state.value, "created_at": now,
-             "finished_at": None, "n_map": job.n_map, "done_map": 0, "failed_map": 0, "owner": owner}
+             "finished_at": None, "n_map": job.n_map, "done_map": 0, "failed_map": 0, "owner": owner,
+             "suspended_at": None}
         )  # fmt: skip
         try:
             if units:
@@ -245,11 +181,35 @@ class MongoStore(Store):
         self._specs[job.id] = spec
         return job
 
-    @_guard
+    @guard
+    async def control_job(self, job_id: str, verb: Verb, now: float) -> Job:
+        """The job's compare-and-set on its state first, then each open unit's on its version
+        (MongoDB has no transaction here): a master that fails between them leaves units
+        behind their job, which the same verb, repeated, brings along."""
+        for _ in range(CAS_TRIES):
+            job = self._job_from(await self._job_doc(job_id))
+            control = on_job_control(job.id, job.state, job.suspended_at, await self.unit_counts(job_id), verb, now)
+            finished = {"finished_at": job.finished_at or now} if control.state in TERMINAL_JOB else {}
+            moved = await self._jobs.update_one(
+                {"_id": job.id, "state": job.state.value},
+                {"$set": {"state": control.state.value, "suspended_at": control.suspended_at, **finished}},
+            )
+            if moved.matched_count:
+                break
+        else:
+            raise StoreUnavailable(f"job {job_id} is changing too often, try again")
+        await self._count(list(control.events))
+        self.events.publish(list(control.events))
+        query = {"job_id": job_id, "state": {"$in": [s.value for s in UnitState if s not in TERMINAL_UNIT]}}
+        async for doc in self._units.find(query).sort("idx", ASCENDING):
+            await self._control_unit(doc, control, now)
+        return self._job_from(await self._job_doc(job_id))
+
+    @guard
     async def get_job(self, job_id: str) -> Job:
         return self._job_from(await self._job_doc(job_id))
 
-    @_guard
+    @guard
     async def list_jobs(self, limit: int = 100, owner: str | None = None) -> list[Job]:
         if limit <= 0:
             return []
@@ -257,7 +217,7 @@ class MongoStore(Store):
         docs = await self._jobs.find(query).sort("created_at", DESCENDING).limit(limit).to_list(None)
         return [self._job_from(doc) for doc in docs]
 
-    @_guard
+    @guard
     async def unit_counts(self, job_id: str) -> dict[str, int]:
         await self._job_doc(job_id)
         pipeline = [{"$match": {"job_id": job_id}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]
@@ -266,7 +226,7 @@ class MongoStore(Store):
             cursor = await cursor
         return ZERO_COUNTS | {row["_id"]: row["n"] for row in await cursor.to_list(None)}
 
-    @_guard
+    @guard
     async def list_units(self, job_id: str, offset: int = 0, limit: int = 100) -> list[Unit]:
         await self._job_doc(job_id)
         if limit <= 0:
@@ -274,14 +234,18 @@ class MongoStore(Store):
         cursor = self._units.find({"job_id": job_id}, NO_HISTORY).sort("idx", ASCENDING)
         return [_unit_from(doc) for doc in await cursor.skip(max(0, offset)).limit(limit).to_list(None)]
 
-    @_guard
+    @guard
     async def list_attempts(self, unit_id: str) -> list[Attempt]:
         doc = await self._units.find_one({"_id": unit_id}, {"job_id": 1, "attempts": 1})
         if doc is None:
             return []
         return sorted((_attempt_from(a, doc) for a in doc["attempts"]), key=lambda a: a.leased_at)
 
-    @_guard
+    @guard
+    async def shares(self) -> dict[str, Share]:
+        return {doc["_id"]: Share(doc["running"], doc["usage"], doc["at"]) async for doc in self._shares.find()}
+
+    @guard
     async def activity(self, since: float) -> list[Tally]:
         first = minute_of(since)
         rows = await self._activity.find({"minute": {"$gte": first}}).to_list(None)
@@ -291,7 +255,7 @@ class MongoStore(Store):
         ]
 
     # -- clients -------------------------------------------------------------------------
-    @_guard
+    @guard
     async def register_client(
         self, name: str, slots: int, host: HostFacts, now: float, account: str, token_hash: str
     ) -> Client:
@@ -304,80 +268,96 @@ class MongoStore(Store):
         )  # fmt: skip
         return client
 
-    @_guard
+    @guard
     async def get_client(self, client_id: str) -> Client:
         doc = await self._clients.find_one({"_id": client_id})
         if doc is None:
             raise NotFound(f"no client {client_id!r:.40}; register again")
         return _client_from(doc)
 
-    @_guard
+    @guard
     async def list_clients(self) -> list[Client]:
         docs = await self._clients.find().sort([("name", ASCENDING), ("_id", ASCENDING)]).to_list(None)
         return [_client_from(doc) for doc in docs]
 
-    @_guard
-    async def heartbeat(self, client_id: str, beat: Heartbeat, now: float) -> list[str]:
+    @guard
+    async def heartbeat(self, client_id: str, beat: Heartbeat, now: float) -> list[tuple[Action, str]]:
         containers = [c.to_wire() for c in beat.containers]
-        changes = {"last_seen": now, "slots": beat.slots, "busy": beat.busy, "containers": containers}
+        changes = {"last_seen": now, "slots": beat.slots, "busy": beat.busy, "containers": containers,
+                   "memory": beat.memory, "gpus": beat.gpus, "disk": beat.disk}  # fmt: skip
         if not (await self._clients.update_one({"_id": client_id}, {"$set": changes})).matched_count:
             raise NotFound(f"no client {client_id!r:.40}; register again")
-        ids = [c.attempt for c in beat.containers]
-        if not ids:
+        running = running_of(beat)
+        if not running:
             return []
-        units = await self._units.find({"attempts.id": {"$in": ids}}, {"state": 1, "attempts": 1}).to_list(None)
+        units = await self._units.find({"attempts.id": {"$in": list(running)}}, {"state": 1, "attempts": 1}).to_list(
+            None
+        )
         found = {a["id"]: (_attempt_snap(a), UnitState(u["state"])) for u in units for a in u["attempts"]}
-        return aborts(client_id, ids, found)
+        return commands(client_id, running, found, beat.paused)
 
     # -- attempts ------------------------------------------------------------------------
-    @_guard
+    @guard
     async def lease(self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy) -> list[Grant]:
         grants: list[Grant] = []
         if request.max_units <= 0:
             return grants
-        await self._touch(client_id, now)
-        cpus, memory = request.cpus, request.memory
-        page, scanned = request.max_units * 4 + 16, 0
-        passed: list[str] = []  # units tried in this call, granted or lost to another master
-        too_big: set[str] = set()  # jobs whose units do not fit what is left (it only shrinks)
-        while len(grants) < request.max_units and scanned < LEASE_SCAN:
-            limit = min(page, LEASE_SCAN - scanned)
-            docs = await self._leasable(client_id, limit, passed, too_big)
-            scanned += len(docs)
-            for doc in docs:
-                if len(grants) >= request.max_units:
-                    break
-                spec = await self._spec(doc["job_id"])
-                if doc["job_id"] in too_big or not fits(spec, cpus, memory):
-                    too_big.add(doc["job_id"])
-                    continue
-                passed.append(doc["_id"])
-                issued = await self._lease_one(doc, client_id, spec, now, policy.deadline(now, spec.resources.timeout))
-                if issued is not None:
-                    cpus -= spec.resources.cpus
-                    memory -= spec.resources.memory
-                    grants.append(issued)
-            if len(docs) < limit:
+        client = await self._clients.find_one_and_update({"_id": client_id}, {"$set": {"last_seen": now}},
+                                                         projection={"host.arch": 1})  # fmt: skip
+        if client is None:
+            raise NotFound(f"no client {client_id!r:.40}; register again")
+        room, scheduler = Room.of(request, client.get("host", {}).get("arch", "")), self.scheduler
+        shares = await self.shares()
+        candidates = []
+        async for doc in self._jobs.find({"state": JobState.RUNNING.value}, {"owner": 1, "created_at": 1}):
+            job_id = doc["_id"]
+            candidates.append(Candidate(job_id, doc.get("owner", ""), (await self._spec(job_id)).priority,
+                                        doc["created_at"]))  # fmt: skip
+        units = _Leasable(self._units, client_id, request.max_units + 4)
+        charges: dict[str, tuple[int, float]] = {}
+        while len(grants) < request.max_units:
+            admitted = [c for c in candidates if scheduler.admits(c.owner, shares)]
+            if not admitted:
                 break
-            page *= 2  # a long line of jobs that do not fit costs a few round trips, not one per page
+            job = scheduler.pick(admitted, shares, now)
+            spec = await self._spec(job.job)
+            doc = await units.next(job.job) if room.fits(spec) else None
+            if doc is None:  # none left for this client, or too big for what is left (it only shrinks)
+                candidates.remove(job)
+                continue
+            change = await self._lease_one(doc, client_id, spec, now, policy.deadline(now, spec.resources.timeout))
+            if change is None:  # another master got there first
+                continue
+            unit = _unit_from(doc)
+            room.take(spec)
+            assert change.lease is not None
+            grants.append(grant(unit.job, spec, unit, change.lease.id, change.lease.deadline))
+            running, usage = charge(change, spec)
+            scheduler.add(shares.setdefault(job.owner, Share(at=now)), running, usage, now)
+            before = charges.get(job.owner, (0, 0.0))
+            charges[job.owner] = (before[0] + running, before[1] + usage)
+        for owner, (running, usage) in charges.items():
+            await self._account(owner, running, usage, now)
         return grants
 
-    @_guard
+    @guard
     async def record_results(self, client_id: str, reports: list[ResultReport], now: float) -> list[Ack]:
         await self._touch(client_id, now)
         return [await _ack(report.attempt, self._record(client_id, report, now)) for report in reports]
 
-    @_guard
+    @guard
     async def release(self, client_id: str, attempt_ids: list[str], now: float) -> list[Ack]:
         await self._touch(client_id, now)
         return [await _ack(attempt_id, self._release(client_id, attempt_id, now)) for attempt_id in attempt_ids]
 
-    @_guard
+    @guard
     async def expire(self, now: float, policy: LeasePolicy) -> int:
         silent_docs = self._clients.find({"last_seen": {"$lt": now - policy.heartbeat_timeout}}, {"_id": 1})
         silent = {doc["_id"] for doc in await silent_docs.to_list(None)}
         late = {"state": AttemptState.LEASED.value, "deadline": {"$lt": now}}
-        docs = await self._units.find({"attempts": {"$elemMatch": late}}).to_list(None)
+        # a suspended unit's leases do not expire by their deadline (on_expire)
+        suspended = UnitState.SUSPENDED.value
+        docs = await self._units.find({"state": {"$ne": suspended}, "attempts": {"$elemMatch": late}}).to_list(None)
         if silent:
             lost = {"state": AttemptState.LEASED.value, "client": {"$in": sorted(silent)}}
             docs += await self._units.find({"attempts": {"$elemMatch": lost}}).to_list(None)
@@ -388,19 +368,10 @@ class MongoStore(Store):
                 expired += await self._expire_unit(doc, now, frozenset(silent))
         return expired
 
-    async def _leasable(self, client_id: str, limit: int, passed: list[str], too_big: set[str]) -> list[Doc]:
-        """The next units this client may lease, in lease order, past the units already tried in
-        this call and the jobs that do not fit: units that do not fit never hide those that do.
-        The query itself skips them, so each page brings units not seen before."""
-        query: Doc = {**OPEN, "clients": {"$ne": client_id}}
-        if passed:
-            query["_id"] = {"$nin": passed}
-        if too_big:
-            query["job_id"] = {"$nin": sorted(too_big)}
-        return await self._units.find(query, NO_HISTORY).sort(LEASE_ORDER).limit(limit).to_list(None)
-
     # -- one unit, compare-and-set ------------------------------------------------------------
-    async def _lease_one(self, doc: Doc, client_id: str, spec: JobSpec, now: float, deadline: float) -> Grant | None:
+    async def _lease_one(
+        self, doc: Doc, client_id: str, spec: JobSpec, now: float, deadline: float
+    ) -> UnitChange | None:
         """Add one attempt for this client to the unit, unless another master got there first
         and the unit no longer wants one (or already has one on this client)."""
         attempt_id = new_id(8)
@@ -414,7 +385,7 @@ class MongoStore(Store):
                  "$push": {"attempts": _new_attempt(change), "clients": client_id}},
             )  # fmt: skip
             if result.matched_count:
-                return grant(unit.job, spec, unit, attempt_id, deadline)
+                return change
             doc = await self._units.find_one({"_id": unit.id, **leasable}, NO_HISTORY)
             if doc is None:
                 return None
@@ -450,6 +421,16 @@ class MongoStore(Store):
             doc = await self._units.find_one({"_id": doc["_id"]})
         raise StoreUnavailable(f"unit of attempt {attempt_id} is changing too often, try again")
 
+    async def _control_unit(self, doc: Doc | None, control: JobControl, now: float) -> None:
+        for _ in range(CAS_TRIES):
+            if doc is None:
+                return
+            change = on_control(_snap(doc), control)
+            if change is None or await self._write(doc, change, now):
+                return
+            doc = await self._units.find_one({"_id": doc["_id"]})
+        raise StoreUnavailable(f"unit {doc and doc['_id']} is changing too often; {control.verb} the job again")
+
     async def _expire_unit(self, doc: Doc | None, now: float, silent: frozenset[str]) -> int:
         for _ in range(CAS_TRIES):
             if doc is None:
@@ -479,11 +460,36 @@ class MongoStore(Store):
             if client_ids:
                 await self._clients.update_many({"_id": {"$in": list(client_ids)}}, {"$inc": {counter: 1}})
         events = list(change.events)
+        running, usage = charge(change, await self._spec(change.job))
+        if running or usage:
+            await self._account(await self._owner(change.job), running, usage, now)
         if change.ended:
             events += await self._unit_ended(change, now)
         await self._count(events)
         self.events.publish(events)
         return True
+
+    async def _account(self, owner: str, running: int, usage: float, now: float) -> None:
+        """Move an owner's share: a compare-and-set on its time (decay makes it no plain $inc)."""
+        for _ in range(CAS_TRIES):
+            doc = await self._shares.find_one({"_id": owner})
+            share = Share(doc["running"], doc["usage"], doc["at"]) if doc else Share(at=now)
+            self.scheduler.add(share, running, usage, now)
+            new = {
+                "running": share.running,
+                "usage": share.usage,
+                "at": share.at,
+                "version": (doc or {}).get("version", 0) + 1,
+            }
+            if doc is None:
+                with contextlib.suppress(DuplicateKeyError):
+                    await self._shares.insert_one({"_id": owner, **new})
+                    return
+            elif (
+                await self._shares.update_one({"_id": owner, "version": doc["version"]}, {"$set": new})
+            ).matched_count:
+                return
+        log.warning("the share of %s is changing too often; this change is not counted in it", owner)
 
     async def _count(self, events: list[Event]) -> None:
         """The activity counters, after the change they count (MongoDB has no transaction here)."""
@@ -533,6 +539,12 @@ class MongoStore(Store):
             raise NotFound(f"no job {job_id!r:.40}")
         return doc
 
+    async def _owner(self, job_id: str) -> str:
+        owner = self._owners.get(job_id)
+        if owner is None:
+            owner = self._job_from(await self._job_doc(job_id)).owner
+        return owner
+
     async def _spec(self, job_id: str) -> JobSpec:
         spec = self._specs.get(job_id)
         if spec is None:
@@ -540,13 +552,14 @@ class MongoStore(Store):
         return spec
 
     def _job_from(self, doc: Doc) -> Job:
+        self._owners[doc["_id"]] = doc.get("owner", "")
         spec = self._specs.get(doc["_id"])
         if spec is None:
             spec = self._specs[doc["_id"]] = parse_jobfile(doc["spec"])
         return Job(
             id=doc["_id"], spec=spec, state=JobState(doc["state"]), created_at=doc["created_at"],
             finished_at=doc["finished_at"], owner=doc.get("owner", ""), n_map=doc["n_map"],
-            done_map=doc["done_map"], failed_map=doc["failed_map"],
+            done_map=doc["done_map"], failed_map=doc["failed_map"], suspended_at=doc.get("suspended_at"),
         )  # fmt: skip
 
 
@@ -560,11 +573,39 @@ async def _ack(attempt_id: str, work: Awaitable[Ack]) -> Ack:
 
 def _new_unit(job: Job, idx: int, kind: str, inputs: list[InputFile]) -> Doc:
     return {
-        "_id": f"{job.id}.{idx}", "job_id": job.id, "idx": idx, "kind": kind, "state": UnitState.READY.value,
-        "wanted": initial_wanted(job.spec.redundancy), "priority": job.spec.priority, "job_created": job.created_at,
+        "_id": f"{job.id}.{idx}", "job_id": job.id, "idx": idx, "kind": kind,
+        "state": unit_start_state(job.state).value, "wanted": initial_wanted(job.spec.redundancy),
+        "priority": job.spec.priority, "job_created": job.created_at,
         "inputs": [{"name": f.name, "hash": f.hash, "size": f.size} for f in inputs],
         "canonical_hash": None, "canonical_size": None, "version": 0, "clients": [], "attempts": [],
     }  # fmt: skip
+
+
+class _Leasable:
+    """The units of each job this client may lease, in order, read a page at a time; each
+    page starts past the last unit read, so units tried (granted or lost to another master) are
+    not read again."""
+
+    def __init__(self, units: Any, client_id: str, page: int) -> None:
+        self.units, self.client_id, self.page = units, client_id, page
+        self._docs: dict[str, list[Doc]] = {}
+        self._after: dict[str, int] = {}
+        self._more: dict[str, bool] = {}
+
+    async def next(self, job_id: str) -> Doc | None:
+        docs = self._docs.setdefault(job_id, [])
+        if not docs and self._more.get(job_id, True):
+            query = {
+                **OPEN,
+                "job_id": job_id,
+                "idx": {"$gt": self._after.get(job_id, -1)},
+                "clients": {"$ne": self.client_id},
+            }
+            docs += await self.units.find(query, NO_HISTORY).sort("idx", ASCENDING).limit(self.page).to_list(None)
+            self._more[job_id] = len(docs) == self.page
+            if docs:
+                self._after[job_id] = docs[-1]["idx"]
+        return docs.pop(0) if docs else None
 
 
 def _unit_from(doc: Doc) -> Unit:
@@ -590,20 +631,7 @@ def _client_from(doc: Doc) -> Client:
         id=doc["_id"], name=doc["name"], registered_at=doc["registered_at"], last_seen=doc["last_seen"],
         account=doc.get("account", ""), slots=doc["slots"], busy=doc["busy"], host=HostFacts.from_wire(doc["host"]),
         containers=doc["containers"], valid=doc["valid"], invalid=doc["invalid"], errors=doc["errors"],
-    )  # fmt: skip
-
-
-def _key_doc(key: Key) -> Doc:
-    return {
-        "_id": key.name, "role": key.role.value, "token_hash": key.token_hash, "created_at": key.created_at,
-        "account": key.account, "client": key.client, "expires_at": key.expires_at, "revoked_at": key.revoked_at,
-    }  # fmt: skip
-
-
-def _key_from(doc: Doc) -> Key:
-    return Key(
-        name=doc["_id"], role=Role(doc["role"]), token_hash=doc["token_hash"], created_at=doc["created_at"],
-        account=doc["account"], client=doc["client"], expires_at=doc["expires_at"], revoked_at=doc["revoked_at"],
+        memory=doc.get("memory", 0), gpus=doc.get("gpus", 0), disk=doc.get("disk", 0),
     )  # fmt: skip
 
 
@@ -646,7 +674,7 @@ def _updated(attempts: list[Doc], change: UnitChange) -> list[Doc]:
                     exit_code=r.exit_code, error=None if r.error is None else r.error.value,
                     stderr_tail=r.stderr_tail[-STDERR_TAIL:], runtime=r.runtime, peak_memory=r.peak_memory,
                 )  # fmt: skip
-            for name in ("state", "finished_at", "validity"):
+            for name in ("state", "finished_at", "validity", "deadline"):
                 value = getattr(update, name)
                 if value is not None:
                     a[name] = value.value if isinstance(value, StrEnum) else value

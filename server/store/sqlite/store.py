@@ -9,19 +9,28 @@ or result request) keeps the number of transactions low.
 import json
 import os
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
 from dockercomp.protocol.limits import STDERR_TAIL
-from dockercomp.protocol.messages import Ack, Grant, Heartbeat, HostFacts, LeaseRequest, ResultReport, ResultStatus
-from dockercomp.protocol.signing import Signed
+from dockercomp.protocol.messages import (
+    Ack,
+    Action,
+    Grant,
+    Heartbeat,
+    HostFacts,
+    LeaseRequest,
+    ResultReport,
+    ResultStatus,
+)
 
-from ...auth import Key, Role
-from ...errors import Conflict, NotFound, ServerError, StoreUnavailable
+from ...errors import NotFound, ServerError, StoreUnavailable
 from ...events import active, minute_of, tally
 from ...lifecycle import (
+    TERMINAL_JOB,
     UNIT_FAILURES,
     AttemptSnap,
     AttemptState,
@@ -35,29 +44,33 @@ from ...lifecycle import (
     UnitSnap,
     UnitState,
     Validity,
-    aborts,
+    Verb,
+    commands,
     count_into_job,
     initial_wanted,
+    on_control,
     on_expire,
+    on_job_control,
     on_lease,
     on_release,
     on_result,
     on_unit_ended,
+    unit_start_state,
 )
-from ...models import Attempt, Client, Image, InputFile, Job, Layer, Tally, Unit
+from ...matching import Room
+from ...models import Attempt, Client, InputFile, Job, Tally, Unit
+from ...scheduler import Candidate, Share, charge
 from ..base import (
     ZERO_COUNTS,
     Store,
     client_key,
-    fits,
     grant,
-    image_from,
     job_counts,
-    merge_image,
     new_id,
     reduce_inputs,
-    with_signature,
+    running_of,
 )
+from .catalog import Catalog, insert_key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -81,7 +94,13 @@ CREATE TABLE IF NOT EXISTS units (
     state TEXT NOT NULL, wanted INTEGER NOT NULL, priority INTEGER NOT NULL,
     job_created REAL NOT NULL, inputs TEXT NOT NULL, canonical_hash TEXT, canonical_size INTEGER);
 CREATE UNIQUE INDEX IF NOT EXISTS units_by_job ON units (job_id, idx);
-CREATE INDEX IF NOT EXISTS units_open ON units (priority DESC, job_created, job_id, idx) WHERE wanted > 0;
+-- the units a lease may take, per job in order (a suspended or held job's are not in it)
+DROP INDEX IF EXISTS units_open;
+CREATE INDEX IF NOT EXISTS units_leasable ON units (job_id, idx) WHERE wanted > 0 AND state IN ('ready', 'running');
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+-- each owner's use of the pool (server/scheduler.py)
+CREATE TABLE IF NOT EXISTS shares (owner TEXT PRIMARY KEY, running INTEGER NOT NULL, usage REAL NOT NULL,
+    at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS attempts (
     id TEXT PRIMARY KEY, unit_id TEXT NOT NULL, job_id TEXT NOT NULL, client_id TEXT NOT NULL,
     state TEXT NOT NULL, leased_at REAL NOT NULL, deadline REAL NOT NULL, finished_at REAL,
@@ -103,26 +122,32 @@ T = TypeVar("T")
 ADDED_COLUMNS = (
     ("jobs", "owner", "TEXT NOT NULL DEFAULT ''"),
     ("clients", "account", "TEXT NOT NULL DEFAULT ''"),
+    ("clients", "memory", "INTEGER NOT NULL DEFAULT 0"),
+    ("clients", "gpus", "INTEGER NOT NULL DEFAULT 0"),
+    ("clients", "disk", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "suspended_at", "REAL"),
 )
 
 _UNIT_FAILURES = ", ".join(f"'{kind}'" for kind in sorted(UNIT_FAILURES))
 # units this client may lease: see lifecycle.may_lease_again for the attempts it may have had
 _LEASABLE = f"""
-SELECT id, job_id, idx, kind, state, wanted, inputs FROM units AS u INDEXED BY units_open
-WHERE wanted > 0 AND state IN ('ready', 'running')
+SELECT id, job_id, idx, kind, state, wanted, inputs FROM units AS u INDEXED BY units_leasable
+WHERE u.job_id = ? AND u.idx > ? AND wanted > 0 AND state IN ('ready', 'running')
   AND NOT EXISTS (SELECT 1 FROM attempts AS a WHERE a.unit_id = u.id AND a.client_id = ?
-                  AND a.state <> 'released' AND NOT (a.state = 'errored' AND a.error IN ({_UNIT_FAILURES}))){{passed}}
-ORDER BY priority DESC, job_created, job_id, idx LIMIT ?
+                  AND a.state <> 'released' AND NOT (a.state = 'errored' AND a.error IN ({_UNIT_FAILURES})))
+ORDER BY idx LIMIT ?
 """
 
 
-class SQLiteStore(Store):
+class SQLiteStore(Catalog, Store):
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
         self._db: sqlite3.Connection | None = None
         self._pending: list[Event] = []  # the events of the open transaction
-        self._specs: dict[str, JobSpec] = {}  # job specs never change, so caching them is safe
+        self._charges: dict[str, tuple[int, float, float]] = {}  # ... and what it does to each owner's share
+        self._specs: dict[str, JobSpec] = {}  # job specs and owners never change, so caching them is safe
+        self._owners: dict[str, str] = {}
 
     # -- life ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -149,81 +174,23 @@ class SQLiteStore(Store):
     def _tx(self) -> Iterator[sqlite3.Connection]:
         if self._db is None:
             raise StoreUnavailable("the store is not open")
-        self._pending = []
+        self._pending, self._charges = [], {}
         with _transaction(self._db) as db:
             yield db
             if self._pending:  # the counters go in the same write as the changes they count
                 _count(db, self._pending)
+            if self._charges:
+                self._account(db)
         events, self._pending = self._pending, []
         self.events.publish(events)
 
-    # -- keys ---------------------------------------------------------------------------
-    async def add_key(self, key: Key) -> None:
-        with self._tx() as db:
-            _insert_key(db, key)
-
-    async def find_key(self, token_hash: str) -> Key | None:
-        """Every request asks this: one indexed read, not a write transaction."""
-        if self._db is None:
-            raise StoreUnavailable("the store is not open")
-        row = self._db.execute("SELECT * FROM keys WHERE token_hash = ?", (token_hash,)).fetchone()
-        return _key_from(row) if row else None
-
-    async def list_keys(self) -> list[Key]:
-        with self._tx() as db:
-            return [_key_from(row) for row in db.execute("SELECT * FROM keys ORDER BY created_at, name")]
-
-    async def revoke_key(self, name: str, now: float) -> int:
-        with self._tx() as db:
-            return db.execute(
-                "UPDATE keys SET revoked_at = ? WHERE revoked_at IS NULL AND (name = ? OR (account = ? AND"
-                " role = 'client' AND EXISTS (SELECT 1 FROM keys WHERE name = ? AND role = 'volunteer')))",
-                (now, name, name, name),
-            ).rowcount
-
-    # -- images -------------------------------------------------------------------------
-    async def add_layer(self, layer: Layer) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO layers VALUES (?, ?, ?)", (layer.digest, layer.size, json.dumps(layer.pieces))
-            )
-
-    async def get_layer(self, digest: str) -> Layer | None:
-        with self._tx() as db:
-            row = db.execute("SELECT * FROM layers WHERE digest = ?", (digest,)).fetchone()
-        return Layer(row["digest"], row["size"], tuple(json.loads(row["pieces"]))) if row else None
-
-    async def add_image(self, image: Image) -> Image:
-        with self._tx() as db:
-            stored = merge_image(_image_in(db, image.id), image)
-            _put_image(db, stored)
-            db.executemany("INSERT OR REPLACE INTO image_tags VALUES (?, ?)", ((t, image.id) for t in image.tags))
-            return stored
-
-    async def get_image(self, ref: str) -> Image | None:
-        with self._tx() as db:
-            row = db.execute("SELECT image_id FROM image_tags WHERE tag = ?", (ref,)).fetchone()
-            return _image_in(db, row[0] if row else ref)
-
-    async def list_images(self, owner: str | None = None) -> list[Image]:
-        where, params = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
-        with self._tx() as db:
-            rows = db.execute(f"SELECT doc FROM images {where} ORDER BY pushed_at DESC, id", params).fetchall()
-        return [image_from(json.loads(row[0])) for row in rows]
-
-    async def add_signature(self, image_id: str, signature: Signed) -> Image:
-        with self._tx() as db:
-            image = _image_in(db, image_id)
-            if image is None:
-                raise NotFound(f"no image {image_id!r:.80}; push it first (dockercomp images push)")
-            signed = with_signature(image, signature)
-            _put_image(db, signed)
-            return signed
-
     # -- jobs ---------------------------------------------------------------------------
-    async def create_job(self, spec: JobSpec, units: list[list[InputFile]], now: float, owner: str = "") -> Job:
-        job = Job(id=new_id(), spec=spec, state=JobState.RUNNING, created_at=now, owner=owner, n_map=len(units))
-        wanted = initial_wanted(spec.redundancy)
+    async def create_job(
+        self, spec: JobSpec, units: list[list[InputFile]], now: float, owner: str = "", held: bool = False
+    ) -> Job:
+        state = JobState.HELD if held else JobState.RUNNING
+        job = Job(id=new_id(), spec=spec, state=state, created_at=now, owner=owner, n_map=len(units))
+        wanted, unit_state = initial_wanted(spec.redundancy), unit_start_state(state)
         with self._tx() as db:
             db.execute(
                 "INSERT INTO jobs (id, spec, state, created_at, n_map, owner) VALUES (?, ?, ?, ?, ?, ?)",
@@ -231,13 +198,13 @@ class SQLiteStore(Store):
             )
             db.executemany(
                 "INSERT INTO units (id, job_id, idx, kind, state, wanted, priority, job_created, inputs)"
-                " VALUES (?, ?, ?, 'map', 'ready', ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, 'map', ?, ?, ?, ?, ?)",
                 (
-                    (f"{job.id}.{i}", job.id, i, wanted, spec.priority, now, _dump_inputs(inputs))
+                    (f"{job.id}.{i}", job.id, i, unit_state, wanted, spec.priority, now, _dump_inputs(inputs))
                     for i, inputs in enumerate(units)
                 ),
             )
-        self._specs[job.id] = spec
+        self._specs[job.id], self._owners[job.id] = spec, owner
         return job
 
     async def get_job(self, job_id: str) -> Job:
@@ -250,11 +217,32 @@ class SQLiteStore(Store):
             rows = db.execute(f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ?", params).fetchall()
             return [self._job_from(row) for row in rows]
 
+    async def control_job(self, job_id: str, verb: Verb, now: float) -> Job:
+        with self._tx() as db:
+            job = self._job(db, job_id)
+            control = on_job_control(job.id, job.state, job.suspended_at, _counts(db, job_id), verb, now)
+            db.execute(
+                "UPDATE jobs SET state = ?, suspended_at = ?, finished_at = COALESCE(finished_at, ?)"
+                " WHERE id = ? AND state = ?",
+                (control.state, control.suspended_at, now if control.state in TERMINAL_JOB else None, job.id,
+                 job.state),
+            )  # fmt: skip
+            self._pending += control.events
+            open_units = db.execute(
+                f"SELECT {_UNIT_SNAP} FROM units AS u WHERE u.job_id = ? AND u.state IN ('ready', 'running',"
+                " 'suspended') ORDER BY u.idx",
+                (job_id,),
+            ).fetchall()
+            for row in open_units:
+                change = on_control(self._snapshot(db, row), control)
+                if change is not None:
+                    self._apply(db, change, now)
+            return self._job(db, job_id)
+
     async def unit_counts(self, job_id: str) -> dict[str, int]:
         with self._tx() as db:
             self._job(db, job_id)
-            rows = db.execute("SELECT state, COUNT(*) FROM units WHERE job_id = ? GROUP BY state", (job_id,))
-            return ZERO_COUNTS | {state: n for state, n in rows}
+            return _counts(db, job_id)
 
     async def list_units(self, job_id: str, offset: int = 0, limit: int = 100) -> list[Unit]:
         with self._tx() as db:
@@ -268,6 +256,10 @@ class SQLiteStore(Store):
         with self._tx() as db:
             rows = db.execute("SELECT * FROM attempts WHERE unit_id = ? ORDER BY leased_at", (unit_id,))
             return [_attempt_from(row) for row in rows]
+
+    async def shares(self) -> dict[str, Share]:
+        with self._tx() as db:
+            return {row[0]: Share(*row[1:]) for row in db.execute("SELECT * FROM shares")}
 
     async def activity(self, since: float) -> list[Tally]:
         first = minute_of(since)
@@ -289,7 +281,7 @@ class SQLiteStore(Store):
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (client.id, name, now, now, slots, json.dumps(host.to_wire()), account),
             )
-            _insert_key(db, client_key(client, token_hash))
+            insert_key(db, client_key(client, token_hash))
         return client
 
     async def get_client(self, client_id: str) -> Client:
@@ -303,16 +295,17 @@ class SQLiteStore(Store):
         with self._tx() as db:
             return [_client_from(row) for row in db.execute("SELECT * FROM clients ORDER BY name, id")]
 
-    async def heartbeat(self, client_id: str, beat: Heartbeat, now: float) -> list[str]:
+    async def heartbeat(self, client_id: str, beat: Heartbeat, now: float) -> list[tuple[Action, str]]:
         containers = [c.to_wire() for c in beat.containers]
         with self._tx() as db:
             updated = db.execute(
-                "UPDATE clients SET last_seen = ?, slots = ?, busy = ?, containers = ? WHERE id = ?",
-                (now, beat.slots, beat.busy, json.dumps(containers), client_id),
+                "UPDATE clients SET last_seen = ?, slots = ?, busy = ?, containers = ?, memory = ?, gpus = ?, disk = ?"
+                " WHERE id = ?",
+                (now, beat.slots, beat.busy, json.dumps(containers), beat.memory, beat.gpus, beat.disk, client_id),
             ).rowcount
             if not updated:
                 raise NotFound(f"no client {client_id!r:.40}; register again")
-            running = [c.attempt for c in beat.containers]
+            running = running_of(beat)
             found = {}
             for attempt_id in running:
                 row = db.execute(
@@ -322,38 +315,47 @@ class SQLiteStore(Store):
                 ).fetchone()
                 if row is not None:
                     found[attempt_id] = (_attempt_snap(row), UnitState(row["unit_state"]))
-            return aborts(client_id, running, found)
+            return commands(client_id, running, found, beat.paused)
 
     # -- attempts ------------------------------------------------------------------------
     async def lease(self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy) -> list[Grant]:
         grants: list[Grant] = []
         if request.max_units <= 0:
             return grants
-        cpus, memory = request.cpus, request.memory
+        scheduler = self.scheduler
         with self._tx() as db:
-            self._touch(db, client_id, now)
-            page = request.max_units * 4 + 16
+            host = db.execute(
+                "UPDATE clients SET last_seen = ? WHERE id = ? RETURNING host", (now, client_id)
+            ).fetchone()
+            if host is None:
+                raise NotFound(f"no client {client_id!r:.40}; register again")
+            room = Room.of(request, json.loads(host[0]).get("arch", ""))
+            shares = {row[0]: Share(*row[1:]) for row in db.execute("SELECT * FROM shares")}
+            candidates = [
+                Candidate(row[0], row[1], self._spec(db, row[0]).priority, row[2])
+                for row in db.execute("SELECT id, owner, created_at FROM jobs WHERE state = 'running'")
+            ]
+            units = _Leasable(db, client_id, request.max_units + 4)
             changes: list[UnitChange] = []
-            too_big: set[str] = set()  # jobs whose units do not fit what is left (it only shrinks)
             while len(grants) < request.max_units:
-                rows = _leasable(db, client_id, page, [c.unit for c in changes], too_big)
-                for row in rows:
-                    if len(grants) >= request.max_units:
-                        break
-                    spec = self._spec(db, row["job_id"])
-                    if row["job_id"] in too_big or not fits(spec, cpus, memory):
-                        too_big.add(row["job_id"])
-                        continue
-                    unit = _unit_from(row)
-                    snap = UnitSnap(unit.id, unit.job, unit.kind, unit.state, unit.wanted)
-                    change = on_lease(snap, client_id, new_id(8), now, policy.deadline(now, spec.resources.timeout))
-                    changes.append(change)
-                    cpus -= spec.resources.cpus
-                    memory -= spec.resources.memory
-                    assert change.lease is not None
-                    grants.append(grant(unit.job, spec, unit, change.lease.id, change.lease.deadline))
-                if len(rows) < page:
+                admitted = [c for c in candidates if scheduler.admits(c.owner, shares)]
+                if not admitted:
                     break
+                job = scheduler.pick(admitted, shares, now)
+                spec = self._spec(db, job.job)
+                row = units.next(job.job) if room.fits(spec) else None
+                if row is None:  # none left for this client, or too big for what is left (it only shrinks)
+                    candidates.remove(job)
+                    continue
+                unit = _unit_from(row)
+                snap = UnitSnap(unit.id, unit.job, unit.kind, unit.state, unit.wanted)
+                change = on_lease(snap, client_id, new_id(8), now, policy.deadline(now, spec.resources.timeout))
+                changes.append(change)
+                room.take(spec)
+                assert change.lease is not None
+                grants.append(grant(unit.job, spec, unit, change.lease.id, change.lease.deadline))
+                scheduler.add(shares.setdefault(job.owner, Share(at=now)), *charge(change, spec), now)
+                self._charge(job.owner, change, spec, now)
             # one statement each for the whole batch: the rows were read in this transaction, and
             # each appears once, so writing them after the loop is the same as writing them in it
             db.executemany(
@@ -394,9 +396,10 @@ class SQLiteStore(Store):
         with self._tx() as db:
             quiet = now - policy.heartbeat_timeout
             silent = frozenset(row[0] for row in db.execute("SELECT id FROM clients WHERE last_seen < ?", (quiet,)))
-            units = db.execute(
+            units = db.execute(  # a suspended unit's leases do not expire by their deadline (on_expire)
                 "SELECT DISTINCT a.unit_id FROM attempts AS a JOIN clients AS c ON c.id = a.client_id"
-                " WHERE a.state = 'leased' AND (a.deadline < ? OR c.last_seen < ?)",
+                " JOIN units AS u ON u.id = a.unit_id"
+                " WHERE a.state = 'leased' AND ((a.deadline < ? AND u.state <> 'suspended') OR c.last_seen < ?)",
                 (now, quiet),
             ).fetchall()
             expired = 0
@@ -457,6 +460,7 @@ class SQLiteStore(Store):
             if clients:
                 db.executemany(f"UPDATE clients SET {counter} = {counter} + 1 WHERE id = ?", [(c,) for c in clients])
         self._pending += change.events
+        self._charge(self._owner(db, change.job), change, self._spec(db, change.job), now)
         if change.ended:
             self._unit_ended(db, change, now)
 
@@ -476,9 +480,10 @@ class SQLiteStore(Store):
             maps = [_unit_from(r) for r in db.execute("SELECT * FROM units WHERE job_id = ? ORDER BY idx", (job.id,))]
             db.execute(
                 "INSERT INTO units (id, job_id, idx, kind, state, wanted, priority, job_created, inputs)"
-                " VALUES (?, ?, ?, 'reduce', 'ready', ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, 'reduce', ?, ?, ?, ?, ?)",
                 (
-                    f"{job.id}.{job.n_map}", job.id, job.n_map, initial_wanted(job.spec.redundancy),
+                    f"{job.id}.{job.n_map}", job.id, job.n_map, unit_start_state(job.state),
+                    initial_wanted(job.spec.redundancy),
                     job.spec.priority, job.created_at, _dump_inputs(reduce_inputs(maps)),
                 ),
             )  # fmt: skip
@@ -487,6 +492,25 @@ class SQLiteStore(Store):
                 "UPDATE jobs SET state = ?, finished_at = ? WHERE id = ? AND state = ?",
                 (step.state, now, job.id, job.state),
             )
+
+    def _charge(self, owner: str, change: UnitChange, spec: JobSpec, now: float) -> None:
+        running, usage = charge(change, spec)
+        if running or usage:
+            old_running, old_usage, _ = self._charges.get(owner, (0, 0.0, now))
+            self._charges[owner] = (old_running + running, old_usage + usage, now)
+
+    def _account(self, db: sqlite3.Connection) -> None:
+        for owner, (running, usage, now) in self._charges.items():
+            row = db.execute("SELECT running, usage, at FROM shares WHERE owner = ?", (owner,)).fetchone()
+            share = Share(*row) if row else Share(at=now)
+            self.scheduler.add(share, running, usage, now)
+            db.execute("INSERT OR REPLACE INTO shares VALUES (?, ?, ?, ?)", (owner, share.running, share.usage, now))
+
+    def _owner(self, db: sqlite3.Connection, job_id: str) -> str:
+        owner = self._owners.get(job_id)
+        if owner is None:
+            owner = self._job(db, job_id).owner
+        return owner
 
     def _touch(self, db: sqlite3.Connection, client_id: str, now: float) -> None:
         if not db.execute("UPDATE clients SET last_seen = ? WHERE id = ?", (now, client_id)).rowcount:
@@ -505,18 +529,24 @@ class SQLiteStore(Store):
         return spec
 
     def _job_from(self, row: sqlite3.Row) -> Job:
+        self._owners[row["id"]] = row["owner"]
         spec = self._specs.get(row["id"])
         if spec is None:
             spec = self._specs[row["id"]] = parse_jobfile(json.loads(row["spec"]))
         return Job(
             id=row["id"], spec=spec, state=JobState(row["state"]), created_at=row["created_at"],
             finished_at=row["finished_at"], owner=row["owner"], n_map=row["n_map"], done_map=row["done_map"],
-            failed_map=row["failed_map"],
+            failed_map=row["failed_map"], suspended_at=row["suspended_at"],
         )  # fmt: skip
 
 
 _UNIT_SNAP = "u.id, u.job_id, u.kind, u.state, u.wanted"
 _ATTEMPT_SNAP = "a.id, a.client_id, a.state, a.output_hash, a.output_size, a.error, a.validity, a.deadline"
+
+
+def _counts(db: sqlite3.Connection, job_id: str) -> dict[str, int]:
+    rows = db.execute("SELECT state, COUNT(*) FROM units WHERE job_id = ? GROUP BY state", (job_id,))
+    return ZERO_COUNTS | {state: n for state, n in rows}
 
 
 def _count(db: sqlite3.Connection, events: list[Event]) -> None:
@@ -536,8 +566,11 @@ def _attempt_snap(row: sqlite3.Row) -> AttemptSnap:
 
 def _update_attempt(db: sqlite3.Connection, update: AttemptUpdate) -> None:
     """New values for one attempt in one statement; None keeps the old one (COALESCE)."""
-    keep = "state = COALESCE(?, state), finished_at = COALESCE(?, finished_at), validity = COALESCE(?, validity)"
-    values: tuple[object, ...] = (update.state, update.finished_at, update.validity)
+    keep = (
+        "state = COALESCE(?, state), finished_at = COALESCE(?, finished_at), validity = COALESCE(?, validity),"
+        " deadline = COALESCE(?, deadline)"
+    )
+    values: tuple[object, ...] = (update.state, update.finished_at, update.validity, update.deadline)
     result = update.result
     if result is None:
         db.execute(f"UPDATE attempts SET {keep} WHERE id = ?", (*values, update.id))
@@ -554,19 +587,24 @@ def _update_attempt(db: sqlite3.Connection, update: AttemptUpdate) -> None:
     )  # fmt: skip
 
 
-def _leasable(
-    db: sqlite3.Connection, client_id: str, limit: int, granted: list[str], too_big: set[str]
-) -> list[sqlite3.Row]:
-    """The next units this client may lease, in lease order, past the units granted so far in
-    this call and the jobs that do not fit: units that do not fit never hide those that do."""
-    passed, params = "", [client_id]
-    if granted:
-        passed += f" AND u.id NOT IN ({', '.join('?' * len(granted))})"
-        params += granted
-    if too_big:
-        passed += f" AND u.job_id NOT IN ({', '.join('?' * len(too_big))})"
-        params += sorted(too_big)
-    return db.execute(_LEASABLE.format(passed=passed), (*params, limit)).fetchall()
+class _Leasable:
+    """The units of each job this client may lease, in order, read a page at a time."""
+
+    def __init__(self, db: sqlite3.Connection, client_id: str, page: int) -> None:
+        self.db, self.client_id, self.page = db, client_id, page
+        self._rows: dict[str, deque[sqlite3.Row]] = {}
+        self._after: dict[str, int] = {}  # the last index read of each job; -1 before the first page
+        self._more: dict[str, bool] = {}
+
+    def next(self, job_id: str) -> sqlite3.Row | None:
+        rows = self._rows.setdefault(job_id, deque())
+        if not rows and self._more.get(job_id, True):
+            page = self.db.execute(_LEASABLE, (job_id, self._after.get(job_id, -1), self.client_id, self.page))
+            rows.extend(page.fetchall())
+            self._more[job_id] = len(rows) == self.page
+            if rows:
+                self._after[job_id] = rows[-1]["idx"]
+        return rows.popleft() if rows else None
 
 
 @contextmanager
@@ -613,35 +651,6 @@ def _client_from(row: sqlite3.Row) -> Client:
         id=row["id"], name=row["name"], registered_at=row["registered_at"], last_seen=row["last_seen"],
         account=row["account"], slots=row["slots"], busy=row["busy"],
         host=HostFacts.from_wire(json.loads(row["host"])), containers=json.loads(row["containers"]),
-        valid=row["valid"], invalid=row["invalid"], errors=row["errors"],
+        valid=row["valid"], invalid=row["invalid"], errors=row["errors"], memory=row["memory"], gpus=row["gpus"],
+        disk=row["disk"],
     )  # fmt: skip
-
-
-def _insert_key(db: sqlite3.Connection, key: Key) -> None:
-    try:
-        db.execute(
-            "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (key.name, key.role, key.token_hash, key.created_at, key.account, key.client, key.expires_at,
-             key.revoked_at),
-        )  # fmt: skip
-    except sqlite3.IntegrityError:
-        raise Conflict(f"a key named {key.name!r} exists already; choose another name") from None
-
-
-def _key_from(row: sqlite3.Row) -> Key:
-    return Key(
-        name=row["name"], role=Role(row["role"]), token_hash=row["token_hash"], created_at=row["created_at"],
-        account=row["account"], client=row["client"], expires_at=row["expires_at"], revoked_at=row["revoked_at"],
-    )  # fmt: skip
-
-
-def _image_in(db: sqlite3.Connection, image_id: str) -> Image | None:
-    row = db.execute("SELECT doc FROM images WHERE id = ?", (image_id,)).fetchone()
-    return image_from(json.loads(row[0])) if row else None
-
-
-def _put_image(db: sqlite3.Connection, image: Image) -> None:
-    db.execute(
-        "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?)",
-        (image.id, image.owner, image.pushed_at, json.dumps(image.to_json())),
-    )
