@@ -19,12 +19,13 @@ from dockercomp.protocol.integrity import check_hash
 from dockercomp.protocol.jobfile import CONTAINER_NAME_RE, MAX_CONTAINERS
 from dockercomp.protocol.limits import ENV_NAME_RE, STDERR_TAIL
 from dockercomp.protocol.messages import ErrorKind, Grant, ResultReport, ResultStatus
+from dockercomp.protocol.transport import printable
 
 from .cache import ChunkCache, Download, place
 from .errors import Cancelled, MasterError, ResultUnreadable
 from .master import MasterSession
 from .provision import Provisioner
-from .runner import Runner, RunOutcome, RunSpec, Sidecar, open_result
+from .runner import ResultTooLarge, Runner, RunOutcome, RunSpec, Sidecar, open_result
 from .spool import SAFE_ID, Spool
 
 log = logging.getLogger(__name__)
@@ -64,14 +65,21 @@ class Attempt:
             self.why = why
             self.cancel.set()
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # the ids come from the master: no escape code of theirs reaches a log
         g = self.grant
-        return f"attempt {g.attempt} (job {g.job}, unit {g.unit})"
+        return printable(f"attempt {g.attempt} (job {g.job}, unit {g.unit})")
+
+
+DEFAULT_MAX_RESULT = 256 << 20
 
 
 class Executor:
     """Runs attempts, one per worker thread at a time, each in ``root/ATTEMPT`` (0700 above
-    its ``input`` and ``output``, so only the container can reach them through its mounts)."""
+    its ``input`` and ``output``, so only the container can reach them through its mounts).
+
+    ``max_result`` bounds what a unit may leave: its /output/result (refused unread when
+    larger, never copied past it) and /output as a whole on disk (the runner kills the unit
+    past it). None: the provisioner's settings' ``max_result``, else DEFAULT_MAX_RESULT."""
 
     def __init__(
         self,
@@ -82,8 +90,12 @@ class Executor:
         spool: Spool,
         client: str = "",
         provisioner: "Provisioner | None" = None,
+        max_result: int | None = None,
     ) -> None:
         self.root = root
+        if max_result is None:
+            max_result = provisioner.settings.max_result if provisioner is not None else DEFAULT_MAX_RESULT
+        self.max_result = max_result
         self.provisioner = provisioner  # the volunteer's checks and the image; None: run as granted
         self.cache = cache
         self.master = master
@@ -106,7 +118,7 @@ class Executor:
         if refusal is not None:
             if refusal.error == ErrorKind.ABORTED:
                 return self._cancelled(attempt)
-            log.warning("%s: not run: %s: %s", attempt, refusal.error, refusal.stderr_tail)
+            log.warning("%s: not run: %s: %s", attempt, refusal.error, printable(refusal.stderr_tail))
             return self._errored(attempt, refusal)
         workdir = os.path.join(self.root, grant.attempt)
         pinned: list[str] = []
@@ -157,16 +169,18 @@ class Executor:
             log.info("%s: failed: %s (exit code %s)", attempt, outcome.error, outcome.exit_code)
             return self._errored(attempt, outcome)
         try:
-            output = open_result(result_path)
+            with open_result(result_path, self.max_result) as output:
+                report = ResultReport(
+                    attempt.id, ResultStatus.SUCCEEDED, exit_code=0, output_hash="", runtime=outcome.runtime,
+                    peak_memory=outcome.peak_memory, stderr_tail=outcome.stderr_tail[-STDERR_TAIL:],
+                )  # fmt: skip
+                item = self.spool.add(report, attempt.grant.job, attempt.grant.unit, output)
+        except ResultTooLarge as exc:  # beyond what this volunteer takes: another client may take more
+            log.warning("%s: result refused: %s", attempt, exc)
+            return self._errored(attempt, RunOutcome(ErrorKind.REFUSED, 0, str(exc), outcome.runtime))
         except ResultUnreadable as exc:
             log.warning("%s: %s", attempt, exc)
             return self._errored(attempt, RunOutcome(ErrorKind.CLIENT, 0, str(exc), outcome.runtime))
-        with output:
-            report = ResultReport(
-                attempt.id, ResultStatus.SUCCEEDED, exit_code=0, output_hash="", runtime=outcome.runtime,
-                peak_memory=outcome.peak_memory, stderr_tail=outcome.stderr_tail[-STDERR_TAIL:],
-            )  # fmt: skip
-            item = self.spool.add(report, attempt.grant.job, attempt.grant.unit, output)
         log.info("%s: succeeded in %.2fs, output %s (%d bytes)", attempt, outcome.runtime,
                  item.report.output_hash, item.report.output_size)  # fmt: skip
         return Disposition.SPOOLED, item.report
@@ -190,8 +204,8 @@ class Executor:
 
     # -- helpers -------------------------------------------------------------------------------
     def _downloader(self, blob: str, url: str, attempt: Attempt) -> Download:
-        def download(dest: BinaryIO) -> None:
-            self.master.download(blob, dest, url=url, cancel=attempt.cancel)
+        def download(dest: BinaryIO) -> None:  # never more than the cache may hold
+            self.master.download(blob, dest, url=url, cancel=attempt.cancel, limit=self.cache.max_bytes)
 
         return download
 
@@ -202,7 +216,7 @@ class Executor:
             memory=grant.memory, timeout=grant.timeout, input_dir=input_dir, output_dir=output_dir,
             sidecars=tuple(Sidecar(s.name, s.image, tuple(s.command), tuple(sorted(s.env.items())))
                            for s in grant.sidecars),
-            name=grant.main_name, gpus=grant.gpus,
+            name=grant.main_name, gpus=grant.gpus, output_limit=self.max_result,
         )  # fmt: skip
 
 

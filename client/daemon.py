@@ -146,6 +146,7 @@ class Daemon:
         targets += [(f"worker-{i}", self._work_loop) for i in range(self.slots.slots)]
         targets.append(("heartbeat", self.heartbeat.loop))
         targets.append(("pauser", lambda: self.pauser.loop(self._finished)))
+        self.pauser.tick()  # before the first lease: a client paused before its restart is paused from the start
         threads = [threading.Thread(target=self._guard, args=(fn,), name=name, daemon=True) for name, fn in targets]
         for thread in threads:
             thread.start()

@@ -33,6 +33,7 @@ from docker.types import DeviceRequest, LogConfig, Mount
 
 from dockercomp.protocol.limits import STDERR_TAIL
 from dockercomp.protocol.messages import ContainerInfo, ErrorKind
+from dockercomp.protocol.quantities import format_size
 
 from . import images
 from .errors import ClientError
@@ -301,8 +302,17 @@ class DockerRunner(Runner):
                 if not _is_read_timeout(exc):
                     return _unavailable(exc, where, "waiting for the container")
             peak = _read_peak(container_id, peak)
+            overflow = _output_overflow(spec)
+            if overflow:  # the volunteer's disk, filled through the bind mount
+                self._kill(container_id, where)
+                log.warning("%s: container %s killed: %s", where, short, overflow)
+                return RunOutcome(ErrorKind.REFUSED, stderr_tail=f"killed: {overflow}", runtime=ran(), peak_memory=peak)
         runtime = ran()
         code = int(status.get("StatusCode", -1))
+        overflow = _output_overflow(spec)  # what it wrote in its last slice
+        if overflow:
+            log.warning("%s: container %s exited %d: %s", where, short, code, overflow)
+            return RunOutcome(ErrorKind.REFUSED, code, f"refused: {overflow}", runtime=runtime, peak_memory=peak)
         if code == 0:
             log.info("%s: container %s exited 0 after %.2fs", where, short, runtime)
             return RunOutcome(None, exit_code=0, runtime=runtime, peak_memory=peak)
@@ -572,6 +582,37 @@ def _usage(record: _Live, sample: dict | None) -> tuple[float | None, int | None
     if pre_total is None or pre_system is None or system <= pre_system:
         return None, memory_usage
     return max(0.0, (total - pre_total) / (system - pre_system) * online * 100.0), memory_usage
+
+
+def _output_overflow(spec: RunSpec) -> str:
+    """Why the unit's /output holds more than it may (``spec.output_limit``), or "". Counted as
+    the disk it takes: the blocks of every entry, at least 4 KiB each (an inode, a block), so
+    many small files count too and the walk is short (it stops once past the bound). A
+    directory this daemon cannot list is refused too: it could neither measure nor remove it."""
+    limit, root = spec.output_limit, spec.output_dir
+    if not limit or not root:
+        return ""
+    used, todo = 0, [root]
+    while todo:
+        path = todo.pop()
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:  # removed meanwhile
+                        continue
+                    used += max(st.st_blocks * 512, 4096)
+                    if used > limit:
+                        return f"/output holds more than {format_size(limit)}, all this volunteer allows (max_result)"
+                    if entry.is_dir(follow_symlinks=False):
+                        todo.append(entry.path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            where = "/output" + path[len(root) :]
+            return f"{where} cannot be measured ({exc.strerror or exc}); this volunteer bounds /output (max_result)"
+    return ""
 
 
 def _read_peak(container_id: str, previous: int | None) -> int | None:

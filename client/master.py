@@ -5,6 +5,11 @@ was refused (another name, an unknown CA, expired): those answers would not chan
 
 Every call is safe to repeat: leases are only lost work, results and releases are idempotent
 on the master, blobs are content-addressed. So a call whose reply was lost is simply sent again.
+
+The master may be compromised, so no redirect is followed (it could send the daemon to an
+address on the volunteer's own network): a 3xx is MasterUntrusted, never retried. A download
+stops past the bytes its caller allows, and the master's error texts are stripped of control
+characters before they reach a log or the status view.
 """
 
 import email.utils
@@ -15,7 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, BinaryIO, TypeVar
 
 import requests
@@ -36,7 +41,8 @@ from dockercomp.protocol.messages import (
     ReleaseRequest,
     ResultBatch,
 )
-from dockercomp.protocol.transport import Transport, certificate_problem, error_message
+from dockercomp.protocol.quantities import format_size
+from dockercomp.protocol.transport import Transport, certificate_problem, error_message, printable
 
 from .errors import Cancelled, MasterError, MasterRefused, MasterUnavailable, MasterUntrusted, NotRegistered
 
@@ -115,6 +121,20 @@ class MasterSession(Transport):
         self.last_error = ""
         self.clock_offset = 0.0  # the master's clock minus ours, from its Date header
 
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """Transport's request, but a redirect is never followed: MasterUntrusted says where
+        the master wanted this daemon to go."""
+        response = super().request(method, url, allow_redirects=False, **kwargs)
+        if 300 <= response.status_code < 400:
+            response.close()
+            target = printable(response.headers.get("Location", ""))[:200] or "another address"
+            self.last_error = f"redirected to {target}"
+            raise MasterUntrusted(
+                f"the master at {self.url} redirected {method} {printable(url)[:200]} to {target} (HTTP "
+                f"{response.status_code}); redirects are not followed: give the master's own URL with --server"
+            )
+        return response
+
     # -- the protocol ---------------------------------------------------------------------
     def register(self, req: RegisterRequest, token: str = "", **kw: Any) -> RegisterReply:
         """Register with a volunteer account's token (none where the master enrolls openly)."""
@@ -127,10 +147,10 @@ class MasterSession(Transport):
         return self.call("/lease", req, LeaseReply, **kw)
 
     def results(self, batch: ResultBatch, **kw: Any) -> AckBatch:
-        return self.call("/results", batch, AckBatch, **kw)
+        return _printable_reasons(self.call("/results", batch, AckBatch, **kw))
 
     def release(self, attempts: list[str], **kw: Any) -> AckBatch:
-        return self.call("/release", ReleaseRequest(attempts), AckBatch, **kw)
+        return _printable_reasons(self.call("/release", ReleaseRequest(attempts), AckBatch, **kw))
 
     def call(
         self,
@@ -184,8 +204,10 @@ class MasterSession(Transport):
         url: str = "",
         cancel: threading.Event | None = None,
         tries: int | None = None,
+        limit: int | None = None,
     ) -> None:
-        """Stream a blob into ``dest``; a download cut off is resumed with a Range request."""
+        """Stream a blob into ``dest``; a download cut off is resumed with a Range request.
+        More than ``limit`` bytes is a MasterError (not retried): nothing past it is written."""
         where = self.blob_url(blob, url)
         dest.seek(0)
         dest.truncate()
@@ -203,6 +225,11 @@ class MasterSession(Transport):
                     for piece in response.iter_content(PIECE):
                         if cancel is not None and cancel.is_set():
                             raise Cancelled(f"download of {blob} stopped")
+                        if limit is not None and dest.tell() + len(piece) > limit:
+                            raise MasterError(
+                                f"/blobs/{blob}: the master sent more than {format_size(limit)} ({limit} bytes), "
+                                "all this blob may be; the download was stopped"
+                            )
                         dest.write(piece)
                 else:
                     _ = response.content  # the error message, read before the stream closes
@@ -241,7 +268,7 @@ class MasterSession(Transport):
                 if status < 400:
                     self._answered(response)
                     return response
-                message = error_message(response)
+                message = printable(error_message(response))
                 if status < 500 and status != 429:
                     self._answered(response)
                     # a revoked or expired token is the operator's decision: registering again would undo it
@@ -273,6 +300,11 @@ class MasterSession(Transport):
                 return
             # the header has whole seconds: only a real difference of clocks is worth correcting
             self.clock_offset = offset if abs(offset) > 2 else 0.0
+
+
+def _printable_reasons(acks: AckBatch) -> AckBatch:
+    """The master's reasons for refusing are only ever logged: without its control characters."""
+    return AckBatch([replace(ack, reason=printable(ack.reason)) for ack in acks.acks])
 
 
 def _headers(content_type: str | None = None) -> dict[str, str]:

@@ -10,12 +10,18 @@ The master is not trusted blindly. Before anything of a grant is downloaded or s
   checked before any of them is fetched;
 - an image the engine lacks is fetched from the master itself: its config and only the
   layers the engine lacks, piece by piece (each verified by its xxh3), every layer then
-  checked against its sha256, the loaded image against its id.
+  checked against its sha256, the loaded image against its id;
+- the images fetched so stay within ``image_budget``: the bytes downloaded for those the
+  engine still holds (kept in ``WORK_DIR/images/fetched.json``) plus the new one's; an image
+  that would pass it is refused before a byte of it is downloaded (the volunteer frees room
+  with ``docker image rm`` or ``cleanup``; nothing is removed behind their back). A master
+  cannot lie its way past it: no piece is taken past its size, no layer past its own.
 A refusal is an outcome (``refused``, ``untrusted``, ``integrity``, ...) reported to the
 master like any failure; nothing is run.
 """
 
 import fnmatch
+import json
 import logging
 import os
 import shutil
@@ -29,7 +35,7 @@ from typing import Any
 import docker.errors
 
 from dockercomp.protocol.errors import IntegrityError, ProtocolError
-from dockercomp.protocol.images import PINNED_RE, ImageInfo
+from dockercomp.protocol.images import PIECE_SIZE, PINNED_RE, ImageInfo
 from dockercomp.protocol.integrity import verify
 from dockercomp.protocol.limits import STDERR_TAIL
 from dockercomp.protocol.messages import ErrorKind, Grant
@@ -43,6 +49,10 @@ from .runner import RunOutcome
 from .settings import ClientSettings
 
 log = logging.getLogger(__name__)
+
+
+class _OverBudget(ClientError):
+    """An image would take this volunteer past its image budget."""
 
 
 class Provisioner:
@@ -69,6 +79,10 @@ class Provisioner:
                 "(--trust KEYFILE; the installer pins it), or --allow-unsigned for a lab"
             )
         self.received = 0  # image bytes downloaded from the master
+        self.budget = settings.image_budget
+        self._ledger = Path(work_dir) / "images" / "fetched.json"  # image id -> bytes downloaded for it
+        self._reserved = 0  # bytes of fetches under way
+        self._budget_lock = threading.Lock()
         self._checked: dict[str, ImageInfo] = {}  # image ids whose signature held
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._lock = threading.Lock()
@@ -105,6 +119,9 @@ class Provisioner:
                     return RunOutcome(ErrorKind.REFUSED, stderr_tail=problem)
                 if fetch and self.engine is not None:
                     self._fetch(info, cancel)
+            except _OverBudget as exc:
+                log.warning("image %s refused: %s", image, exc)
+                return RunOutcome(ErrorKind.REFUSED, stderr_tail=str(exc))
             except SigningError as exc:
                 log.error("image %s refused: %s", image, exc)
                 return RunOutcome(ErrorKind.UNTRUSTED, stderr_tail=str(exc))
@@ -188,20 +205,76 @@ class Provisioner:
             raise delivery.DeliveryError("docker", f"cannot inspect image {info.id}: {exc}") from exc
         root = Path(self.work_dir) / "images"
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        missing = delivery.missing_layers(self.engine, [layer.digest for layer in info.layers])
+        got = sum(info.layers[i].size for i in missing) + info.config_size
+        self._reserve(info.id, got)
         tmp = Path(tempfile.mkdtemp(prefix="load-", dir=root))
         try:
             config = self._blob(info.config, info.config_size, tmp / "config", cancel)
-            missing = delivery.missing_layers(self.engine, [layer.digest for layer in info.layers])
             files = {}
             for i in missing:
                 layer = info.layers[i]
                 files[i] = self._layer(layer.pieces, layer.size, tmp / f"layer-{i}", cancel)
             delivery.load_image(self.engine, info.id, config.read_bytes(), files, tmp)
-            got = sum(info.layers[i].size for i in missing) + info.config_size
+            self._record(info.id, got)
             log.info("image %s loaded: %d of %d layers downloaded (%d bytes)", info.id, len(missing), len(info.layers),
                      got)  # fmt: skip
         finally:
+            with self._budget_lock:
+                self._reserved -= got
             shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- the image budget ----------------------------------------------------------------------
+    def _reserve(self, image_id: str, size: int) -> None:
+        """Take ``size`` bytes of the budget for a fetch, or _OverBudget saying why not."""
+        with self._budget_lock:
+            held = self._held() + self._reserved
+            if held + size > self.budget:
+                raise _OverBudget(
+                    f"image {image_id} needs {format_size(size)} downloaded; images fetched from the master take "
+                    f"{format_size(held)} of this volunteer's image budget of {format_size(self.budget)} "
+                    "(image_budget; free room with docker image rm)"
+                )
+            self._reserved += size
+
+    def _held(self) -> int:
+        """Bytes downloaded for the images of the ledger the engine still holds (called under
+        the budget lock); those it no longer holds leave the ledger. An engine that does not
+        answer keeps them all counted."""
+        ledger = self._read_ledger()
+        kept: dict[str, int] = {}
+        for image_id, size in ledger.items():
+            try:
+                self.engine.images.get(image_id)
+            except docker.errors.ImageNotFound:
+                continue
+            except docker.errors.DockerException:
+                pass
+            kept[image_id] = size
+        if kept != ledger:
+            self._write_ledger(kept)
+        return sum(kept.values())
+
+    def _record(self, image_id: str, size: int) -> None:
+        with self._budget_lock:
+            self._write_ledger(self._read_ledger() | {image_id: size})
+
+    def _read_ledger(self) -> dict[str, int]:
+        try:
+            data = json.loads(self._ledger.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring the unreadable image ledger %s: %s", self._ledger, exc)
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+
+    def _write_ledger(self, ledger: dict[str, int]) -> None:
+        tmp = self._ledger.with_suffix(".tmp")
+        tmp.write_text(json.dumps(ledger), encoding="utf-8")
+        os.replace(tmp, self._ledger)
 
     def _layer(self, pieces: list[str], size: int, path: Path, cancel: threading.Event) -> Path:
         with open(path, "wb") as out:
@@ -210,14 +283,16 @@ class Provisioner:
                 with open(part, "rb") as f:
                     shutil.copyfileobj(f, out, 1 << 20)
                 os.unlink(part)
+                if out.tell() > size:  # no more than the layer's announced size is ever taken
+                    raise IntegrityError(str(size), f"more than {size} bytes", "layer length")
         if path.stat().st_size != size:
             raise IntegrityError(str(size), str(path.stat().st_size), "layer length")
         return path
 
     def _blob(self, blob: str, size: int | None, path: Path, cancel: threading.Event) -> Path:
         """Download one blob to ``path`` (resumed by Range when cut off), verified by its xxh3."""
-        with open(path, "w+b") as f:
-            self.master.download(blob, f, cancel=cancel)
+        with open(path, "w+b") as f:  # no piece is larger than PIECE_SIZE, no blob than its size
+            self.master.download(blob, f, cancel=cancel, limit=PIECE_SIZE if size is None else size)
             f.seek(0)
             data = f.read()
         with self._lock:

@@ -6,6 +6,7 @@ has ended, and must leave nothing behind (the container is removed, whatever hap
 """
 
 import errno
+import io
 import os
 import stat
 import threading
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from dockercomp.protocol.messages import ContainerInfo, ErrorKind
+from dockercomp.protocol.quantities import format_size
 
 from .errors import ResultUnreadable
 
@@ -54,6 +56,7 @@ class RunSpec:
     sidecars: tuple[Sidecar, ...] = ()  # the unit's other containers: it ends when the main one exits
     name: str = ""  # with sidecars: the main container's name on the unit's network
     gpus: int = 0  # GPUs for this container (a Docker device request)
+    output_limit: int = 0  # bytes /output may hold on disk; past them the unit is killed (0: unbounded)
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,18 @@ class Runner(ABC):
         return ""
 
 
-def open_result(path: str) -> BinaryIO:
+class ResultTooLarge(ResultUnreadable):
+    """The result is larger than this volunteer takes (``max_result``): the unit's own doing."""
+
+
+def open_result(path: str, limit: int | None = None) -> BinaryIO:
     """Open the /output/result a container wrote: a regular file, never a link it planted to
-    somewhere on this host, never a pipe that would block. ResultUnreadable says why not."""
+    somewhere on this host, never a pipe that would block. ResultUnreadable says why not.
+
+    With ``limit``, a result larger than that many bytes is ResultTooLarge before a byte is
+    read: by its apparent size (a sparse file counts as what it would be once copied) and by
+    the blocks it holds; and reading past ``limit`` (a file that grows while it is copied)
+    raises ResultTooLarge instead of handing out the byte."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
@@ -118,9 +130,47 @@ def open_result(path: str) -> BinaryIO:
             raise ResultUnreadable("/output/result is a symbolic link, not the result itself") from None
         raise ResultUnreadable(f"/output/result cannot be read: {exc.strerror or exc}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise ResultUnreadable("/output/result is not a regular file")
+        if limit is not None:
+            size = max(st.st_size, st.st_blocks * 512)
+            if size > limit:
+                raise ResultTooLarge(_too_large(size, limit))
+            return io.BufferedReader(_Capped(os.fdopen(fd, "rb", buffering=0), limit))
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"/output/result is {format_size(size)} ({size} bytes); this volunteer takes results of at most "
+        f"{format_size(limit)} (max_result)"
+    )
+
+
+class _Capped(io.RawIOBase):
+    """A file read no further than ``limit`` bytes: one more is ResultTooLarge."""
+
+    def __init__(self, raw: io.FileIO, limit: int) -> None:
+        self._raw, self._limit, self._read = raw, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: "memoryview | bytearray") -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")[: self._limit - self._read + 1]
+        n = self._raw.readinto(view) or 0
+        self._read += n
+        if self._read > self._limit:
+            raise ResultTooLarge(
+                f"/output/result grew past {format_size(self._limit)} while it was read; this volunteer takes "
+                f"results of at most {format_size(self._limit)} (max_result)"
+            )
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()

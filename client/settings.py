@@ -125,6 +125,20 @@ class ClientSettings(Settings):
     cache_size: int = setting(
         2 << 30, "bound of the chunk cache, e.g. 2GiB (default 2GiB)", flag="--cache-size", parse=parse_size
     )
+    # bytes: a larger /output/result is refused unread; /output as a whole may hold no more on disk
+    max_result: int = setting(
+        256 << 20,
+        "largest result a unit may leave, and most /output may hold, e.g. 256MiB (default 256MiB)",
+        flag="--max-result",
+        parse=parse_size,
+    )
+    # bytes downloaded for the images fetched from the master that the engine still holds
+    image_budget: int = setting(
+        10 << 30,
+        "disk for images fetched from the master, e.g. 10GiB (default 10GiB); a larger image is refused",
+        flag="--image-budget",
+        parse=parse_size,
+    )
     # bytes; larger outputs are uploaded as blobs before their result
     inline_output: int = setting(1 << 20, "largest output sent inline with its result", parse=parse_size)
     # after a first stop, running units get this long to finish before release
@@ -250,6 +264,10 @@ class ClientSettings(Settings):
             raise SettingsError(f"gpus must be from 0 to {MAX_GPUS}, got {self.gpus}")
         if self.cache_size < 1 << 20:
             raise SettingsError(f"cache_size must be at least 1MiB, got {format_size(self.cache_size)}")
+        if self.max_result < 1 << 10:
+            raise SettingsError(f"max_result must be at least 1KiB, got {format_size(self.max_result)}")
+        if self.image_budget < 1 << 20:
+            raise SettingsError(f"image_budget must be at least 1MiB, got {format_size(self.image_budget)}")
         for name in ("request_timeout", "backoff_base", "backoff_max", "status_interval"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be greater than 0")

@@ -3,7 +3,8 @@
 The daemon rewrites ``WORK_DIR/status.json`` atomically every few seconds and on every
 change, so the status view needs no connection to the daemon and works while it is stuck
 or after it has died (it then says so). Whether a daemon uses a work directory now is told
-by its lock, not by the status file (``daemon_running``).
+by its lock, not by the status file (``daemon_running``). Much of it comes from the master
+(ids, job names, images, its error texts): every line is shown without control characters.
 """
 
 import fcntl
@@ -13,6 +14,7 @@ import time
 from typing import Any
 
 from dockercomp.protocol.quantities import format_size
+from dockercomp.protocol.transport import printable
 
 FILE = "status.json"
 
@@ -112,7 +114,7 @@ def render(data: dict[str, Any], now: float | None = None) -> str:
         f" in {cache.get('files', 0)} chunk(s)",
         "done     " + (", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "nothing yet"),
     ]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def _master_state(data: dict[str, Any]) -> str:
@@ -131,5 +133,6 @@ def _ago(seconds: float) -> str:
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    rows = [tuple(printable(c) for c in r) for r in rows]  # widths of what is shown
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]

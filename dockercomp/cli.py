@@ -15,6 +15,7 @@ from typing import Any
 from dockercomp import resources
 from dockercomp.client.settings import ClientSettings
 from dockercomp.protocol.errors import ProtocolError
+from dockercomp.protocol.transport import printable
 from dockercomp.scientist import MasterError, Scientist, default_server, read_jobfile
 from dockercomp.server.settings import ServerSettings
 from dockercomp.settings import SettingsError, add_flags, flag_values, load_settings
@@ -43,14 +44,22 @@ def _require(extra: str) -> None:
         raise MissingExtra(f"this command needs {', '.join(missing)}: pip install 'dockercomp[{extra}]'")
 
 
+class PrintableFormatter(logging.Formatter):
+    """Log lines fit for a terminal: what a master sent (an image, an id, an error) and got
+    into a line can neither repaint the terminal nor forge another line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
+        record.msg, record.args = printable(record.getMessage()), None  # one line, whatever it holds
+        return super().format(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     try:
         return args.run(args) or 0
     except (UsageError, ProtocolError, SettingsError) as exc:
@@ -428,8 +437,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_clients(args: argparse.Namespace) -> int:
     clients = _scientist(args).clients()
     rows = [
-        (c["id"], c["name"], "online" if c["online"] else "offline", f"{c['busy']}/{c['slots']}",
-         str(c["valid"]), str(c["errors"]), f"{c['reliability']:.2f}")
+        (c["id"], c["name"], "quarantined" if c.get("quarantined") else "online" if c["online"] else "offline",
+         f"{c['busy']}/{c['slots']}", str(c["valid"]), str(c["errors"]), f"{c['reliability']:.2f}")
         for c in clients
     ]  # fmt: skip
     _print(
@@ -615,7 +624,9 @@ def cmd_workloads_run(args: argparse.Namespace) -> int:
 
 
 def _print(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data) if getattr(args, "json", False) else text)
+    """JSON (its strings escaped: no control character reaches the terminal) or ``text``,
+    which holds what the master said: shown without its control characters."""
+    print(json.dumps(data) if getattr(args, "json", False) else printable(text, lines=True))
 
 
 def _status_json(status: dict[str, Any]) -> dict[str, Any]:
@@ -627,10 +638,12 @@ def _status_line(status: dict[str, Any]) -> str:
     drmaa2 = f" (DRMAA2 {status['drmaa2']})" if status.get("drmaa2") else ""
     line = f"job {status['job']} ({status.get('name', '')}): {status['state']}{drmaa2}; units: {units or 'none'}"
     why = status.get("unrunnable")
-    return f"{line}\nwaiting: {why['message']}" if why else line
+    line = printable(line)  # each line on its own: the master's newlines forge none
+    return f"{line}\nwaiting: {printable(why['message'])}" if why else line
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> str:
+    rows = [tuple(printable(c) for c in r) for r in rows]  # cells from the master, one line each
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join(
         "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]

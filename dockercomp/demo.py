@@ -3,7 +3,7 @@
 It checks that a Docker engine answers, builds the wordfreq image offline, starts a master,
 pushes the image to it and signs it with a project key made for the demo, and starts two
 volunteer client daemons (each a process of its own, with its own work directory, enrolled
-with a volunteer token and trusting only the project key; as root the first one runs on an
+with a volunteer token of its own and trusting only the project key; as root the first one runs on an
 empty Docker engine of its own, so it gets the image from the master). It writes a sample
 text, submits the wordfreq job with every unit computed by both volunteers (replicas 2,
 quorum 2), follows it, downloads the result and checks it against a count made here in one
@@ -227,17 +227,17 @@ class Demo:
     def start_daemons(self) -> None:
         from dockercomp.engines import EngineUnavailable, empty_engine
 
-        step("starting two volunteer client daemons (1 slot each), enrolled with a volunteer token")
+        step("starting two volunteer client daemons (1 slot each), each enrolled with its volunteer's token")
         config = self.root / "client.toml"
         config.write_text(CLIENT_CONFIG)
-        enroll = self.scientist.create_key("demo-volunteers", "volunteer")["token"]
         try:
             self.engine_urls["volunteer-1"] = self.engines.enter_context(empty_engine(self.root / "engine-1"))
             say("volunteer-1 runs on an empty Docker engine of its own: it gets the image from the master")
         except EngineUnavailable as exc:
             say(f"both volunteers share this machine's engine ({exc})")
-        for n in (1, 2):
+        for n in (1, 2):  # two volunteers: replicas never go to two machines of one account
             name = f"volunteer-{n}"
+            enroll = self.scientist.create_key(f"demo-{name}", "volunteer")["token"]
             args = ["client", "--server", self.url, "--work-dir", str(self.root / name), "--slots", "1"]
             args += ["--name", name, "--memory", "1GiB", "--config", str(config), "--enroll", enroll]
             args += ["--trust", f"{self.key}.pub"]

@@ -15,7 +15,14 @@ from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.images import PIECE_SIZE
 from dockercomp.protocol.integrity import digest
 from dockercomp.protocol.jobfile import JobSpec, parse_jobfile
-from dockercomp.protocol.transport import Transport, ca_problem, certificate_problem, error_message, plain_http_refusal
+from dockercomp.protocol.transport import (
+    Transport,
+    ca_problem,
+    certificate_problem,
+    error_message,
+    plain_http_refusal,
+    printable,
+)
 
 TERMINAL_JOB = ("done", "failed", "cancelled")
 
@@ -92,8 +99,10 @@ class Scientist(Transport):
         return self.url
 
     def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One request; a refusal, a failure or a redirect (never followed: the token would
+        go with it) is a MasterError whose text from the master has no control characters."""
         try:
-            response = self.request(method, path, **kwargs)
+            response = self.request(method, path, allow_redirects=False, **kwargs)
         except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL):
             message = f"{self.server} is not a master URL such as http://127.0.0.1:8080"
             raise MasterError(message, bad_input=True) from None
@@ -104,8 +113,15 @@ class Scientist(Transport):
             raise MasterError(self.certificate_refused(why)) from None
         except requests.RequestException as exc:
             raise MasterError(f"cannot reach the master at {self.server}: {exc.__class__.__name__}") from None
+        if 300 <= response.status_code < 400:
+            response.close()
+            target = printable(response.headers.get("Location", ""))[:200] or "another address"
+            raise MasterError(
+                f"the master at {self.server} redirected {method} {printable(path)} to {target} "
+                f"(HTTP {response.status_code}); redirects are not followed: give the master's own URL with --server"
+            )
         if response.status_code >= 400:
-            message = error_message(response)
+            message = printable(error_message(response))
             if response.status_code == 401:
                 message += "; give a token with --token or $DOCKERCOMP_TOKEN"
             raise MasterError(

@@ -2,18 +2,36 @@
 
 Every message knows how to turn itself into plain data (``to_wire``) and how to be built
 from untrusted plain data (``from_wire``), which checks every field's type against the
-annotations and raises ProtocolError naming the field to fix.
+annotations and raises ProtocolError naming the field to fix. It bounds them too: every
+string's length and every list's or map's entries, by the class's ``caps`` table (``Cap``; a
+field it does not name gets ``DEFAULT_CAP``), so no message a peer sends can grow without end.
 """
 
 import dataclasses
+import functools
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Self, get_type_hints
 
 from .errors import ProtocolError
-from .limits import INT64_MAX, INT64_MIN
+from .jobfile import MAX_CONTAINERS
+from .limits import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_ARG,
+    MAX_BATCH,
+    MAX_IMAGES,
+    MAX_INPUTS,
+    MAX_ITEMS,
+    MAX_LEASE,
+    MAX_SLOTS,
+    MAX_STR,
+    MAX_URL,
+    STDERR_TAIL,
+)
 
 API = "/api/v1"
 
@@ -47,26 +65,48 @@ class UnitKind(StrEnum):
     REDUCE = "reduce"  # the job's reduce command over every map unit's output, once they are done
 
 
+@dataclass(frozen=True)
+class Cap:
+    """The bounds of one field: the characters of each string in it (a map's values; its keys
+    have ``keys``), and the entries of each list or map in it. Bytes are bounded by the body."""
+
+    length: int = MAX_STR
+    items: int = MAX_ITEMS
+    keys: int = MAX_STR
+
+
+DEFAULT_CAP = Cap()
+_Table = tuple[dict[str, Any], dict[str, dataclasses.Field[Any]], dict[str, Cap]]
+
+
+@functools.cache
+def _key_cap(length: int) -> Cap:
+    return Cap(length=length)
+
+
 class Message:
     """Base of all wire messages: typed construction from untrusted data."""
 
-    _tables: ClassVar[dict[type, tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]]] = {}
+    caps: ClassVar[Mapping[str, Cap]] = {}
+    """A field's bounds where DEFAULT_CAP is not enough (or too much)."""
+    _tables: ClassVar[dict[type, _Table]] = {}
 
     @classmethod
-    def _table(cls) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
-        """The class's type hints and fields by name, looked up once: the introspection costs
-        more than checking a message."""
+    def _table(cls) -> _Table:
+        """The class's type hints, fields and caps by name, looked up once: the introspection
+        costs more than checking a message."""
         table = Message._tables.get(cls)
         if table is None:
             fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-            table = Message._tables[cls] = (get_type_hints(cls), fields)
+            caps = {name: cls.caps.get(name, DEFAULT_CAP) for name in fields}
+            table = Message._tables[cls] = (get_type_hints(cls), fields, caps)
         return table
 
     @classmethod
     def from_wire(cls, data: object, where: str = "") -> Self:
         if not isinstance(data, dict):
             raise ProtocolError(f"{where or cls.__name__} must be a map, got {_kind(data)}")
-        hints, known = cls._table()
+        hints, known, caps = cls._table()
         unknown = data.keys() - known.keys()
         if unknown:
             names = ", ".join(sorted(map(str, unknown)))[:120]
@@ -75,7 +115,7 @@ class Message:
         for name, f in known.items():
             path = f"{where}.{name}" if where else name
             if name in data:
-                values[name] = _coerce(data[name], hints[name], path)
+                values[name] = _coerce(data[name], hints[name], path, caps[name])
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ProtocolError(f"missing field {path}")
         try:
@@ -87,6 +127,10 @@ class Message:
 
     def to_wire(self) -> dict[str, Any]:
         return {name: _plain(getattr(self, name)) for name in self._table()[1]}
+
+
+COMMAND = Cap(length=MAX_ARG, items=MAX_ITEMS)  # a command's arguments, an env's values: what exec takes
+MAX_CONTAINERS_LISTED = MAX_SLOTS * MAX_CONTAINERS  # every slot busy with a unit of the most containers
 
 
 _SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
@@ -108,7 +152,7 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
-def _coerce(value: Any, hint: Any, path: str) -> Any:
+def _coerce(value: Any, hint: Any, path: str, cap: Cap = DEFAULT_CAP) -> Any:
     # plain types first: they are most fields, and need no typing introspection
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
@@ -123,7 +167,13 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
                 raise ProtocolError(f"{path} must be a signed 64-bit integer, got one of {value.bit_length()} bits")
             return value
         raise ProtocolError(f"{path} must be an integer, got {_kind(value)}")
-    if hint in (str, bytes, bool):
+    if hint is str:
+        if type(value) is str:
+            if len(value) > cap.length:
+                raise ProtocolError(f"{path} is {len(value)} characters long; at most {cap.length} are accepted")
+            return value
+        raise ProtocolError(f"{path} must be str, got {_kind(value)}")
+    if hint in (bytes, bool):
         if type(value) is hint:
             return value
         raise ProtocolError(f"{path} must be {hint.__name__}, got {_kind(value)}")
@@ -137,20 +187,28 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, path)
+                return _coerce(value, option, path, cap)
             except ProtocolError as exc:
                 errors.append(str(exc))
         raise ProtocolError(errors[0] if len(errors) == 1 else f"{path} has the wrong type ({_kind(value)})")
     if origin is list:
         if not isinstance(value, list):
             raise ProtocolError(f"{path} must be a list, got {_kind(value)}")
+        if len(value) > cap.items:
+            raise ProtocolError(f"{path} has {len(value)} entries; at most {cap.items} are accepted, send fewer")
         (item,) = typing.get_args(hint)
-        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(v, item, f"{path}[{i}]", cap) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ProtocolError(f"{path} must be a map, got {_kind(value)}")
+        if len(value) > cap.items:
+            raise ProtocolError(f"{path} has {len(value)} entries; at most {cap.items} are accepted, send fewer")
         key_t, val_t = typing.get_args(hint)
-        return {_coerce(k, key_t, f"{path} key"): _coerce(v, val_t, f"{path}[{k!r}]") for k, v in value.items()}
+        key_cap = _key_cap(cap.keys)
+        return {
+            _coerce(k, key_t, f"{path} key", key_cap): _coerce(v, val_t, f"{path}[{k!r:.40}]", cap)
+            for k, v in value.items()
+        }
     if hint is Any:
         return value
     if isinstance(hint, type) and issubclass(hint, Message):
@@ -214,6 +272,8 @@ class ContainerInfo(Message):
 
 @dataclass(frozen=True)
 class Heartbeat(Message):
+    caps: ClassVar[Mapping[str, Cap]] = {"containers": Cap(items=MAX_CONTAINERS_LISTED)}
+
     slots: int
     busy: int = 0
     containers: list[ContainerInfo] = field(default_factory=list)
@@ -243,6 +303,8 @@ class Command(Message):
 
 @dataclass(frozen=True)
 class HeartbeatReply(Message):
+    caps: ClassVar[Mapping[str, Cap]] = {"commands": Cap(items=MAX_CONTAINERS_LISTED)}
+
     commands: list[Command] = field(default_factory=list)
     interval: float = 10.0
 
@@ -253,6 +315,8 @@ class HeartbeatReply(Message):
 @dataclass(frozen=True)
 class LeaseRequest(Message):
     """What a client asks for: up to ``max_units`` units that fit in what it has free."""
+
+    caps: ClassVar[Mapping[str, Cap]] = {"images": Cap(items=MAX_IMAGES)}
 
     max_units: int
     cpus: float = 1.0
@@ -266,6 +330,8 @@ class LeaseRequest(Message):
 class InputRef(Message):
     """One input file of a unit: placed at /input/<name>, fetched from <url>, verified by hash."""
 
+    caps: ClassVar[Mapping[str, Cap]] = {"url": Cap(length=MAX_URL)}
+
     name: str
     hash: str
     size: int
@@ -278,6 +344,8 @@ class ContainerSpec(Message):
     container on the unit's private network, where it is reachable by ``name``. It has the
     grant's cpu and memory limits, and none of the unit's files."""
 
+    caps: ClassVar[Mapping[str, Cap]] = {"command": COMMAND, "env": COMMAND}
+
     name: str
     image: str
     command: list[str] = field(default_factory=list)  # empty: the image's own
@@ -287,6 +355,13 @@ class ContainerSpec(Message):
 @dataclass(frozen=True)
 class Grant(Message):
     """One leased attempt: everything a client needs to run one unit."""
+
+    caps: ClassVar[Mapping[str, Cap]] = {
+        "command": COMMAND,
+        "env": COMMAND,
+        "inputs": Cap(items=MAX_INPUTS),
+        "sidecars": Cap(items=MAX_CONTAINERS),
+    }
 
     attempt: str
     job: str
@@ -318,6 +393,8 @@ class Grant(Message):
 
 @dataclass(frozen=True)
 class LeaseReply(Message):
+    caps: ClassVar[Mapping[str, Cap]] = {"attempts": Cap(items=MAX_LEASE)}
+
     attempts: list[Grant]
     retry_after: float = 0.0
 
@@ -329,6 +406,8 @@ class LeaseReply(Message):
 class ResultReport(Message):
     """The outcome of one attempt. A success carries its output hash, and the output bytes
     inline unless they were uploaded as a blob first."""
+
+    caps: ClassVar[Mapping[str, Cap]] = {"stderr_tail": Cap(length=STDERR_TAIL)}
 
     attempt: str
     status: ResultStatus
@@ -355,12 +434,16 @@ class ResultReport(Message):
 
 @dataclass(frozen=True)
 class ResultBatch(Message):
+    caps: ClassVar[Mapping[str, Cap]] = {"results": Cap(items=MAX_BATCH)}
+
     results: list[ResultReport]
 
 
 @dataclass(frozen=True)
 class Ack(Message):
     """The master's answer to one result or release: taken, or refused with the reason."""
+
+    caps: ClassVar[Mapping[str, Cap]] = {"reason": Cap(length=4096)}
 
     attempt: str
     accepted: bool
@@ -369,9 +452,13 @@ class Ack(Message):
 
 @dataclass(frozen=True)
 class AckBatch(Message):
+    caps: ClassVar[Mapping[str, Cap]] = {"acks": Cap(items=MAX_BATCH)}
+
     acks: list[Ack]
 
 
 @dataclass(frozen=True)
 class ReleaseRequest(Message):
+    caps: ClassVar[Mapping[str, Cap]] = {"attempts": Cap(items=MAX_BATCH)}
+
     attempts: list[str]

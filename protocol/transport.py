@@ -11,6 +11,7 @@ scientist's CLI reports at once; both read a refusal's reason with ``error_messa
 
 import ipaddress
 import os
+import re
 import ssl
 import threading
 from collections.abc import Mapping
@@ -87,6 +88,23 @@ def error_message(response: requests.Response) -> str:
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return str(body["error"])
     return (response.text or response.reason or "").strip()[:200]
+
+
+# Escape sequences whole (CSI: colours, cursor moves, erasing; OSC/DCS/APC...: window titles,
+# links, up to their terminator; any other ESC pair), then every control character left.
+_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]?|[\]PX^_][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?|[ -/]*[0-~]?)")
+_CONTROLS = [*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_ONE_LINE = dict.fromkeys(_CONTROLS) | {9: " ", 10: " ", 13: " "}
+_LINES = dict.fromkeys(_CONTROLS) | {9: "\t", 10: "\n"}
+
+
+def printable(text: object, *, lines: bool = False) -> str:
+    """``text`` from a master (an error, a job's name, an image, an id), fit for a volunteer's
+    or scientist's terminal and for a log: escape sequences, control characters (C0, DEL, C1)
+    and bidirectional overrides removed, so a master can neither repaint the terminal nor
+    forge a line of a log. Tabs and newlines become spaces, unless ``lines`` (a multi-line
+    text) keeps them."""
+    return _ESCAPE.sub("", str(text)).translate(_LINES if lines else _ONE_LINE)
 
 
 class Transport:

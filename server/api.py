@@ -3,11 +3,13 @@ release, and blobs by hash with Range and ETag."""
 
 import dataclasses
 import math
+import os
 import re
 
-from dockercomp.protocol.errors import ProtocolError
+from dockercomp.protocol.errors import IntegrityError, ProtocolError
 from dockercomp.protocol.integrity import check_hash, verify
-from dockercomp.protocol.limits import MAX_BATCH, MAX_SLOTS, MIN_SLOTS, NAME_RE
+from dockercomp.protocol.jobfile import MAX_CONTAINERS
+from dockercomp.protocol.limits import INT64_MAX, MAX_BATCH, MAX_INT_DIGITS, MAX_LEASE, MAX_SLOTS, MIN_SLOTS, NAME_RE
 from dockercomp.protocol.messages import (
     Ack,
     AckBatch,
@@ -24,12 +26,15 @@ from dockercomp.protocol.messages import (
     ResultStatus,
 )
 
-from .auth import Role, new_token, token_hash
+from .auth import STRANGER, Role, network_of, new_token, token_hash
+from .blobs import Upload
 from .errors import BadRequest, Forbidden, NotFound, RangeNotSatisfiable, Unauthorized
-from .handlers import BaseHandler
+from .handlers import BaseHandler, too_many
+from .models import Client
 from .store.base import new_id
 
 SLICE = 1 << 20
+PREFETCH_FACTOR = 2  # a lease asks for at most the client's slots, and a prefetched batch of as many
 
 
 class RegisterHandler(BaseHandler):
@@ -45,13 +50,16 @@ class RegisterHandler(BaseHandler):
         elif self.caller.role != Role.ANONYMOUS:
             raise Forbidden(f"a {self.caller.role} token may not register a machine; use a volunteer token")
         elif settings.open_enrollment:
-            account = f"open-{new_id(8)}"
+            account = f"{STRANGER}{new_id(8)}"
         else:
             raise Unauthorized("this master enrolls volunteers by token: ask its operator for one (--enroll TOKEN)")
         if not NAME_RE.fullmatch(req.name):
             raise BadRequest("name must be 1-128 printable characters")
         if not MIN_SLOTS <= req.slots <= MAX_SLOTS:
             raise BadRequest(f"slots must be from {MIN_SLOTS} to {MAX_SLOTS}")
+        wait = self.master.registrations.take(self.request.remote_ip or "", self.master.now())
+        if wait:  # counted once the request is sound: each one makes a client and a key
+            raise too_many("machines registered", wait)
         token = new_token()
         client = await self.master.store.register_client(
             req.name, req.slots, req.host, self.master.now(), account, token_hash(token)
@@ -63,10 +71,17 @@ class HeartbeatHandler(BaseHandler):
     async def post(self) -> None:
         client_id = self.client_id()
         beat = self.decode(Heartbeat)
-        if not 0 <= beat.slots <= MAX_SLOTS or len(beat.containers) > MAX_SLOTS:
-            raise BadRequest(f"slots must be from 0 to {MAX_SLOTS}, with at most {MAX_SLOTS} containers")
+        if not 0 <= beat.slots <= MAX_SLOTS:
+            raise BadRequest(f"slots must be from 0 to {MAX_SLOTS}")
+        if len(beat.containers) > max(beat.slots, 1) * MAX_CONTAINERS:  # each unit may have several containers
+            raise BadRequest(
+                f"{len(beat.containers)} containers listed, more than {MAX_CONTAINERS} for each of its "
+                f"{beat.slots} slots; list only the containers this client runs for the master"
+            )
         if not 0 <= beat.busy <= MAX_SLOTS:
             raise BadRequest(f"busy must be from 0 to {MAX_SLOTS}")
+        if not all(x >= 0 for x in (beat.memory, beat.gpus, beat.disk)):
+            raise BadRequest("memory, gpus and disk must not be negative (0: not said)")
         for i, c in enumerate(beat.containers):
             # shown to operators as JSON, which has no infinity
             if not all(math.isfinite(x) and x >= 0 for x in (c.cpus, c.started_at, c.cpu_percent or 0.0)):
@@ -80,13 +95,28 @@ class LeaseHandler(BaseHandler):
     async def post(self) -> None:
         client_id = self.client_id()
         req = self.decode(LeaseRequest)
-        if not 0 <= req.max_units <= 1000:
-            raise BadRequest("max_units must be from 0 to 1000")
-        if req.cpus < 0 or req.memory < 0:
-            raise BadRequest("cpus and memory must not be negative")
+        if not 0 <= req.max_units <= MAX_LEASE:
+            raise BadRequest(f"max_units must be from 0 to {MAX_LEASE}")
+        if not (req.cpus >= 0 and req.memory >= 0 and req.gpus >= 0 and req.disk >= 0):
+            raise BadRequest("cpus, memory, gpus and disk must not be negative")
         master = self.master
-        grants = await master.store.lease(client_id, req, master.now(), master.settings.lease_policy)
+        req = clamp(req, await master.store.get_client(client_id))
+        policy, network = master.settings.lease_policy, network_of(self.request.remote_ip)
+        grants = await master.store.lease(client_id, req, master.now(), policy, network)
         self.reply(LeaseReply(grants, 0.0 if grants else master.settings.heartbeat_interval))
+
+
+def clamp(req: LeaseRequest, client: Client) -> LeaseRequest:
+    """The request within what the client's machine has, as it registered and last heartbeat
+    said: no more cpus than its slots (a core each) and one prefetched batch of as many (what
+    the daemon asks for while every slot is busy); no more memory than it donates or its host
+    has, where it said. A client cannot lease more than it could run by asking for it."""
+    cpus = min(req.cpus, float(PREFETCH_FACTOR * max(client.slots, 1)))
+    memory = req.memory
+    for known in (client.memory, client.host.memory):
+        if known > 0:
+            memory = min(memory, known)
+    return dataclasses.replace(req, cpus=cpus, memory=memory)
 
 
 class ResultsHandler(BaseHandler):
@@ -169,10 +199,41 @@ class BlobHandler(BaseHandler):
             await self.flush()
         self.finish()
 
+    # an upload is streamed to a file and hashed as it arrives (blobs.Upload), never held in memory
+    upload: Upload | None = None
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self.request.method == "PUT":
+            try:
+                check_hash(self.path_args[0], "blob hash")
+            except ProtocolError:
+                self._prepared = False  # refused before its body was read: the reply closes the connection
+                raise
+            self.upload = Upload(os.path.join(self.master.settings.data_path, "uploads"))
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.upload is None:
+            super().data_received(chunk)
+        else:
+            self.upload.write(chunk)
+
     async def put(self, blob: str) -> None:
-        verify(self.body, check_hash(blob, "blob hash"), "uploaded blob")
-        await self.master.blobs.put(self.body)
-        self.reply({"hash": blob, "size": len(self.body)}, status=201)
+        assert self.upload is not None
+        actual = self.upload.hexdigest()
+        if actual != blob:
+            raise IntegrityError(blob, actual, "uploaded blob")
+        size = self.upload.size
+        await self.upload.store(self.master.blobs, blob)
+        self.reply({"hash": blob, "size": size}, status=201)
+
+    def on_finish(self) -> None:
+        if self.upload is not None:
+            self.upload.discard()
+
+    def on_connection_close(self) -> None:  # the uploader went away (or its body timed out)
+        if self.upload is not None:
+            self.upload.discard()
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -182,15 +243,21 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     match = re.fullmatch(r"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*", header)
     if not match or not (match.group(1) or match.group(2)):
         return None
-    first, last = match.groups()
-    if first and last and int(last) < int(first):
+    first, last = (_position(g) if g else None for g in match.groups())
+    if first is not None and last is not None and last < first:
         return None
-    if not first:
-        length = int(last)
-        if not length or not size:
+    if first is None:
+        assert last is not None
+        if not last or not size:
             raise RangeNotSatisfiable(f"range {header!r:.60} asks for no bytes of a {size}-byte blob", size)
-        return max(0, size - length), size
-    start = int(first)
-    if start >= size:
+        return max(0, size - last), size
+    if first >= size:
         raise RangeNotSatisfiable(f"range {header!r:.60} starts past the end of a {size}-byte blob", size)
-    return start, min(size, int(last) + 1) if last else size
+    return first, min(size, last + 1) if last is not None else size
+
+
+def _position(digits: str) -> int:
+    """A byte position of a Range: any number past an int64 is as good as the end of every blob
+    (and is never parsed: Python refuses to parse a few thousand digits)."""
+    digits = digits.lstrip("0") or "0"
+    return INT64_MAX if len(digits) > MAX_INT_DIGITS else min(int(digits), INT64_MAX)

@@ -10,10 +10,10 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from . import api, dashboard, events, images, install, keys, scientist
+from . import api, dashboard, events, images, install, keys, openapi, scientist
 from .auth import OPERATOR_KEY, Key, Role, new_token, token_hash
 from .errors import Conflict, NotFound
-from .handlers import BaseHandler, Master
+from .handlers import BaseHandler, Master, RedactingFilter
 from .settings import ServerSettings
 from .store import open_store
 
@@ -48,6 +48,7 @@ ENROLLING = frozenset({Role.VOLUNTEER, Role.ANONYMOUS})  # anonymous only with -
 # their own jobs (the handlers answer 404 for another's); the operator sees everything.
 ROUTES: list[tuple[str, type[BaseHandler], dict[str, frozenset[Role]]]] = [
     (rf"{V1}/health", HealthHandler, {"GET": ANYONE}),
+    (rf"{V1}/openapi\.json", openapi.OpenAPIHandler, {"GET": ANYONE}),  # this table as OpenAPI 3.1
     # the client protocol: registration by a volunteer account (anyone, with open enrollment)
     (rf"{V1}/clients/register", api.RegisterHandler, {"POST": ENROLLING}),
     (rf"{V1}/clients/heartbeat", api.HeartbeatHandler, {"POST": MACHINES}),
@@ -57,7 +58,8 @@ ROUTES: list[tuple[str, type[BaseHandler], dict[str, frozenset[Role]]]] = [
     (rf"{V1}/blobs/{HASH}", api.BlobHandler, {"GET": KNOWN, "HEAD": KNOWN, "PUT": KNOWN}),
     # images: pushed and signed by people, fetched by machines
     (rf"{V1}/images", images.ImagesHandler, {"GET": PEOPLE, "POST": PEOPLE}),
-    (rf"{V1}/images/(sha256:[0-9a-f]{{64}})/signatures", images.SignaturesHandler, {"POST": PEOPLE}),
+    # the colon as sent, or percent-encoded (%3A) as generic clients send it (Tornado decodes the argument)
+    (rf"{V1}/images/(sha256(?::|%3[Aa])[0-9a-f]{{64}})/signatures", images.SignaturesHandler, {"POST": PEOPLE}),
     (rf"{V1}/images/{IMAGE}", images.ImageHandler, {"GET": KNOWN}),
     (rf"{V1}/layers/{IMAGE}", images.LayerHandler, {"GET": KNOWN, "PUT": PEOPLE}),
     (rf"{V1}/signers/{HASH}", images.SignerHandler, {"GET": ANYONE}),
@@ -91,7 +93,7 @@ def make_app(master: Master) -> Application:
         (path, handler, {"master": master, "access": access} | feeds(handler)) for path, handler, access in ROUTES
     ]
     return Application(
-        handlers + dashboard.pages(),
+        handlers + dashboard.pages(master),
         default_handler_class=NotFoundHandler,
         default_handler_args={"master": master},
         compress_response=False,
@@ -152,6 +154,14 @@ async def first_operator_token(master: Master) -> None:
     print(f"operator token (shown once; also in {path}):\n{token}", flush=True)
 
 
+def redact_logs() -> None:
+    """Every log handler of this process passes records through RedactingFilter: no token
+    reaches a log line, whoever logs it (our modules, tornado's access and error logs)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
 async def serve(settings: ServerSettings, ready: asyncio.Event | None = None) -> None:
     """Run a master until SIGTERM or SIGINT."""
     tls = tls_context(settings)  # before anything is opened: a bad certificate stops the start
@@ -160,9 +170,11 @@ async def serve(settings: ServerSettings, ready: asyncio.Event | None = None) ->
     store.events.subscribe(events.log_event)
     master = Master(settings, store, blobs)
     await first_operator_token(master)
+    redact_logs()
     server = HTTPServer(
-        make_app(master), max_body_size=settings.max_body, ssl_options=tls, xheaders=settings.behind_proxy
-    )
+        make_app(master), max_body_size=settings.max_body, ssl_options=tls, xheaders=settings.behind_proxy,
+        idle_connection_timeout=settings.idle_timeout, body_timeout=settings.body_timeout,
+    )  # fmt: skip
     sockets = bind_sockets(settings.port, settings.host)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]

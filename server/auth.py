@@ -13,6 +13,7 @@ the caller is.
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ TOKEN_BYTES = 32
 TOKEN_PREFIX = "dct_"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 OPERATOR_KEY = "operator"  # the key a master makes on its first start
+STRANGER = "open-"  # the accounts open enrollment makes, one per machine (no key is named so)
 
 
 class Role(StrEnum):
@@ -96,7 +98,31 @@ def token_hash(token: str) -> str:
 def check_name(name: object) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ValueError("a key name is 1-64 letters, digits and _.@- starting with a letter or digit")
+    if is_stranger(name):
+        raise ValueError(f"key names starting with {STRANGER!r} are kept for the machines of open enrollment")
     return name
+
+
+def network_of(address: str | None) -> str:
+    """The network a caller calls from, as replicas tell hosts apart (lifecycle.Holder): its
+    IPv4 address, or its IPv6 /64 (one host may have a whole /64); "" for the master's own
+    machine (loopback: the operator's own clients) or an address that cannot be read."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def is_stranger(account: str) -> bool:
+    """Whether an account is one open enrollment made: anyone can have any number of them."""
+    return account.startswith(STRANGER)
 
 
 def caller_of(key: Key | None, token: str, now: float) -> Caller:

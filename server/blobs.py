@@ -4,9 +4,12 @@ A blob is written once and never changes, so any number of masters can share a b
 replicas' identical outputs are kept once, and a client can cache by hash.
 """
 
+import contextlib
 import os
 import tempfile
 from abc import ABC, abstractmethod
+
+import xxhash
 
 from dockercomp.protocol.integrity import check_hash, digest
 
@@ -25,6 +28,16 @@ class BlobStore(ABC):
     @abstractmethod
     async def read(self, blob: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes ``start`` to ``end`` (exclusive) of a blob; NotFound when it is not stored."""
+
+    async def put_file(self, path: str, blob: str) -> None:
+        """Store the file at ``path``, which hashes to ``blob`` (an ``Upload`` checked it); the
+        file is the store's then, to move or delete. This default reads it whole and ``put``s
+        it; a backend that can take a file as it is (DirectoryBlobStore moves it) overrides it."""
+        try:
+            with open(path, "rb") as f:
+                await self.put(f.read())
+        finally:
+            os.unlink(path)
 
     async def put_many(self, blobs: list[bytes]) -> list[str]:
         """Store several blobs (a result batch's outputs); a backend may write them in one go."""
@@ -68,6 +81,19 @@ class DirectoryBlobStore(BlobStore):
             raise
         return blob
 
+    async def put_file(self, path: str, blob: str) -> None:
+        target = self._path(blob)
+        if os.path.exists(target):
+            os.unlink(path)
+            return
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            os.replace(path, target)  # the same file system (see Upload): a rename, no copy
+        except OSError:  # another file system after all: copy, then rename into place
+            with open(path, "rb") as f:
+                await self.put(f.read())
+            os.unlink(path)
+
     async def read(self, blob: str, start: int = 0, end: int | None = None) -> bytes:
         try:
             with open(self._path(blob), "rb") as f:
@@ -75,3 +101,38 @@ class DirectoryBlobStore(BlobStore):
                 return f.read(-1 if end is None else max(0, end - start))
         except FileNotFoundError:
             raise NotFound(f"no blob {blob}") from None
+
+
+class Upload:
+    """A blob arriving in pieces (a streamed request body): each piece is written to a
+    temporary file and hashed as it comes, so a master holds none of it in memory however
+    many uploads are under way. ``store`` hands the file, once checked, to a blob store."""
+
+    def __init__(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        fd, self.path = tempfile.mkstemp(dir=directory, prefix=".upload-")
+        self._file = os.fdopen(fd, "wb")
+        self._hasher = xxhash.xxh3_128()
+        self.size = 0
+
+    def write(self, piece: bytes) -> None:
+        self._file.write(piece)
+        self._hasher.update(piece)
+        self.size += len(piece)
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
+
+    async def store(self, blobs: BlobStore, blob: str) -> None:
+        """Give the file to ``blobs`` as ``blob`` (the caller checked the hash)."""
+        self._file.close()
+        path, self.path = self.path, ""
+        await blobs.put_file(path, blob)
+
+    def discard(self) -> None:
+        """Remove the file (a refused, broken or abandoned upload); harmless twice."""
+        self._file.close()
+        if self.path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.path = ""

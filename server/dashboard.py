@@ -25,8 +25,8 @@ from tornado.web import StaticFileHandler
 from dockercomp import resources
 
 from .auth import Caller, Role
-from .errors import BadRequest, NotFound
-from .handlers import COOKIE, Access, BaseHandler, Master
+from .errors import BadRequest, MisdirectedRequest, NotFound
+from .handlers import COOKIE, SECURITY_HEADERS, Access, BaseHandler, Master, check_host
 from .lifecycle import VERBS, JobState, Verb, drmaa2_state, started
 from .models import Job, Tally
 from .store.base import ZERO_COUNTS
@@ -41,6 +41,12 @@ POLL_INTERVAL = 1.0
 KEEPALIVE = 15.0
 MAX_JOBS = 100
 OPEN_STATES = ("ready", "running", "suspended")
+# the page loads its own scripts and styles only (dashboard/index.html), talks only to this
+# master, and sets style attributes (the progress bars' widths) from its own script
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 View = str | None
@@ -84,8 +90,8 @@ async def snapshots(master: Master, views: Iterable[View]) -> dict[View, dict[st
     overview and the series are the whole master's (counts that name no one)."""
     store = master.store
     now = master.now()
-    online_after = now - master.settings.online_window
-    clients = [c.to_json(online_after) for c in await store.list_clients()]
+    online_after, policy = now - master.settings.online_window, master.settings.lease_policy
+    clients = [c.to_json(online_after, policy) for c in await store.list_clients()]
     tallies = await store.activity(now - HOUR)
     totals = dict(ZERO_COUNTS)
     recent: dict[str, int] = {}
@@ -208,6 +214,8 @@ class Feed:
 
 
 class DashboardHandler(BaseHandler):
+    host_checked = True
+
     def initialize(self, master: Master, access: Access | None = None, feed: Feed | None = None) -> None:  # type: ignore[override]
         super().initialize(master, access)
         self.feed = feed
@@ -246,8 +254,8 @@ class DashboardClientsHandler(DashboardHandler):
         if sort not in SORT_KEYS:
             raise BadRequest(f"sort must be one of {', '.join(SORT_KEYS)}")
         offset, limit = self.int_arg("offset", 0, 0, 10**9), self.int_arg("limit", 100, 1, 1000)
-        online_after = self.master.now() - self.master.settings.online_window
-        clients = [c.to_json(online_after) for c in await self.master.store.list_clients()]
+        online_after, policy = self.master.now() - self.master.settings.online_window, self.master.settings.lease_policy
+        clients = [c.to_json(online_after, policy) for c in await self.master.store.list_clients()]
         if state != "all":
             clients = [c for c in clients if c["online"] == (state == "online")]
         clients.sort(key=SORT_KEYS[sort])
@@ -341,6 +349,24 @@ class EventsHandler(DashboardHandler):
 class PageHandler(StaticFileHandler):
     """The page and its assets, from dashboard/ (no build step)."""
 
+    def initialize(self, path: str, default_filename: str | None = None, master: Master | None = None) -> None:  # type: ignore[override]
+        super().initialize(path, default_filename)
+        self.master = master
+
+    def set_default_headers(self) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+
+    def prepare(self) -> None:
+        if self.master is not None:
+            try:
+                check_host(self.request, self.master)
+            except MisdirectedRequest as exc:
+                self.set_status(exc.status)
+                self.set_header("Content-Type", "text/plain; charset=utf-8")
+                self.finish(f"{exc}\n")
+
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "no-cache")
 
@@ -351,6 +377,8 @@ class SessionHandler(BaseHandler):
     stream then carry; GET says who is signed in; DELETE signs out. The cookie counts for
     reading, and for the job controls when the request also carries the header
     ``X-Dockercomp-Session: 1`` (see BaseHandler._token)."""
+
+    host_checked = True
 
     async def get(self) -> None:
         self.reply({"role": self.caller.role.value, "name": self.caller.name})
@@ -381,9 +409,10 @@ OPERATOR_API = [
 """What only the operator may read: the clients, who they are and what runs on them."""
 
 
-def pages() -> list[tuple[str, Any, dict[str, Any]]]:
-    """The page and its assets: anyone may load them; the page asks for a token."""
+def pages(master: Master | None = None) -> list[tuple[str, Any, dict[str, Any]]]:
+    """The page and its assets: anyone may load them; the page asks for a token. With the
+    master, they are served only under its own names (``check_host``)."""
     return [
-        (r"/()", PageHandler, {"path": str(STATIC), "default_filename": "index.html"}),
-        (r"/dashboard/(.*)", PageHandler, {"path": str(STATIC)}),
+        (r"/()", PageHandler, {"path": str(STATIC), "default_filename": "index.html", "master": master}),
+        (r"/dashboard/(.*)", PageHandler, {"path": str(STATIC), "master": master}),
     ]

@@ -48,6 +48,22 @@ class TooLarge(ServerError):
     status = 413
 
 
+class MisdirectedRequest(ServerError):
+    """The Host header names another site than this master (DNS rebinding, a wrong proxy)."""
+
+    status = 421
+
+
+class TooManyRequests(ServerError):
+    """Past a rate limit or a quota that frees up with time; Retry-After says when to come back."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class UnsupportedMediaType(ServerError):
     """A body that is neither JSON nor msgpack (a cross-site form post, say)."""
 

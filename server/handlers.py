@@ -1,7 +1,11 @@
 """The base handler every endpoint derives from: body limits, decoding, replies, client
 authentication, and the one place where exceptions become HTTP statuses."""
 
+import ipaddress
 import logging
+import math
+import re
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
@@ -12,11 +16,21 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from dockercomp.protocol import codec
 from dockercomp.protocol.errors import IntegrityError, ProtocolError
+from dockercomp.protocol.limits import INT64_MAX, MAX_INT_DIGITS
 from dockercomp.protocol.messages import Message
 
 from .auth import ANONYMOUS, Caller, Role, admit, caller_of, token_hash
 from .blobs import BlobStore
-from .errors import BadRequest, MethodNotAllowed, ServerError, TooLarge, Unauthorized, UnsupportedMediaType
+from .errors import (
+    BadRequest,
+    MethodNotAllowed,
+    MisdirectedRequest,
+    ServerError,
+    TooLarge,
+    TooManyRequests,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from .models import Client
 from .settings import ServerSettings
 from .store import Store
@@ -33,15 +47,73 @@ Access = Mapping[str, frozenset[Role]]
 """Who may call a route: the roles admitted per HTTP method (server/app.py has the table)."""
 
 
+# every reply: no MIME sniffing, no referrer, never framed (clickjacking); API replies are
+# data, never a page, and never cached (they carry who is signed in and what they may see)
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+}
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+
+def parse_int(raw: str, name: str, low: int, high: int) -> int:
+    """A decimal integer from a query argument or a header, within [low, high], or a 400
+    naming it: the digits are counted before they are parsed (Python refuses to parse a few
+    thousand digits at all, and no bound here needs more than an int64's)."""
+    raw = raw.strip()
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_INT_DIGITS) or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}, got {raw!r:.40}")
+    return int(raw)
+
+
+class TokenBucket:
+    """Requests per key (a remote address): ``burst`` at once, then ``rate`` a second. Kept in
+    this master's memory only: a limit per master process, which is what it protects."""
+
+    MAX_KEYS = 100_000  # addresses remembered; past it the full (idle) buckets are forgotten
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def take(self, key: str, now: float, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens: 0.0 when they were there, else the seconds until they will be
+        (nothing is taken then). A rate of 0 means no limit."""
+        if self.rate <= 0:
+            return 0.0
+        tokens = self.level(key, now)
+        if tokens < cost:
+            return (cost - tokens) / self.rate
+        if len(self._buckets) >= self.MAX_KEYS:
+            self._buckets = {k: v for k, v in self._buckets.items() if self.level(k, now) < self.burst}
+        self._buckets[key] = (tokens - cost, now)
+        return 0.0
+
+    def level(self, key: str, now: float) -> float:
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - at) * self.rate)
+
+
+def too_many(what: str, wait: float) -> TooManyRequests:
+    seconds = max(1, math.ceil(wait))
+    return TooManyRequests(f"too many {what} from your address; try again in {seconds}s", seconds)
+
+
 class Master:
-    """What every handler shares: settings, the store and the blob store. Nothing here is
-    state another master process would need."""
+    """What every handler shares: settings, the store and the blob store; and this process's
+    rate limits per address. Nothing here is state another master process would need."""
 
     def __init__(self, settings: ServerSettings, store: Store, blobs: BlobStore) -> None:
         self.settings = settings
         self.store = store
         self.blobs = blobs
         self._online: tuple[float, list[Client]] = (-ONLINE_CACHE, [])
+        self.registrations = TokenBucket(settings.register_rate, settings.register_burst)
+        self.auth_failures = TokenBucket(settings.auth_failure_rate, settings.auth_failure_burst)
+        self.allowed_hosts = allowed_hosts(settings)
 
     async def online_clients(self) -> list[Client]:
         """The clients heard from within the online window, read at most once a second."""
@@ -64,6 +136,59 @@ class Master:
         return time.time()
 
 
+def allowed_hosts(settings: ServerSettings) -> frozenset[str]:
+    """The names the dashboard answers to (besides any IP address, which DNS rebinding cannot
+    forge): loopback names, this machine's names, the bind address, and ``--allowed-host``."""
+    names = set(LOOPBACK_NAMES) | {settings.host.lower()}
+    for name in (socket.gethostname(), socket.getfqdn()):
+        names.add(name.lower())
+    names.update(h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip())
+    return frozenset(names - {""})
+
+
+def host_allowed(host: str, allowed: frozenset[str]) -> bool:
+    """Whether a Host header (name or address, with or without a port) is one of ours."""
+    if "*" in allowed:
+        return True
+    host = host.strip().lower()
+    if host.startswith("["):  # [IPv6]:port
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    host = host.rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    return host in allowed or host.endswith(".localhost")
+
+
+# what a log line must never show: tokens, and the bearer header or session cookie carrying one
+_SECRET_RE = re.compile(r"dct_[A-Za-z0-9_\-]+|(?i:(bearer\s+|dockercomp_token=))[^\s;,'\"]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential replaced by a mark: what the log formatting applies."""
+    return _SECRET_RE.sub(lambda m: f"{m.group(1) or 'dct_'}[redacted]", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Installed on the log handlers when a master starts (server/app.py): every record's
+    message and traceback pass through ``redact`` before any formatter sees them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
 def status_of(exc: BaseException) -> int:
     """The HTTP status for an exception: the one mapping of the exception tree."""
     if isinstance(exc, ServerError):
@@ -83,6 +208,9 @@ class BaseHandler(RequestHandler):
     session_writes: ClassVar[bool] = False
     """Whether the dashboard's cookie may authorise this handler's writes too (with the
     SESSION_HEADER, see _token); only the job controls say so."""
+    host_checked: ClassVar[bool] = False
+    """Whether the Host header must name this master (the dashboard and its session: a page
+    of another site whose name resolves to us, DNS rebinding, gets 421)."""
 
     def initialize(self, master: Master, access: Access | None = None) -> None:
         self.master = master
@@ -91,25 +219,44 @@ class BaseHandler(RequestHandler):
         self._chunks: list[bytes] = []
         self._prepared = False  # past prepare(), Tornado reads the whole body before the method runs
 
+    def set_default_headers(self) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+
     # -- request body and caller -------------------------------------------------------------
     async def prepare(self) -> None:
         method = self.request.method or ""
+        if self.host_checked:
+            check_host(self.request, self.master)
         allowed = self.access.get(method)
         if allowed is not None:
-            self.caller = await self.master.caller(self._token(method))
+            self.caller = await self._authenticate(method)
             admit(self.caller, allowed, f"{method} {self.request.path}")
         elif self.access:  # the table is the whole truth: a method it does not list is no method at all
             raise MethodNotAllowed(f"method not allowed: {method} is not a method of {self.request.path}",
                                    sorted(self.access))  # fmt: skip
         limit = self.master.settings.max_body
         length = self.request.headers.get("Content-Length")
-        if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
-            raise TooLarge(f"request body of {length} bytes exceeds the limit of {limit}; send smaller chunks")
+        too_long = length is not None and len(length.strip()) > MAX_INT_DIGITS  # more digits than any int64
+        if length is not None and (too_long or parse_int(length, "Content-Length", 0, INT64_MAX) > limit):
+            raise TooLarge(f"request body of {length:.40} bytes exceeds the limit of {limit}; send smaller chunks")
         # a chunked body past the limit is cut off by Tornado itself (400, connection closed)
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
             connection.set_max_body_size(limit)
         self._prepared = True
+
+    async def _authenticate(self, method: str) -> Caller:
+        """The caller; an address that presented too many bad tokens gets 429 for each further
+        bad one (a good token still works: a neighbour behind the same NAT cannot lock the
+        operator out, and a token is 256 random bits, too many to guess)."""
+        try:
+            return await self.master.caller(self._token(method))
+        except Unauthorized:
+            wait = self.master.auth_failures.take(self.request.remote_ip or "", self.master.now())
+            if wait:
+                raise too_many("failed sign-ins", wait) from None
+            raise
 
     def data_received(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
@@ -135,10 +282,7 @@ class BaseHandler(RequestHandler):
 
     def int_arg(self, name: str, default: int, low: int, high: int) -> int:
         """An integer query argument within [low, high], or a 400 naming it."""
-        raw = self.get_query_argument(name, str(default))
-        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-            raise BadRequest(f"{name} must be an integer from {low} to {high}")
-        return int(raw)
+        return parse_int(self.get_query_argument(name, str(default)), name, low, high)
 
     # -- replies --------------------------------------------------------------------------
     def wants_msgpack(self) -> bool:
@@ -213,3 +357,17 @@ class BaseHandler(RequestHandler):
             log.info("%s %s -> %s: %s", self.request.method, self.request.path, status_of(value), value)
         else:
             super().log_exception(typ, value, tb)
+
+
+def check_host(request: httputil.HTTPServerRequest, master: Master) -> None:
+    """Refuse (421) a request whose Host is not one of this master's names; behind a proxy
+    (``--behind-proxy``) the name the proxy forwards counts, since the proxy chose to send it."""
+    forwarded = request.headers.get("X-Forwarded-Host", "") if master.settings.behind_proxy else ""
+    if forwarded:
+        return
+    host = request.headers.get("Host", "")
+    if not host_allowed(host, master.allowed_hosts):
+        raise MisdirectedRequest(
+            f"this master does not answer to the host {host[:80]!r}; open it by its own name or address, "
+            "or start it with --allowed-host NAME"
+        )

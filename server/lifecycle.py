@@ -60,13 +60,36 @@ TERMINAL_JOB = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 # (exit code, memory, timeout: a retry elsewhere would say the same, and a small pool must still
 # reach max_attempts). After a failure of the client itself (its engine, its image, an input that
 # arrived corrupt) the unit goes to other clients, so one broken volunteer cannot fail a job.
-# Replicas always come from distinct clients: no client gets a unit it succeeded on or holds.
+# Replicas always come from distinct holders (see Holder): no client gets a unit that it, another
+# machine of its volunteer account, or another client on its network succeeded on or holds.
 UNIT_FAILURES = frozenset({ErrorKind.EXIT_NONZERO, ErrorKind.OOM, ErrorKind.TIMEOUT})
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who a lease goes to, as replicas of a unit tell them apart: two attempts that share any
+    of these are one voice, so a volunteer who runs many clients, or many accounts on one
+    network, still holds one replica of a unit and cannot make a quorum alone."""
+
+    client: str
+    account: str = ""  # its volunteer account; "" for a stranger (open enrollment: free, so it tells nothing)
+    network: str = ""  # the address it leases from (IPv6: its /64); "" on the master's own machine
 
 
 def may_lease_again(state: AttemptState, error: str | None) -> bool:
     """Whether a client whose attempt of a unit ended so may be given that unit again."""
     return state == AttemptState.RELEASED or (state == AttemptState.ERRORED and error in UNIT_FAILURES)
+
+
+RETRIES = 2  # attempts of one unit that one holder may see fail before it gets that unit no more
+
+
+def barred(history: Iterable[tuple[AttemptState, str | None]]) -> bool:
+    """Whether a holder whose attempts of a unit ended so may not be given it again: one of
+    them may not be retried (may_lease_again), or RETRIES of them failed."""
+    history = list(history)
+    failed = sum(1 for state, _ in history if state == AttemptState.ERRORED)
+    return failed >= RETRIES or not all(may_lease_again(state, error) for state, error in history)
 
 
 MOVES: dict[type[StrEnum], dict[StrEnum, frozenset[StrEnum]]] = {
@@ -130,11 +153,13 @@ def transition(old: S, new: S) -> S:
 
 @dataclass(frozen=True)
 class AttemptView:
-    """What the decision needs to know about one attempt."""
+    """What the decision needs to know about one attempt; ``voice`` is who it speaks for (its
+    holder's account, else network, else client): one voice's failures count once."""
 
     id: str
     state: AttemptState
     output_hash: str | None = None
+    voice: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,7 +180,9 @@ def decide(policy: Redundancy, attempts: Iterable[AttemptView]) -> Decision:
     A unit is DONE when ``quorum`` succeeded attempts agree on the output hash. Otherwise it
     wants enough new attempts to keep ``replicas`` results coming and to still reach a
     quorum, never more than ``max_attempts`` in all (released attempts do not count: the
-    client gave the work back unstarted or unfinished). It FAILS when a quorum is out of reach.
+    client gave the work back unstarted or unfinished). It FAILS when a quorum is out of reach,
+    but only once two voices have had it (one, for a unit of one attempt): one volunteer alone
+    cannot fail a unit, however often it reports failing; the unit then wants one more voice.
     """
     attempts = list(attempts)
     in_flight = [a.id for a in attempts if a.state == AttemptState.LEASED]
@@ -175,7 +202,10 @@ def decide(policy: Redundancy, attempts: Iterable[AttemptView]) -> Decision:
         )
     budget = policy.max_attempts - issued
     if best + len(in_flight) + budget < policy.quorum:
-        return Decision(state=UnitState.FAILED, wanted=0, abandon=frozenset(in_flight))
+        voices = {a.voice or a.id for a in attempts if a.state != AttemptState.RELEASED}
+        if len(voices) >= min(2, policy.max_attempts):
+            return Decision(state=UnitState.FAILED, wanted=0, abandon=frozenset(in_flight))
+        return Decision(UnitState.RUNNING, 0) if in_flight else Decision(UnitState.READY, 1)
     wanted = max(policy.replicas - len(succeeded), policy.quorum - best) - len(in_flight)
     wanted = max(0, min(wanted, budget))
     return Decision(state=UnitState.RUNNING if in_flight else UnitState.READY, wanted=wanted)
@@ -247,14 +277,29 @@ def job_step(n_map: int, done_map: int, failed_map: int, has_reduce: bool, reduc
 
 @dataclass(frozen=True)
 class LeasePolicy:
-    """How long a lease lives: the job's timeout plus ``slack`` for download and upload; a
-    client that has not been heard from for ``heartbeat_timeout`` loses its leases sooner."""
+    """Who gets leases and how long they live: the job's timeout plus ``slack`` for download
+    and upload; a client that has not been heard from for ``heartbeat_timeout`` loses its leases
+    sooner. A client holds at most ``prefetch`` times its slots of leases at once, and one with
+    ``quarantine_after`` invalid results (0: never) leases nothing more."""
 
     slack: float = 120.0
     heartbeat_timeout: float = 90.0
+    prefetch: int = 2
+    quarantine_after: int = 3
 
     def deadline(self, now: float, timeout: float) -> float:
         return now + timeout + self.slack
+
+    def room(self, slots: int, leased: int) -> int:
+        """How many more units a client of ``slots`` slots that holds ``leased`` may lease."""
+        return max(0, self.prefetch * slots - leased)
+
+    def quarantined(self, valid: int, invalid: int) -> str:
+        """Why a client with this record leases nothing, or "" when it may lease."""
+        if self.quarantine_after and invalid >= self.quarantine_after:
+            return (f"quarantined: {invalid} of its results disagreed with the quorum (valid {valid}); "
+                    "it leases nothing until its key is revoked and it enrolls again")  # fmt: skip
+        return ""
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -300,6 +345,13 @@ class AttemptSnap:
     error: str | None = None
     validity: Validity | None = None
     deadline: float = 0.0
+    account: str = ""  # its holder's (Holder)
+    network: str = ""
+
+    @property
+    def voice(self) -> str:
+        """Who the attempt speaks for: its holder's account, else its network, else its client."""
+        return self.account or self.network or self.client
 
 
 @dataclass(frozen=True)
@@ -446,7 +498,7 @@ def _settle(
             after.append((a, update.state or a.state, update.result.output_hash, update.result.output_size))
         else:
             after.append((a, update.state or a.state, a.output_hash, a.output_size))
-    decision = decide(policy, [AttemptView(a.id, state, output) for a, state, output, _ in after])
+    decision = decide(policy, [AttemptView(a.id, state, output, a.voice) for a, state, output, _ in after])
     held = unit.state == UnitState.SUSPENDED and decision.state not in TERMINAL_UNIT
     state = transition(unit.state, UnitState.SUSPENDED if held else decision.state)
     out = list(events)

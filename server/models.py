@@ -9,7 +9,7 @@ from dockercomp.protocol.jobfile import JobSpec
 from dockercomp.protocol.messages import HostFacts, UnitKind
 from dockercomp.protocol.signing import Signed
 
-from .lifecycle import AttemptState, JobState, UnitState, Validity, reliability
+from .lifecycle import AttemptState, JobState, LeasePolicy, UnitState, Validity, reliability
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ class Client:
     def reliability(self) -> float:
         return reliability(self.valid, self.invalid)
 
-    def to_json(self, online_after: float) -> dict[str, Any]:
+    def to_json(self, online_after: float, policy: LeasePolicy | None = None) -> dict[str, Any]:
+        """With the lease policy: why it is quarantined, when it is ("" when it leases)."""
         return {
             "id": self.id,
             "name": self.name,
@@ -128,6 +129,7 @@ class Client:
             "invalid": self.invalid,
             "errors": self.errors,
             "reliability": round(self.reliability, 4),
+            "quarantined": policy.quarantined(self.valid, self.invalid) if policy else "",
         }
 
 

@@ -11,17 +11,21 @@ from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.images import PINNED_RE
 from dockercomp.protocol.integrity import check_hash
 from dockercomp.protocol.jobfile import JobSpec, Sweep, docker_arch, params_json, parse_jobfile
+from dockercomp.protocol.limits import INT64_MAX
 
 from . import images
 from .auth import Role
-from .errors import BadRequest, Conflict, NotFound
-from .handlers import BaseHandler
+from .errors import BadRequest, Conflict, Forbidden, NotFound, TooManyRequests
+from .handlers import BaseHandler, parse_int
 from .lifecycle import JobState, UnitState, Verb, drmaa2_state, result_units
 from .matching import shortfall
 from .models import Image, InputFile, Job
 from .store.base import map_inputs, sweep_inputs
 
 MAX_UNITS = 1_000_000
+MAX_OWNER_JOBS = 100_000  # a scientist's jobs looked at for the quotas
+OPEN_UNITS = ("ready", "running", "suspended")  # the unit states that count against a quota
+QUOTA_RETRY = 60  # seconds a refused scientist is told to wait
 SLICE = 1 << 20
 
 
@@ -54,6 +58,9 @@ class JobsHandler(JobsBase):
             raise BadRequest("hold must be true or false")
         spec = await self._pinned(parse_jobfile(payload.get("job")))
         chunks = payload.get("chunks")
+        if self.caller.role != Role.OPERATOR:  # the scientist's quotas (the operator has none)
+            count = len(spec.sweep) if spec.sweep is not None else len(chunks) if isinstance(chunks, list) else 0
+            await self._quota(count)
         if spec.sweep is not None:
             if chunks:
                 raise BadRequest("a sweep job takes no chunks: each unit's input is its params.json")
@@ -62,6 +69,37 @@ class JobsHandler(JobsBase):
             units = await self._chunk_units(chunks)
         job = await self.master.store.create_job(spec, units, self.master.now(), self.caller.name, held=hold)
         self.reply({"job": job.id, "image": spec.image}, status=201)
+
+    async def _quota(self, units: int) -> None:
+        """Refuse a job past the caller's quotas (ServerSettings; 0: none): units per job (403:
+        a smaller job would do), and unfinished jobs and units in all (429: they free up)."""
+        settings, owner = self.master.settings, self.caller.name
+        if settings.max_units_per_job and units > settings.max_units_per_job:
+            raise Forbidden(
+                f"a job of {units} units is more than the {settings.max_units_per_job} units a job may have here; "
+                "use larger chunks (chunking.size) or fewer sweep points, or split it into several jobs"
+            )
+        if not (settings.max_running_jobs or settings.max_open_units):
+            return
+        store = self.master.store
+        finished = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+        open_jobs = [job for job in await store.list_jobs(MAX_OWNER_JOBS, owner) if job.state not in finished]
+        if settings.max_running_jobs and len(open_jobs) >= settings.max_running_jobs:
+            raise TooManyRequests(
+                f"you have {len(open_jobs)} unfinished jobs, the most one scientist may have here "
+                f"({settings.max_running_jobs}); wait for some to finish, or cancel some (dockercomp jobs cancel ID)",
+                QUOTA_RETRY,
+            )
+        if settings.max_open_units:
+            counts = [await store.unit_counts(job.id) for job in open_jobs]
+            held = sum(c.get(state, 0) for c in counts for state in OPEN_UNITS)
+            if held + units > settings.max_open_units:
+                raise TooManyRequests(
+                    f"this job's {units} units and your {held} unfinished ones are more than the "
+                    f"{settings.max_open_units} one scientist may have here; wait for your jobs to finish, "
+                    "or cancel some",
+                    QUOTA_RETRY,
+                )
 
     async def _pinned(self, spec: JobSpec) -> JobSpec:
         """The job with each image named by its pushed id (a registry's goes by digest, never by
@@ -206,8 +244,8 @@ class ResultsDownloadHandler(JobsBase):
 class ClientsHandler(BaseHandler):
     async def get(self) -> None:
         clients = await self.master.store.list_clients()
-        online_after = self.master.now() - self.master.settings.online_window
-        self.reply({"clients": [c.to_json(online_after) for c in clients]})
+        online_after, policy = self.master.now() - self.master.settings.online_window, self.master.settings.lease_policy
+        self.reply({"clients": [c.to_json(online_after, policy) for c in clients]})
 
 
 class ChunkHandler(BaseHandler):
@@ -217,7 +255,7 @@ class ChunkHandler(BaseHandler):
     async def post(self) -> None:
         args = {k: self.get_query_argument(k) for k in ("by", "size", "separator") if self.get_query_argument(k, None)}
         if "size" in args and args["size"].isascii() and args["size"].isdigit():
-            args["size"] = int(args["size"])  # type: ignore[assignment]
+            args["size"] = parse_int(args["size"], "size", 0, INT64_MAX)  # type: ignore[assignment]
         try:
             chunking = parse_jobfile({"name": "chunking", "image": "none", "chunking": args}).chunking
         except ProtocolError as exc:

@@ -1,5 +1,6 @@
 """The master's settings (defaults < file < env DOCKERCOMP_SERVER_* < flags)."""
 
+import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,6 +37,9 @@ class ServerSettings(Settings):
     )
     lease_slack: float = setting(120.0, "seconds added to a job's timeout for a lease's deadline", flag="--lease-slack")
     reap_interval: float = setting(5.0, "seconds between looks for expired leases", flag="--reap-interval")
+    quarantine_after: int = setting(
+        3, "invalid results after which a client leases nothing (default 3; 0: never)", flag="--quarantine-after"
+    )
     scheduler: str = setting(
         "fifo", "which job a lease serves: fifo (priority, then age) or fairshare (owners by recent use)",
         flag="--scheduler",
@@ -55,6 +59,41 @@ class ServerSettings(Settings):
     behind_proxy: bool = setting(
         False, "a TLS proxy is in front: trust its X-Forwarded-Proto/-Host and X-Real-Ip", flag="--behind-proxy"
     )
+    # the Host names the dashboard answers to besides loopback names, this machine's names, the
+    # bind address and any IP address (a page whose name rebinds to us gets 421); "*": any
+    allowed_hosts: str = setting(
+        "", "a host name the dashboard answers to (repeat the flag for more; * for any)", flag="--allowed-host",
+        metavar="NAME", repeat=True,
+    )  # fmt: skip
+    # slow or stalled connections: seconds a connection may idle between requests (and to send
+    # its headers), and to send a whole body (64MiB in 10 minutes is ~110KB/s); then it is closed
+    idle_timeout: float = setting(
+        120.0, "seconds a connection may idle (or take to send its headers), e.g. 2m", flag="--idle-timeout",
+        parse=parse_duration,
+    )  # fmt: skip
+    body_timeout: float = setting(
+        600.0, "seconds a request may take to send its body, e.g. 10m", flag="--body-timeout", parse=parse_duration
+    )
+    # rate limits per remote address, each a token bucket: a burst, then so many a second (0: none)
+    register_rate: float = setting(
+        1.0, "machines one address may register per second after a burst (0: no limit)", flag="--register-rate"
+    )
+    register_burst: int = setting(500, "machines one address may register at once", flag="--register-burst")
+    auth_failure_rate: float = setting(
+        1.0, "bad tokens one address may send per second after a burst (0: no limit)", flag="--auth-failure-rate"
+    )
+    auth_failure_burst: int = setting(300, "bad tokens one address may send at once", flag="--auth-failure-burst")
+    # per-scientist quotas (0: unlimited); the operator is never held to them
+    max_units_per_job: int = setting(
+        1_000_000, "units one scientist's job may have (default 1000000; 0: no cap)", flag="--max-units-per-job"
+    )
+    max_open_units: int = setting(
+        10_000_000, "units one scientist may have unfinished over all jobs (default 10000000; 0: no cap)",
+        flag="--max-open-units",
+    )  # fmt: skip
+    max_running_jobs: int = setting(
+        1000, "jobs one scientist may have unfinished at once (default 1000; 0: no cap)", flag="--max-running-jobs"
+    )
 
     @property
     def data_path(self) -> str:
@@ -68,7 +107,9 @@ class ServerSettings(Settings):
     def lease_policy(self) -> "LeasePolicy":
         from .lifecycle import LeasePolicy
 
-        return LeasePolicy(slack=self.lease_slack, heartbeat_timeout=self.heartbeat_timeout)
+        return LeasePolicy(
+            slack=self.lease_slack, heartbeat_timeout=self.heartbeat_timeout, quarantine_after=self.quarantine_after
+        )
 
     def make_scheduler(self) -> "Scheduler":
         from .scheduler import SCHEDULERS
@@ -87,10 +128,25 @@ class ServerSettings(Settings):
                 raise SettingsError(f"{name} must be greater than 0")
         if self.lease_slack < 0:
             raise SettingsError("lease_slack must not be negative")
+        if self.quarantine_after < 0:
+            raise SettingsError("quarantine_after must not be negative (0: never quarantine)")
         from .scheduler import SCHEDULERS
 
         if self.scheduler not in SCHEDULERS:
             raise SettingsError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r:.40}")
+        for name in ("idle_timeout", "body_timeout"):
+            if not 0 < getattr(self, name) <= 86400:
+                raise SettingsError(f"{name} must be more than 0 seconds and at most a day, e.g. 2m")
+        for name in ("register_rate", "auth_failure_rate"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise SettingsError(f"{name} must be a number of requests a second, 0 or more (0: no limit)")
+        for name in ("register_burst", "auth_failure_burst"):
+            if not 1 <= getattr(self, name) <= 1_000_000:
+                raise SettingsError(f"{name} must be from 1 to 1000000")
+        for name in ("max_units_per_job", "max_open_units", "max_running_jobs"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must not be negative (0: no cap)")
         if self.max_running_per_owner < 0:
             raise SettingsError("max_running_per_owner must not be negative (0: no cap)")
         if self.fairshare_half_life <= 0:

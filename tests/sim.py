@@ -134,11 +134,12 @@ class SimClient:
         heartbeat_every: float = 0.5,
         idle_wait: float = 0.05,
         arch: str = "x86_64",
+        slots: int = 2,
     ) -> None:
         assert mode in ("honest", "liar", "vanisher"), mode
         self.urls = itertools.cycle([urls] if isinstance(urls, str) else urls)
         self.name, self.mode, self.batch, self.enroll = name, mode, batch, enroll
-        self.heartbeat_every, self.idle_wait, self.arch = heartbeat_every, idle_wait, arch
+        self.heartbeat_every, self.idle_wait, self.arch, self.slots = heartbeat_every, idle_wait, arch, slots
         self.http = requests.Session()
         self.id = self.token = ""
         self.cache: dict[str, bytes] = {}
@@ -159,9 +160,9 @@ class SimClient:
             raise ApiError(response.status_code, reply.get("error", "") if isinstance(reply, dict) else str(reply))
         return reply
 
-    def register(self, slots: int = 2) -> dict[str, Any]:
+    def register(self, slots: int | None = None) -> dict[str, Any]:
         """Register, with the volunteer token when given (else as a stranger: open enrollment)."""
-        body = {"name": self.name, "slots": slots, "host": {"cores": 2, "os": "linux", "arch": self.arch}}
+        body = {"name": self.name, "slots": slots or self.slots, "host": {"cores": 2, "os": "linux", "arch": self.arch}}
         self.token = self.enroll
         reply = self.call("/clients/register", body)
         self.id, self.token = reply["client"], reply["token"]
@@ -173,7 +174,7 @@ class SimClient:
              "image": g["image"], "cpus": g["cpus"], "memory": g["memory"], "started_at": time.time()}
             for g in running
         ]  # fmt: skip
-        return self.call("/clients/heartbeat", {"slots": 2, "busy": len(containers), "containers": containers})
+        return self.call("/clients/heartbeat", {"slots": self.slots, "busy": len(containers), "containers": containers})
 
     def lease(self, max_units: int | None = None, **resources: Any) -> list[dict[str, Any]]:
         """Up to ``max_units`` grants; free cpus default to one per unit asked for."""

@@ -27,7 +27,7 @@ from dockercomp.protocol.messages import (
 )
 from dockercomp.protocol.signing import Signed
 
-from ..auth import Key, Role
+from ..auth import Key, Role, is_stranger
 from ..events import Bus
 from ..lifecycle import JobCounts, LeasePolicy, UnitState, Verb
 from ..models import Attempt, Client, Image, InputFile, Job, Layer, Tally, Unit
@@ -159,11 +159,15 @@ class Store(ABC):
 
     # -- attempts ------------------------------------------------------------------------
     @abstractmethod
-    async def lease(self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy) -> list[Grant]:
-        """Atomically issue up to ``request.max_units`` attempts to this client: units of the
-        running jobs in the order ``self.scheduler`` picks them (each job's in index order),
-        within its per-owner cap, only what fits the client's free cpus and memory, and a unit
-        this client had before only when lifecycle.may_lease_again allows it."""
+    async def lease(
+        self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy, network: str = ""
+    ) -> list[Grant]:
+        """Atomically issue up to ``request.max_units`` attempts to this client, leasing from
+        ``network`` (lifecycle.Holder): units of the running jobs in the order ``self.scheduler``
+        picks them (each job's in index order), within its per-owner cap, only what fits the
+        client's free room (matching.Room), never to a holder that shares a client, an account or
+        a network with one that has the unit (unless lifecycle.may_lease_again allows it), and
+        never more than the policy's room for the client's slots; nothing to a quarantined one."""
 
     @abstractmethod
     async def shares(self) -> dict[str, Share]:
@@ -244,6 +248,11 @@ def running_of(beat: Heartbeat) -> dict[str, bool]:
     for c in beat.containers:
         running[c.attempt] = running.get(c.attempt, False) or c.state == "paused"
     return running
+
+
+def replica_account(account: str) -> str:
+    """The account a replica counts for: none for a stranger (lifecycle.Holder)."""
+    return "" if is_stranger(account) else account
 
 
 def client_key(client: Client, token_hash: str) -> Key:

@@ -156,7 +156,7 @@ def test_heartbeat_bad_input_is_400(shared_master):
 def test_lease_hands_out_units_in_batches_in_order(master):
     chunks = [b"unit %d\n" % i for i in range(5)]
     job = create_job(master.url, job_file(env={"LANG": "C"}, resources={"cpus": 1, "timeout": "30s"}), chunks)
-    client = registered(master.url)
+    client = registered(master.url, slots=3)  # room for 6 leases
     before = time.time()
     first = client.lease(3)
     assert [g["unit"] for g in first] == [f"{job}.0", f"{job}.1", f"{job}.2"]

@@ -75,8 +75,8 @@ def test_the_dashboard_follows_two_daemons_live(
     job_spec = {"name": "dashboard-probe", "image": probe_image}
     job_spec["resources"] = {"cpus": 1, "memory": "64MiB", "timeout": "30s"}
     job, _ = submit(master, job_spec, chunks)
-    for daemon in (one, two):  # their containers, with cpu and memory limits
-        row = f'tr.client[data-name="{daemon.name}"] tr.container'
+    for daemon in (one, two):  # their containers, with cpu and memory limits (a unit still fetching has none yet)
+        row = f'tr.client[data-name="{daemon.name}"] tr.container:not([data-container=""])'
         page.wait_for_selector(row, timeout=20000)
         limits = page.inner_text(f"{row} td.limits")
         assert "1 cpu" in limits and "64 MiB" in limits, limits

@@ -290,7 +290,7 @@ def test_submit_wait_for_a_job_that_fails_is_exit_code_1(master, tmp_path):
             "the job to be created",
         )
         (job,) = jobs
-        client = SimClient(master.url, name="failing")
+        client = SimClient(master.url, name="failing", slots=32)  # room for 64 cpus (twice its slots)
         client.register()
         (grant,) = client.lease(1, cpus=64.0)
         assert grant["job"] == job["id"]

@@ -14,6 +14,7 @@ from dockercomp.protocol.messages import Action, ErrorKind, ResultReport
 from dockercomp.server.errors import Conflict, InvalidTransition
 from dockercomp.server.lifecycle import (
     MOVES,
+    RETRIES,
     TERMINAL_UNIT,
     VERBS,
     AttemptSnap,
@@ -27,6 +28,7 @@ from dockercomp.server.lifecycle import (
     UnitSnap,
     UnitState,
     Verb,
+    barred,
     can_move,
     commands,
     count_into_job,
@@ -338,9 +340,11 @@ def check_invariants(policy, attempts, d):
     votes = Counter(a.output_hash for a in succeeded)
     best = max(votes.values(), default=0)
     budget = policy.max_attempts - issued
+    voices = {a.voice or a.id for a in attempts if a.state != AttemptState.RELEASED}
+    heard = len(voices) >= min(2, policy.max_attempts)  # enough voices to fail it
 
     assert d.wanted >= 0
-    assert issued + d.wanted <= policy.max_attempts
+    assert issued + d.wanted <= policy.max_attempts or (not heard and d.wanted == 1)
     assert (d.state == UnitState.DONE) == (best >= policy.quorum)
     if d.state == UnitState.DONE:
         assert votes[d.canonical] >= policy.quorum
@@ -351,9 +355,13 @@ def check_invariants(policy, attempts, d):
         return
     assert d.canonical is None and not d.valid and not d.invalid
     reachable = best + len(in_flight) + budget >= policy.quorum
-    assert (d.state == UnitState.FAILED) == (not reachable)
+    assert (d.state == UnitState.FAILED) == (not reachable and heard)
     if d.state == UnitState.FAILED:
         assert d.wanted == 0 and d.abandon == in_flight
+        return
+    if not reachable:  # one voice had it: another is wanted, once nothing is in flight
+        assert (d.state, d.wanted, d.abandon) == ((UnitState.RUNNING, 0, frozenset()) if in_flight
+                                                  else (UnitState.READY, 1, frozenset()))  # fmt: skip
         return
     assert d.state == (UnitState.RUNNING if in_flight else UnitState.READY)
     assert not d.abandon
@@ -617,3 +625,23 @@ def test_drmaa2_states():
 
 
 POLICY = Redundancy(replicas=1, quorum=1, max_attempts=3)
+
+
+def test_one_voice_cannot_fail_a_unit():
+    policy = Redundancy(replicas=1, quorum=1, max_attempts=2)
+    alone = [AttemptView(f"a{i}", AttemptState.ERRORED, voice="mallory") for i in range(5)]
+    assert decide(policy, alone) == Decision(UnitState.READY, wanted=1)  # not failed by one volunteer
+    assert decide(policy, [*alone, AttemptView("b", AttemptState.LEASED, voice="bob")]).wanted == 0
+    two = [*alone, AttemptView("b", AttemptState.TIMED_OUT, voice="bob")]
+    assert decide(policy, two).state == UnitState.FAILED
+    once = Redundancy(replicas=1, quorum=1, max_attempts=1)
+    assert decide(once, alone[:1]).state == UnitState.FAILED  # a unit of one attempt: its one voice
+
+
+def test_a_holder_is_barred_after_retries_or_any_failure_of_its_own():
+    assert not barred([(AttemptState.ERRORED, ErrorKind.EXIT_NONZERO), (AttemptState.RELEASED, None)])
+    assert barred([(AttemptState.ERRORED, ErrorKind.EXIT_NONZERO)] * RETRIES)
+    assert barred([(AttemptState.ERRORED, ErrorKind.DOCKER_UNAVAILABLE)])
+    assert barred([(AttemptState.SUCCEEDED, None)]) and barred([(AttemptState.LEASED, None)])
+    assert AttemptSnap("a", "c1", AttemptState.LEASED, network="203.0.113.5").voice == "203.0.113.5"
+    assert AttemptSnap("a", "c1", AttemptState.LEASED, account="alice", network="n").voice == "alice"

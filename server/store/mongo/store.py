@@ -48,6 +48,7 @@ from ...lifecycle import (
     AttemptState,
     Event,
     EventKind,
+    Holder,
     JobControl,
     JobState,
     JobStep,
@@ -57,10 +58,10 @@ from ...lifecycle import (
     UnitState,
     Validity,
     Verb,
+    barred,
     commands,
     count_into_job,
     initial_wanted,
-    may_lease_again,
     on_control,
     on_expire,
     on_job_control,
@@ -81,6 +82,7 @@ from ..base import (
     job_counts,
     new_id,
     reduce_inputs,
+    replica_account,
     running_of,
 )
 from .catalog import Catalog, guard
@@ -298,14 +300,25 @@ class MongoStore(Catalog, Store):
 
     # -- attempts ------------------------------------------------------------------------
     @guard
-    async def lease(self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy) -> list[Grant]:
+    async def lease(
+        self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy, network: str = ""
+    ) -> list[Grant]:
         grants: list[Grant] = []
         if request.max_units <= 0:
             return grants
-        client = await self._clients.find_one_and_update({"_id": client_id}, {"$set": {"last_seen": now}},
-                                                         projection={"host.arch": 1})  # fmt: skip
+        client = await self._clients.find_one_and_update(
+            {"_id": client_id}, {"$set": {"last_seen": now}},
+            projection={"host.arch": 1, "account": 1, "slots": 1, "valid": 1, "invalid": 1},
+        )  # fmt: skip
         if client is None:
             raise NotFound(f"no client {client_id!r:.40}; register again")
+        if policy.quarantined(client["valid"], client["invalid"]):
+            return grants
+        leased = await self._units.count_documents(
+            {"attempts": {"$elemMatch": {"client": client_id, "state": AttemptState.LEASED.value}}}
+        )
+        wanted = min(request.max_units, policy.room(client["slots"], leased))
+        holder = Holder(client_id, replica_account(client.get("account", "")), network)
         room, scheduler = Room.of(request, client.get("host", {}).get("arch", "")), self.scheduler
         shares = await self.shares()
         candidates = []
@@ -313,9 +326,9 @@ class MongoStore(Catalog, Store):
             job_id = doc["_id"]
             candidates.append(Candidate(job_id, doc.get("owner", ""), (await self._spec(job_id)).priority,
                                         doc["created_at"]))  # fmt: skip
-        units = _Leasable(self._units, client_id, request.max_units + 4)
+        units = _Leasable(self._units, holder, wanted + 4)
         charges: dict[str, tuple[int, float]] = {}
-        while len(grants) < request.max_units:
+        while len(grants) < wanted:
             admitted = [c for c in candidates if scheduler.admits(c.owner, shares)]
             if not admitted:
                 break
@@ -325,7 +338,7 @@ class MongoStore(Catalog, Store):
             if doc is None:  # none left for this client, or too big for what is left (it only shrinks)
                 candidates.remove(job)
                 continue
-            change = await self._lease_one(doc, client_id, spec, now, policy.deadline(now, spec.resources.timeout))
+            change = await self._lease_one(doc, holder, now, policy.deadline(now, spec.resources.timeout))
             if change is None:  # another master got there first
                 continue
             unit = _unit_from(doc)
@@ -369,20 +382,19 @@ class MongoStore(Catalog, Store):
         return expired
 
     # -- one unit, compare-and-set ------------------------------------------------------------
-    async def _lease_one(
-        self, doc: Doc, client_id: str, spec: JobSpec, now: float, deadline: float
-    ) -> UnitChange | None:
-        """Add one attempt for this client to the unit, unless another master got there first
-        and the unit no longer wants one (or already has one on this client)."""
+    async def _lease_one(self, doc: Doc, holder: Holder, now: float, deadline: float) -> UnitChange | None:
+        """Add one attempt for this holder to the unit, unless another master got there first
+        and the unit no longer wants one (or already has one of this holder's)."""
         attempt_id = new_id(8)
-        leasable = {**OPEN, "clients": {"$ne": client_id}}
+        keys = _keys(holder)
+        leasable = {**OPEN, "clients": {"$nin": keys}}
         for _ in range(CAS_TRIES):
             unit = _unit_from(doc)
-            change = on_lease(_snap(doc), client_id, attempt_id, now, deadline)
+            change = on_lease(_snap(doc), holder.client, attempt_id, now, deadline)
             result = await self._units.update_one(
                 {"_id": unit.id, "version": doc["version"], **leasable},
                 {"$set": {"state": change.state.value, "wanted": change.wanted}, "$inc": {"version": 1},
-                 "$push": {"attempts": _new_attempt(change), "clients": client_id}},
+                 "$push": {"attempts": _new_attempt(change, holder), "clients": {"$each": keys}}},
             )  # fmt: skip
             if result.matched_count:
                 return change
@@ -586,8 +598,8 @@ class _Leasable:
     page starts past the last unit read, so units tried (granted or lost to another master) are
     not read again."""
 
-    def __init__(self, units: Any, client_id: str, page: int) -> None:
-        self.units, self.client_id, self.page = units, client_id, page
+    def __init__(self, units: Any, holder: Holder, page: int) -> None:
+        self.units, self.keys, self.page = units, _keys(holder), page
         self._docs: dict[str, list[Doc]] = {}
         self._after: dict[str, int] = {}
         self._more: dict[str, bool] = {}
@@ -599,7 +611,7 @@ class _Leasable:
                 **OPEN,
                 "job_id": job_id,
                 "idx": {"$gt": self._after.get(job_id, -1)},
-                "clients": {"$ne": self.client_id},
+                "clients": {"$nin": self.keys},
             }
             docs += await self.units.find(query, NO_HISTORY).sort("idx", ASCENDING).limit(self.page).to_list(None)
             self._more[job_id] = len(docs) == self.page
@@ -645,14 +657,15 @@ def _snap(doc: Doc) -> UnitSnap:
 def _attempt_snap(a: Doc) -> AttemptSnap:
     return AttemptSnap(
         a["id"], a["client"], AttemptState(a["state"]), a["output_hash"], a["output_size"], a["error"],
-        Validity(a["validity"]) if a["validity"] else None, a["deadline"],
+        Validity(a["validity"]) if a["validity"] else None, a["deadline"], a.get("account", ""), a.get("network", ""),
     )  # fmt: skip
 
 
-def _new_attempt(change: UnitChange) -> Doc:
+def _new_attempt(change: UnitChange, holder: Holder) -> Doc:
     lease = change.lease
     assert lease is not None
-    return {"id": lease.id, "client": lease.client, "state": AttemptState.LEASED.value, "leased_at": lease.leased_at,
+    return {"id": lease.id, "client": lease.client, "account": holder.account, "network": holder.network,
+            "state": AttemptState.LEASED.value, "leased_at": lease.leased_at,
             "deadline": lease.deadline, "finished_at": None, "output_hash": None, "output_size": None,
             "exit_code": None, "error": None, "stderr_tail": "", "runtime": None, "peak_memory": None,
             "validity": None}  # fmt: skip
@@ -682,7 +695,16 @@ def _updated(attempts: list[Doc], change: UnitChange) -> list[Doc]:
     return out
 
 
+def _keys(holder: Holder) -> list[str]:
+    """What a unit's ``clients`` list holds of a holder: its client id, "a:" its account and
+    "n:" its network (client ids have no colon)."""
+    return [holder.client] + [f"{tag}:{key}" for tag, key in (("a", holder.account), ("n", holder.network)) if key]
+
+
 def _holders(attempts: list[Doc]) -> list[str]:
-    """The clients a unit may not be leased to again (see Store.lease)."""
-    held = (a["client"] for a in attempts if not may_lease_again(AttemptState(a["state"]), a["error"]))
-    return list(dict.fromkeys(held))
+    """The keys of the holders a unit may not be leased to again (lifecycle.barred)."""
+    history: dict[str, list[tuple[AttemptState, str | None]]] = {}
+    for a in attempts:
+        for key in _keys(Holder(a["client"], a.get("account", ""), a.get("network", ""))):
+            history.setdefault(key, []).append((AttemptState(a["state"]), a["error"]))
+    return [key for key, ended in history.items() if barred(ended)]

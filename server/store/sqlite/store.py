@@ -30,6 +30,7 @@ from dockercomp.protocol.messages import (
 from ...errors import NotFound, ServerError, StoreUnavailable
 from ...events import active, minute_of, tally
 from ...lifecycle import (
+    RETRIES,
     TERMINAL_JOB,
     UNIT_FAILURES,
     AttemptSnap,
@@ -37,6 +38,7 @@ from ...lifecycle import (
     AttemptUpdate,
     Event,
     EventKind,
+    Holder,
     JobState,
     JobStep,
     LeasePolicy,
@@ -68,6 +70,7 @@ from ..base import (
     job_counts,
     new_id,
     reduce_inputs,
+    replica_account,
     running_of,
 )
 from .catalog import Catalog, insert_key
@@ -126,16 +129,24 @@ ADDED_COLUMNS = (
     ("clients", "gpus", "INTEGER NOT NULL DEFAULT 0"),
     ("clients", "disk", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "suspended_at", "REAL"),
+    ("attempts", "account", "TEXT NOT NULL DEFAULT ''"),
+    ("attempts", "network", "TEXT NOT NULL DEFAULT ''"),
 )
 
 _UNIT_FAILURES = ", ".join(f"'{kind}'" for kind in sorted(UNIT_FAILURES))
-# units this client may lease: see lifecycle.may_lease_again for the attempts it may have had
+# the attempts of the leasing holder (lifecycle.Holder): its client's, its account's, its network's
+_HOLDERS = (
+    "(a.client_id = :client OR (a.account <> '' AND a.account = :account)"
+    " OR (a.network <> '' AND a.network = :network))"
+)
+# units this holder may lease: none it is barred from (lifecycle.barred, written as SQL)
 _LEASABLE = f"""
 SELECT id, job_id, idx, kind, state, wanted, inputs FROM units AS u INDEXED BY units_leasable
-WHERE u.job_id = ? AND u.idx > ? AND wanted > 0 AND state IN ('ready', 'running')
-  AND NOT EXISTS (SELECT 1 FROM attempts AS a WHERE a.unit_id = u.id AND a.client_id = ?
+WHERE u.job_id = :job AND u.idx > :after AND wanted > 0 AND state IN ('ready', 'running')
+  AND NOT EXISTS (SELECT 1 FROM attempts AS a WHERE a.unit_id = u.id AND {_HOLDERS}
                   AND a.state <> 'released' AND NOT (a.state = 'errored' AND a.error IN ({_UNIT_FAILURES})))
-ORDER BY idx LIMIT ?
+  AND (SELECT COUNT(*) FROM attempts AS a WHERE a.unit_id = u.id AND {_HOLDERS} AND a.state = 'errored') < {RETRIES}
+ORDER BY idx LIMIT :limit
 """
 
 
@@ -318,26 +329,36 @@ class SQLiteStore(Catalog, Store):
             return commands(client_id, running, found, beat.paused)
 
     # -- attempts ------------------------------------------------------------------------
-    async def lease(self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy) -> list[Grant]:
+    async def lease(
+        self, client_id: str, request: LeaseRequest, now: float, policy: LeasePolicy, network: str = ""
+    ) -> list[Grant]:
         grants: list[Grant] = []
         if request.max_units <= 0:
             return grants
         scheduler = self.scheduler
         with self._tx() as db:
-            host = db.execute(
-                "UPDATE clients SET last_seen = ? WHERE id = ? RETURNING host", (now, client_id)
+            client = db.execute(
+                "UPDATE clients SET last_seen = ? WHERE id = ? RETURNING host, account, slots, valid, invalid",
+                (now, client_id),
             ).fetchone()
-            if host is None:
+            if client is None:
                 raise NotFound(f"no client {client_id!r:.40}; register again")
-            room = Room.of(request, json.loads(host[0]).get("arch", ""))
+            if policy.quarantined(client["valid"], client["invalid"]):
+                return grants
+            leased = db.execute(
+                "SELECT COUNT(*) FROM attempts WHERE client_id = ? AND state = 'leased'", (client_id,)
+            ).fetchone()[0]
+            wanted = min(request.max_units, policy.room(client["slots"], leased))
+            holder = Holder(client_id, replica_account(client["account"]), network)
+            room = Room.of(request, json.loads(client["host"]).get("arch", ""))
             shares = {row[0]: Share(*row[1:]) for row in db.execute("SELECT * FROM shares")}
             candidates = [
                 Candidate(row[0], row[1], self._spec(db, row[0]).priority, row[2])
                 for row in db.execute("SELECT id, owner, created_at FROM jobs WHERE state = 'running'")
             ]
-            units = _Leasable(db, client_id, request.max_units + 4)
+            units = _Leasable(db, holder, wanted + 4)
             changes: list[UnitChange] = []
-            while len(grants) < request.max_units:
+            while len(grants) < wanted:
                 admitted = [c for c in candidates if scheduler.admits(c.owner, shares)]
                 if not admitted:
                     break
@@ -359,10 +380,10 @@ class SQLiteStore(Catalog, Store):
             # one statement each for the whole batch: the rows were read in this transaction, and
             # each appears once, so writing them after the loop is the same as writing them in it
             db.executemany(
-                "INSERT INTO attempts (id, unit_id, job_id, client_id, state, leased_at, deadline)"
-                " VALUES (?, ?, ?, ?, 'leased', ?, ?)",
-                [(c.lease.id, c.unit, c.job, c.lease.client, c.lease.leased_at, c.lease.deadline)
-                 for c in changes if c.lease],
+                "INSERT INTO attempts (id, unit_id, job_id, client_id, state, leased_at, deadline, account, network)"
+                " VALUES (?, ?, ?, ?, 'leased', ?, ?, ?, ?)",
+                [(c.lease.id, c.unit, c.job, c.lease.client, c.lease.leased_at, c.lease.deadline, holder.account,
+                  holder.network) for c in changes if c.lease],
             )  # fmt: skip
             db.executemany(
                 "UPDATE units SET wanted = ?, state = ? WHERE id = ? AND state = ?",
@@ -541,7 +562,9 @@ class SQLiteStore(Catalog, Store):
 
 
 _UNIT_SNAP = "u.id, u.job_id, u.kind, u.state, u.wanted"
-_ATTEMPT_SNAP = "a.id, a.client_id, a.state, a.output_hash, a.output_size, a.error, a.validity, a.deadline"
+_ATTEMPT_SNAP = (
+    "a.id, a.client_id, a.state, a.output_hash, a.output_size, a.error, a.validity, a.deadline, a.account, a.network"
+)
 
 
 def _counts(db: sqlite3.Connection, job_id: str) -> dict[str, int]:
@@ -560,7 +583,7 @@ def _count(db: sqlite3.Connection, events: list[Event]) -> None:
 def _attempt_snap(row: sqlite3.Row) -> AttemptSnap:
     return AttemptSnap(
         row["id"], row["client_id"], AttemptState(row["state"]), row["output_hash"], row["output_size"], row["error"],
-        Validity(row["validity"]) if row["validity"] else None, row["deadline"],
+        Validity(row["validity"]) if row["validity"] else None, row["deadline"], row["account"], row["network"],
     )  # fmt: skip
 
 
@@ -590,8 +613,8 @@ def _update_attempt(db: sqlite3.Connection, update: AttemptUpdate) -> None:
 class _Leasable:
     """The units of each job this client may lease, in order, read a page at a time."""
 
-    def __init__(self, db: sqlite3.Connection, client_id: str, page: int) -> None:
-        self.db, self.client_id, self.page = db, client_id, page
+    def __init__(self, db: sqlite3.Connection, holder: Holder, page: int) -> None:
+        self.db, self.holder, self.page = db, holder, page
         self._rows: dict[str, deque[sqlite3.Row]] = {}
         self._after: dict[str, int] = {}  # the last index read of each job; -1 before the first page
         self._more: dict[str, bool] = {}
@@ -599,7 +622,10 @@ class _Leasable:
     def next(self, job_id: str) -> sqlite3.Row | None:
         rows = self._rows.setdefault(job_id, deque())
         if not rows and self._more.get(job_id, True):
-            page = self.db.execute(_LEASABLE, (job_id, self._after.get(job_id, -1), self.client_id, self.page))
+            h = self.holder
+            params = {"job": job_id, "after": self._after.get(job_id, -1), "client": h.client, "account": h.account,
+                      "network": h.network, "limit": self.page}  # fmt: skip
+            page = self.db.execute(_LEASABLE, params)
             rows.extend(page.fetchall())
             self._more[job_id] = len(rows) == self.page
             if rows:
