@@ -689,12 +689,11 @@ def drmaa2_state(state: JobState, counts: Mapping[str, int]) -> Drmaa2State:
 
 @dataclass(frozen=True)
 class JobControl:
-    """What a verb does to a job, for a store to write as a compare-and-set on ``old``, then
-    to apply to each of its open units with ``on_control``."""
+    """What a verb does to a job, for a store to write as a compare-and-set on the state it
+    read, then to apply to each of its open units with ``on_control``."""
 
     job: str
     verb: Verb
-    old: JobState
     state: JobState
     suspended_at: float | None  # since when it is suspended (None: it is not)
     shift: float  # how long it was suspended (resume): its leases' deadlines move by as much
@@ -721,7 +720,7 @@ def on_job_control(
     events: tuple[Event, ...] = (Event(EventKind.JOB_CONTROLLED, job, detail=verb.value, at=now),)
     if new == JobState.CANCELLED and state != new:
         events += (Event(EventKind.JOB_ENDED, job, detail=new.value, at=now),)
-    return JobControl(job, verb, state, new, since, max(0.0, shift), now, events)
+    return JobControl(job, verb, new, since, max(0.0, shift), now, events)
 
 
 def unit_start_state(job: JobState) -> UnitState:
