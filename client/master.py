@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -48,7 +49,11 @@ from .errors import Cancelled, MasterError, MasterRefused, MasterUnavailable, Ma
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
+_TOKEN = re.compile(r"[!-~]{1,256}")  # what a bearer token in a header may be (the master takes no longer one)
 PIECE = 64 << 10  # a download cut off mid-piece loses that piece only: the retry resumes after the last one
+# the most of a reply (an error's too) read from a master: past any it sends (a lease of a reduce unit over
+# MAX_INPUTS map outputs is about 130 MiB), so a master cannot make the daemon hold more
+MAX_REPLY = 256 << 20
 # what a master that is down, restarting or overloaded looks like; anything else is an answer
 _TRANSIENT = (
     requests.ConnectionError,
@@ -112,10 +117,18 @@ class MasterSession(Transport):
     """
 
     def __init__(
-        self, url: str, *, timeout: float = 30.0, backoff: Backoff | None = None, token: str = "", ca: str = ""
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        backoff: Backoff | None = None,
+        token: str = "",
+        ca: str = "",
+        max_reply: int = MAX_REPLY,
     ) -> None:
         super().__init__(url, timeout=timeout, token=token, ca=ca)
         self.backoff = backoff or Backoff()
+        self.max_reply = max_reply
         self.failures = 0  # consecutive failed requests, 0 once the master answers
         self.retries = 0  # requests sent again since the start
         self.last_error = ""
@@ -123,22 +136,35 @@ class MasterSession(Transport):
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         """Transport's request, but a redirect is never followed: MasterUntrusted says where
-        the master wanted this daemon to go."""
-        response = super().request(method, url, allow_redirects=False, **kwargs)
-        if 300 <= response.status_code < 400:
-            response.close()
-            target = printable(response.headers.get("Location", ""))[:200] or "another address"
-            self.last_error = f"redirected to {target}"
-            raise MasterUntrusted(
-                f"the master at {self.url} redirected {method} {printable(url)[:200]} to {target} (HTTP "
-                f"{response.status_code}); redirects are not followed: give the master's own URL with --server"
-            )
-        return response
+        the master wanted this daemon to go. It is refused in a response hook, before requests
+        even parses the Location (it does, to offer the next request): a made-up one such as
+        ``http://[::1`` would raise ValueError there."""
+
+        def no_redirect(response: requests.Response, **_: Any) -> requests.Response:
+            if 300 <= response.status_code < 400:
+                response.close()
+                target = printable(response.headers.get("Location", ""))[:200] or "another address"
+                self.last_error = f"redirected to {target}"
+                raise MasterUntrusted(
+                    f"the master at {self.url} redirected {method} {printable(url)[:200]} to {target} (HTTP "
+                    f"{response.status_code}); redirects are not followed: give the master's own URL with --server"
+                )
+            return response
+
+        return super().request(method, url, allow_redirects=False, hooks={"response": no_redirect}, **kwargs)
 
     # -- the protocol ---------------------------------------------------------------------
     def register(self, req: RegisterRequest, token: str = "", **kw: Any) -> RegisterReply:
-        """Register with a volunteer account's token (none where the master enrolls openly)."""
-        return self.call("/clients/register", req, RegisterReply, token=token, **kw)
+        """Register with a volunteer account's token (none where the master enrolls openly). The
+        token given back goes into every later request's header: one that could not (a line
+        break, a space, not ASCII) is a reply not understood, not an error of every later call."""
+        reply = self.call("/clients/register", req, RegisterReply, token=token, **kw)
+        if not _TOKEN.fullmatch(reply.token):
+            raise MasterError(
+                "/clients/register: the master's reply is not understood: its token is not 1-256 visible ASCII "
+                "characters"
+            )
+        return reply
 
     def heartbeat(self, beat: Heartbeat, **kw: Any) -> HeartbeatReply:
         return self.call("/clients/heartbeat", beat, HeartbeatReply, **kw)
@@ -168,7 +194,10 @@ class MasterSession(Transport):
         body = codec.pack(message.to_wire())
 
         def send() -> requests.Response:
-            return self.request("POST", path, data=body, headers=_headers(codec.MSGPACK), token=token, timeout=timeout)
+            response = self.request(
+                "POST", path, data=body, headers=_headers(codec.MSGPACK), token=token, timeout=timeout, stream=True
+            )
+            return self._read(response, path)
 
         response = self._retrying(path, send, until, tries)
         try:
@@ -180,7 +209,7 @@ class MasterSession(Transport):
         """GET a resource under /api/v1 as msgpack, decoded as ``reply``."""
 
         def send() -> requests.Response:
-            return self.request("GET", path, headers=_headers())
+            return self._read(self.request("GET", path, headers=_headers(), stream=True), path)
 
         response = self._retrying(path, send, until, tries)
         try:
@@ -232,7 +261,7 @@ class MasterSession(Transport):
                             )
                         dest.write(piece)
                 else:
-                    _ = response.content  # the error message, read before the stream closes
+                    self._read(response, f"/blobs/{blob}")  # the error message, read before the stream closes
                 return response
 
         self._retrying(f"/blobs/{blob}", fetch, cancel, tries)
@@ -242,9 +271,9 @@ class MasterSession(Transport):
 
         def send() -> requests.Response:
             with open(path, "rb") as f:
-                return self.request(
-                    "PUT", f"/blobs/{check_hash(blob)}", data=f, headers=_headers("application/octet-stream")
-                )
+                headers = _headers("application/octet-stream")
+                response = self.request("PUT", f"/blobs/{check_hash(blob)}", data=f, headers=headers, stream=True)
+            return self._read(response, f"/blobs/{blob}")
 
         self._retrying(f"/blobs/{blob}", send, until, None)
 
@@ -257,6 +286,8 @@ class MasterSession(Transport):
             retry_after = 0.0
             try:
                 response = send()
+            except requests.exceptions.InvalidHeader as exc:  # one that contradicts itself: two Content-Lengths
+                raise MasterError(f"{path}: the master's reply is not understood: {printable(exc)[:200]}") from None
             except _TRANSIENT as exc:
                 untrusted = certificate_problem(exc)  # an SSLError is a ConnectionError, but no retry helps
                 if untrusted:
@@ -290,13 +321,32 @@ class MasterSession(Transport):
             elif until.wait(delay):
                 raise MasterUnavailable(f"{path}: stopped waiting for the master at {self.url}: {problem}")
 
+    def _read(self, response: requests.Response, path: str) -> requests.Response:
+        """``response`` (streamed) with its body read into ``response.content``, but no more than
+        ``max_reply`` bytes of it: past them it is a MasterError, not retried (the master would send
+        as much again). Cut off, it raises what requests raises, which the retry loop retries."""
+        body = bytearray()
+        try:
+            for piece in response.iter_content(PIECE):
+                body += piece
+                if len(body) > self.max_reply:
+                    raise MasterError(
+                        f"{path}: the master sent more than {format_size(self.max_reply)} ({self.max_reply} bytes), "
+                        "more than any reply of the protocol; it was not read further"
+                    )
+        except BaseException:
+            response.close()
+            raise
+        response._content = bytes(body)  # what response.content gives from now on
+        return response
+
     def _answered(self, response: requests.Response) -> None:
         self.failures = 0
         date = response.headers.get("Date")
         if date:
             try:
                 offset = email.utils.parsedate_to_datetime(date).timestamp() - time.time()
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # not a date, or one past year 9999
                 return
             # the header has whole seconds: only a real difference of clocks is worth correcting
             self.clock_offset = offset if abs(offset) > 2 else 0.0

@@ -88,15 +88,26 @@ class Uploader:
 
     def upload(self, items: list[Spooled], by_reference: bool = False) -> None:
         """Send results; forget each one the master answers for (taken or refused for good)."""
+        damaged: set[str] = set()  # outputs whose upload arrived damaged: sent again next round
         for i, item in enumerate(items):
             if item.output_path and not item.blob_uploaded and (by_reference or self.spool.needs_blob(item)):
                 try:
                     self.master.put_blob(item.report.output_hash or "", item.output_path, until=self.halt)
                     item.blob_uploaded = True
                 except MasterRefused as exc:
+                    if exc.status == 422:  # it arrived damaged: send it again next round
+                        log.warning("attempt %s: the output arrived damaged (%s); sending it again", item.attempt,
+                                    exc.message)  # fmt: skip
+                        damaged.add(item.attempt)
+                        continue
                     message = f"the master refused the output of {item.report.output_size} bytes: {exc.message}"
                     log.error("attempt %s: %s", item.attempt, message)
                     items[i] = self.spool.fail(item, message)
+        if damaged:  # a path that damages bytes may do it again: not in a tight loop
+            self.halt.wait(1.0)
+        items = [item for item in items if item.attempt not in damaged]
+        if not items:
+            return
         reports = [self.spool.wire(item, inline=not item.blob_uploaded) for item in items]
         try:
             acks = self.call(self.master.results, ResultBatch(reports), until=self.halt).acks
@@ -118,6 +129,11 @@ class Uploader:
                 log.info("attempt %s (job %s, unit %s): result acknowledged%s",
                          item.attempt, item.job, item.unit, f" ({ack.reason})" if ack.reason else "")  # fmt: skip
                 self.uploaded += 1
+            elif ack.again:  # damaged on the way: the spooled copy is whole
+                log.warning("attempt %s (job %s, unit %s): the result arrived damaged (%s); sending it again",
+                            item.attempt, item.job, item.unit, ack.reason)  # fmt: skip
+                self.halt.wait(0.2)
+                continue
             else:
                 log.warning("attempt %s (job %s, unit %s): result refused: %s",
                             item.attempt, item.job, item.unit, ack.reason)  # fmt: skip

@@ -108,7 +108,7 @@
         : `<span class="muted">none</span>`;
       return `<tr class="client" data-client="${esc(c.id)}" data-name="${esc(c.name)}">
         <td><b>${esc(c.name)}</b><br><span class="muted">${esc(c.id)}</span></td>
-        <td class="state ${c.online ? "online" : "offline"}">${c.online ? "online" : "offline"}${c.quarantined ? `<br><span class="quarantined" title="${esc(c.quarantined)}">quarantined</span>` : ""}</td>
+        <td class="state ${c.online ? "online" : "offline"}">${c.online ? "online" : "offline"}${c.quarantined ? `<br><span class="quarantined" title="${esc(c.quarantined)}">quarantined</span>` : ""}${c.trusted ? `<br><span class="trusted" title="decides units of adaptive jobs alone (spot-checked)">trusted</span>` : ""}</td>
         <td>${esc(h.cores)} cores, ${bytes(h.memory)}<br>${esc(h.os)} ${esc(h.arch)}, Docker ${esc(h.docker)}</td>
         <td>${ago(c.last_seen)}</td><td>${(c.reliability * 100).toFixed(1)}%</td>
         <td>${c.valid}</td><td>${c.errors}${c.invalid ? ` <span class="muted">(${c.invalid} invalid)</span>` : ""}</td>

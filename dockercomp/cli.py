@@ -438,12 +438,12 @@ def cmd_clients(args: argparse.Namespace) -> int:
     clients = _scientist(args).clients()
     rows = [
         (c["id"], c["name"], "quarantined" if c.get("quarantined") else "online" if c["online"] else "offline",
-         f"{c['busy']}/{c['slots']}", str(c["valid"]), str(c["errors"]), f"{c['reliability']:.2f}")
+         f"{c['busy']}/{c['slots']}", str(c["valid"]), str(c["errors"]), f"{c['reliability']:.2f}",
+         "yes" if c.get("trusted") else "")
         for c in clients
     ]  # fmt: skip
-    _print(
-        args, {"clients": clients}, _table(("CLIENT", "NAME", "STATE", "BUSY", "VALID", "ERRORS", "RELIABILITY"), rows)
-    )
+    header = ("CLIENT", "NAME", "STATE", "BUSY", "VALID", "ERRORS", "RELIABILITY", "TRUSTED")
+    _print(args, {"clients": clients}, _table(header, rows))
     return 0
 
 

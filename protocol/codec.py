@@ -20,8 +20,12 @@ def unpack(data: bytes) -> Any:
     """Decode one msgpack object; anything malformed becomes a ProtocolError."""
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except msgpack.StackError:  # these two say nothing themselves
+        raise ProtocolError("body is not valid msgpack: nested too deeply") from None
+    except msgpack.FormatError:
+        raise ProtocolError("body is not valid msgpack: it holds 0xc1, a byte that begins no msgpack value") from None
     except Exception as exc:  # msgpack raises a zoo of types for bad input
-        raise ProtocolError(f"body is not valid msgpack: {exc}") from None
+        raise ProtocolError(f"body is not valid msgpack: {exc or type(exc).__name__}") from None
 
 
 def dump_json(obj: Any) -> bytes:

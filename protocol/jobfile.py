@@ -51,11 +51,14 @@ class Chunking:
 @dataclass(frozen=True)
 class Redundancy:
     """BOINC-style replication: issue ``replicas`` attempts on distinct clients; a unit is done
-    when ``quorum`` successes agree on the output hash; give up after ``max_attempts``."""
+    when ``quorum`` successes agree on the output hash; give up after ``max_attempts``. With
+    ``adaptive``, a volunteer with a long record of valid results may decide a unit alone (the
+    master's trust and spot-check settings); found out later, its units are decided again."""
 
     replicas: int = 1
     quorum: int = 1
     max_attempts: int = 3
+    adaptive: bool = False
 
 
 # CPU architectures as Docker names them (an image config's "architecture"), and the names
@@ -232,6 +235,13 @@ _TOP_KEYS = {
 
 def parse_jobfile(data: object) -> JobSpec:
     """Validate a decoded job file; raise ProtocolError saying what to fix."""
+    try:
+        return _parse_jobfile(data)
+    except RecursionError:  # a refusal quoting a value nested a thousand levels deep (repr recurses)
+        raise ProtocolError("the job file nests lists or objects too deeply (a field takes a few levels)") from None
+
+
+def _parse_jobfile(data: object) -> JobSpec:
     if not isinstance(data, dict):
         raise ProtocolError("a job file must be a JSON object with at least name and image")
     _no_unknown(data, _TOP_KEYS, "job file")
@@ -262,7 +272,7 @@ def parse_jobfile(data: object) -> JobSpec:
         command=_command(data.get("command"), "command"),
         env=_env(data.get("env")),
         chunking=_chunking(_section(data, "chunking", {"by", "size", "separator"})),
-        redundancy=_redundancy(_section(data, "redundancy", {"replicas", "quorum", "max_attempts"})),
+        redundancy=_redundancy(_section(data, "redundancy", {"replicas", "quorum", "max_attempts", "adaptive"})),
         resources=_resources(_section(data, "resources", {"cpus", "memory", "timeout", "gpus", "disk", "arch"})),
         reduce_command=reduce_command,
         priority=priority,
@@ -350,7 +360,10 @@ def _redundancy(d: dict[str, Any]) -> Redundancy:
         raise ProtocolError(f"redundancy.quorum ({quorum}) cannot exceed redundancy.replicas ({replicas})")
     if max_attempts < replicas:
         raise ProtocolError(f"redundancy.max_attempts ({max_attempts}) must be at least replicas ({replicas})")
-    return Redundancy(replicas=replicas, quorum=quorum, max_attempts=max_attempts)
+    adaptive = d.get("adaptive", False)
+    if not isinstance(adaptive, bool):
+        raise ProtocolError("redundancy.adaptive must be true or false")
+    return Redundancy(replicas=replicas, quorum=quorum, max_attempts=max_attempts, adaptive=adaptive)
 
 
 def _resources(d: dict[str, Any]) -> Resources:
@@ -442,11 +455,18 @@ def _section(data: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any
     return value
 
 
+def _name(key: object) -> str:
+    """A key as a refusal shows it: quoted, escapes and all, unless printable (it could hold a line
+    break that forges a line of the master's log)."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
+
+
 def _no_unknown(d: dict[str, Any], allowed: set[str], where: str) -> None:
     unknown = set(d) - allowed
     if unknown:
         raise ProtocolError(
-            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))[:100]}; "
+            f"{where}: unknown key(s) {', '.join(sorted(_name(k) for k in unknown))[:100]}; "
             f"allowed: {', '.join(sorted(allowed))}"
         )
 

@@ -109,7 +109,8 @@ class Message:
         hints, known, caps = cls._table()
         unknown = data.keys() - known.keys()
         if unknown:
-            names = ", ".join(sorted(map(str, unknown)))[:120]
+            # a name that is not printable is quoted, escapes and all: it could hold a line break for a log
+            names = ", ".join(sorted(n if n.isprintable() else repr(n) for n in map(str, unknown)))[:120]
             raise ProtocolError(f"{where or cls.__name__}: unknown field(s) {names}")
         values = {}
         for name, f in known.items():
@@ -214,11 +215,14 @@ def _coerce(value: Any, hint: Any, path: str, cap: Cap = DEFAULT_CAP) -> Any:
     if isinstance(hint, type) and issubclass(hint, Message):
         return hint.from_wire(value, path)
     if isinstance(hint, type) and issubclass(hint, StrEnum):
-        try:
-            return hint(value)
-        except ValueError:
-            choices = ", ".join(m.value for m in hint)
-            raise ProtocolError(f"{path} must be one of {choices}, got {value!r:.40}") from None
+        if isinstance(value, str):
+            try:
+                return hint(value)
+            except ValueError:
+                pass
+        # only a string is shown: Enum's own error quotes any value, past the recursion limit for a deep one
+        got = repr(value[:40]) if isinstance(value, str) else _kind(value)
+        raise ProtocolError(f"{path} must be one of {', '.join(m.value for m in hint)}, got {got}")
     raise TypeError(f"no wire rule for {hint!r} at {path}")  # a bug in a message definition
 
 
@@ -441,13 +445,16 @@ class ResultBatch(Message):
 
 @dataclass(frozen=True)
 class Ack(Message):
-    """The master's answer to one result or release: taken, or refused with the reason."""
+    """The master's answer to one result or release: taken, or refused with the reason;
+    ``again``: refused because it arrived damaged (its output does not match its hash), so the
+    client sends it again rather than forgetting it."""
 
     caps: ClassVar[Mapping[str, Cap]] = {"reason": Cap(length=4096)}
 
     attempt: str
     accepted: bool
     reason: str = ""
+    again: bool = False
 
 
 @dataclass(frozen=True)

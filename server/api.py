@@ -28,7 +28,7 @@ from dockercomp.protocol.messages import (
 
 from .auth import STRANGER, Role, network_of, new_token, token_hash
 from .blobs import Upload
-from .errors import BadRequest, Forbidden, NotFound, RangeNotSatisfiable, Unauthorized
+from .errors import BadRequest, Forbidden, NotFound, RangeNotSatisfiable, TooLarge, Unauthorized
 from .handlers import BaseHandler, too_many
 from .models import Client
 from .store.base import new_id
@@ -130,8 +130,8 @@ class ResultsHandler(BaseHandler):
         for i, report in enumerate(batch.results):
             try:
                 accepted.append(await self._check_output(report))
-            except ProtocolError as exc:
-                refused[i] = Ack(report.attempt, False, str(exc))
+            except ProtocolError as exc:  # IntegrityError: damaged on the way, so worth sending again
+                refused[i] = Ack(report.attempt, False, str(exc), again=isinstance(exc, IntegrityError))
         # the checked inline outputs go to the blob store together; the store sees hash and size only
         await self.master.blobs.put_many([report.output for report in accepted if report.output is not None])
         accepted = [dataclasses.replace(report, output=None) for report in accepted]
@@ -207,7 +207,9 @@ class BlobHandler(BaseHandler):
         if self.request.method == "PUT":
             try:
                 check_hash(self.path_args[0], "blob hash")
-            except ProtocolError:
+                length = int(self.request.headers.get("Content-Length") or 0)  # checked by BaseHandler.prepare
+                await self.check_room(length, self.path_args[0])
+            except (ProtocolError, TooLarge):
                 self._prepared = False  # refused before its body was read: the reply closes the connection
                 raise
             self.upload = Upload(os.path.join(self.master.settings.data_path, "uploads"))
@@ -224,6 +226,7 @@ class BlobHandler(BaseHandler):
         if actual != blob:
             raise IntegrityError(blob, actual, "uploaded blob")
         size = self.upload.size
+        await self.count_uploads([(blob, size)])
         await self.upload.store(self.master.blobs, blob)
         self.reply({"hash": blob, "size": size}, status=201)
 

@@ -16,6 +16,7 @@ from .errors import Conflict, NotFound
 from .handlers import BaseHandler, Master, RedactingFilter
 from .settings import ServerSettings
 from .store import open_store
+from .store.base import REVALIDATE_SLICE
 
 log = logging.getLogger(__name__)
 V1 = r"/api/v1"
@@ -101,7 +102,8 @@ def make_app(master: Master) -> Application:
 
 
 async def reap(master: Master) -> None:
-    """Expire leases past their deadline, forever; any master may do it (it is a CAS)."""
+    """Expire leases past their deadline and decide again what found-out clients voted on,
+    forever; any master may do it (both are compare-and-sets)."""
     settings = master.settings
     while True:
         await asyncio.sleep(settings.reap_interval)
@@ -109,8 +111,15 @@ async def reap(master: Master) -> None:
             expired = await master.store.expire(master.now(), settings.lease_policy)
             if expired:
                 log.info("reaper: %d lease(s) expired, their units are reissued", expired)
+            decided = slice_ = await master.store.revalidate(master.now())
+            while slice_ == REVALIDATE_SLICE:  # more to do: in slices, other requests served between them
+                await asyncio.sleep(0)
+                slice_ = await master.store.revalidate(master.now())
+                decided += slice_
+            if decided:
+                log.info("reaper: %d unit(s) a found-out client voted on are decided again by others", decided)
         except Exception:
-            log.exception("reaper: expiring leases failed; trying again in %.0fs", settings.reap_interval)
+            log.exception("reaper: this round failed; trying again in %.0fs", settings.reap_interval)
 
 
 def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
@@ -167,6 +176,7 @@ async def serve(settings: ServerSettings, ready: asyncio.Event | None = None) ->
     tls = tls_context(settings)  # before anything is opened: a bad certificate stops the start
     store, blobs = await open_store(settings.store_url, settings.data_path)
     store.scheduler = settings.make_scheduler()
+    store.policy = settings.lease_policy
     store.events.subscribe(events.log_event)
     master = Master(settings, store, blobs)
     await first_operator_token(master)

@@ -4,10 +4,12 @@ A blob is written once and never changes, so any number of masters can share a b
 replicas' identical outputs are kept once, and a client can cache by hash.
 """
 
+import asyncio
 import contextlib
 import os
 import tempfile
 from abc import ABC, abstractmethod
+from typing import BinaryIO
 
 import xxhash
 
@@ -49,7 +51,10 @@ class BlobStore(ABC):
 
 class DirectoryBlobStore(BlobStore):
     """Blobs as files ``ROOT/ab/cd/abcd…``; written to a temporary name and renamed, so a
-    reader never sees half a blob and two writers of the same blob do not collide."""
+    reader never sees half a blob and two writers of the same blob do not collide. A large
+    blob is written by a worker thread, so the event loop does not wait for the disk."""
+
+    IN_THREAD = 1 << 20  # bytes from which a blob is written off the event loop
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -70,6 +75,14 @@ class DirectoryBlobStore(BlobStore):
         path = self._path(blob)
         if os.path.exists(path):
             return blob
+        if len(data) >= self.IN_THREAD:
+            await asyncio.get_running_loop().run_in_executor(None, self._write, path, data)
+        else:
+            self._write(path, data)
+        return blob
+
+    @staticmethod
+    def _write(path: str, data: bytes) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
         try:
@@ -79,7 +92,6 @@ class DirectoryBlobStore(BlobStore):
         except BaseException:
             os.unlink(tmp)
             raise
-        return blob
 
     async def put_file(self, path: str, blob: str) -> None:
         target = self._path(blob)
@@ -122,6 +134,11 @@ class Upload:
 
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
+
+    def open(self) -> BinaryIO:
+        """The whole upload to read from the start (it is complete: no more ``write``)."""
+        self._file.close()
+        return open(self.path, "rb")
 
     async def store(self, blobs: BlobStore, blob: str) -> None:
         """Give the file to ``blobs`` as ``blob`` (the caller checked the hash)."""

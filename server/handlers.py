@@ -34,6 +34,7 @@ from .errors import (
 from .models import Client
 from .settings import ServerSettings
 from .store import Store
+from .store.base import over_quota
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -245,6 +246,25 @@ class BaseHandler(RequestHandler):
         if isinstance(connection, HTTP1Connection):
             connection.set_max_body_size(limit)
         self._prepared = True
+
+    async def count_uploads(self, blobs: list[tuple[str, int]]) -> None:
+        """Count blobs (hash, size) a scientist put against their byte quota
+        (--max-bytes-per-owner): TooLarge when they do not fit. The operator's and the machines'
+        uploads are not counted."""
+        if self.caller.role == Role.SCIENTIST:
+            quota = self.master.settings.max_bytes_per_owner
+            await self.master.store.add_uploads(self.caller.name, blobs, self.master.now(), quota)
+
+    async def check_room(self, size: int, blob: str = "") -> None:
+        """Refuse, before its body is read, an upload of ``size`` bytes that cannot fit a
+        scientist's byte quota (count_uploads decides once it has arrived; a ``blob`` the
+        master has already may be theirs, which costs nothing)."""
+        quota = self.master.settings.max_bytes_per_owner
+        if not quota or self.caller.role != Role.SCIENTIST or (blob and await self.master.blobs.size(blob) is not None):
+            return
+        used = await self.master.store.uploaded(self.caller.name)
+        if used + size > quota:
+            raise TooLarge(over_quota(self.caller.name, used, size, quota))
 
     async def _authenticate(self, method: str) -> Caller:
         """The caller; an address that presented too many bad tokens gets 429 for each further

@@ -52,6 +52,7 @@ class AttemptState(StrEnum):
 class Validity(StrEnum):
     VALID = "valid"  # agreed with the canonical output
     INVALID = "invalid"  # disagreed with it: its client's reliability drops
+    STRUCK = "struck"  # its client was found out since (see LeasePolicy.found_out): it counts no more
 
 
 TERMINAL_UNIT = frozenset({UnitState.DONE, UnitState.FAILED, UnitState.CANCELLED})
@@ -63,6 +64,7 @@ TERMINAL_JOB = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 # Replicas always come from distinct holders (see Holder): no client gets a unit that it, another
 # machine of its volunteer account, or another client on its network succeeded on or holds.
 UNIT_FAILURES = frozenset({ErrorKind.EXIT_NONZERO, ErrorKind.OOM, ErrorKind.TIMEOUT})
+OPEN_ATTEMPT = (AttemptState.LEASED, AttemptState.TIMED_OUT)  # a result may still come
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ MOVES: dict[type[StrEnum], dict[StrEnum, frozenset[StrEnum]]] = {
         ),
         # a result taken just before the pause may still end the last unit
         JobState.SUSPENDED: frozenset({JobState.RUNNING, JobState.DONE, JobState.FAILED, JobState.CANCELLED}),
-        JobState.DONE: frozenset(),
+        JobState.DONE: frozenset({JobState.RUNNING}),  # a unit of it was reopened (on_unit_reopened)
         JobState.FAILED: frozenset(),
         JobState.CANCELLED: frozenset(),
     },
@@ -116,7 +118,8 @@ MOVES: dict[type[StrEnum], dict[StrEnum, frozenset[StrEnum]]] = {
         UnitState.SUSPENDED: frozenset(
             {UnitState.READY, UnitState.RUNNING, UnitState.DONE, UnitState.FAILED, UnitState.CANCELLED}
         ),
-        UnitState.DONE: frozenset(),
+        # reopened: a client whose vote it rested on was found out, and the others make no quorum
+        UnitState.DONE: frozenset({UnitState.READY, UnitState.SUSPENDED}),
         UnitState.FAILED: frozenset(),
         UnitState.CANCELLED: frozenset(),
     },
@@ -160,6 +163,7 @@ class AttemptView:
     state: AttemptState
     output_hash: str | None = None
     voice: str = ""
+    alone: bool = False  # leased to a trusted client to decide the unit alone (LeasePolicy.alone)
 
 
 @dataclass(frozen=True)
@@ -183,8 +187,14 @@ def decide(policy: Redundancy, attempts: Iterable[AttemptView]) -> Decision:
     client gave the work back unstarted or unfinished). It FAILS when a quorum is out of reach,
     but only once two voices have had it (one, for a unit of one attempt): one volunteer alone
     cannot fail a unit, however often it reports failing; the unit then wants one more voice.
+    An attempt leased ``alone`` is a quorum of one while it is the unit's only one.
     """
     attempts = list(attempts)
+    live = [a for a in attempts if a.state != AttemptState.RELEASED]
+    if any(a.alone and a.state in (AttemptState.LEASED, AttemptState.SUCCEEDED) for a in live) and all(
+        a.alone for a in live
+    ):  # a trusted client decides it alone; once its attempt failed, the unit is replicated as usual
+        policy = Redundancy(1, 1, policy.max_attempts)
     in_flight = [a.id for a in attempts if a.state == AttemptState.LEASED]
     succeeded = [a for a in attempts if a.state == AttemptState.SUCCEEDED]
     issued = sum(1 for a in attempts if a.state != AttemptState.RELEASED)
@@ -256,6 +266,7 @@ class JobStep(StrEnum):
     REDUCE = "reduce"  # every map unit is done: create the reduce unit
     DONE = "done"  # every unit is done, the reduce unit too when there is one
     FAILED = "failed"  # a unit failed for good
+    REDO = "redo"  # a map unit reopened: drop the reduce unit made from it; it is made again
 
 
 def job_step(n_map: int, done_map: int, failed_map: int, has_reduce: bool, reduce_state: UnitState | None) -> JobStep:
@@ -276,16 +287,42 @@ def job_step(n_map: int, done_map: int, failed_map: int, has_reduce: bool, reduc
 
 
 @dataclass(frozen=True)
+class Record:
+    """A client's record as its results were judged: the counters a store keeps on it."""
+
+    valid: int = 0  # results that agreed with the quorum
+    invalid: int = 0  # results that disagreed with it
+    streak: int = 0  # valid results since its last invalid one
+    contradicted: int = 0  # its failures (ERRORED) on units that others then computed
+
+    def judged(self, invalid: bool) -> "Record":
+        """The record after one more invalid result (which ends the streak), else one more
+        failure that others contradicted."""
+        if invalid:
+            return Record(self.valid, self.invalid + 1, 0, self.contradicted)
+        return Record(self.valid, self.invalid, self.streak, self.contradicted + 1)
+
+
+@dataclass(frozen=True)
 class LeasePolicy:
     """Who gets leases and how long they live: the job's timeout plus ``slack`` for download
     and upload; a client that has not been heard from for ``heartbeat_timeout`` loses its leases
-    sooner. A client holds at most ``prefetch`` times its slots of leases at once, and one with
-    ``quarantine_after`` invalid results (0: never) leases nothing more."""
+    sooner. A client holds at most ``prefetch`` times its slots of leases at once.
+
+    Trust (BOINC's adaptive replication): a client with ``trust_after`` valid results in a row
+    may decide a unit of a job that allows it (``redundancy.adaptive``) alone, but for a share
+    ``spot_checks`` of them, drawn at random, that are replicated as usual; one invalid result
+    ends its streak. Quarantine: a client with ``quarantine_after`` invalid results, or with
+    ``outlier_after`` failures contradicted by others when they outnumber its valid results,
+    leases nothing (0: never)."""
 
     slack: float = 120.0
     heartbeat_timeout: float = 90.0
     prefetch: int = 2
     quarantine_after: int = 3
+    trust_after: int = 10
+    spot_checks: float = 0.1
+    outlier_after: int = 10
 
     def deadline(self, now: float, timeout: float) -> float:
         return now + timeout + self.slack
@@ -294,12 +331,38 @@ class LeasePolicy:
         """How many more units a client of ``slots`` slots that holds ``leased`` may lease."""
         return max(0, self.prefetch * slots - leased)
 
-    def quarantined(self, valid: int, invalid: int) -> str:
+    def quarantined(self, record: Record) -> str:
         """Why a client with this record leases nothing, or "" when it may lease."""
-        if self.quarantine_after and invalid >= self.quarantine_after:
-            return (f"quarantined: {invalid} of its results disagreed with the quorum (valid {valid}); "
-                    "it leases nothing until its key is revoked and it enrolls again")  # fmt: skip
+        end = "it leases nothing until its key is revoked and it enrolls again"
+        if self.quarantine_after and record.invalid >= self.quarantine_after:
+            return (
+                f"quarantined: {record.invalid} of its results disagreed with the quorum (valid {record.valid}); {end}"
+            )
+        if self.outlier_after and record.contradicted >= self.outlier_after and record.contradicted > record.valid:
+            return (f"quarantined: it failed {record.contradicted} units that others computed, more than its "
+                    f"{record.valid} valid results; {end}")  # fmt: skip
         return ""
+
+    def trusted(self, record: Record, stranger: bool) -> bool:
+        """Whether a client may decide units alone: a long enough streak of valid results, and
+        an account of its own (a stranger's trust would be as cheap to farm as its enrollment)."""
+        return bool(self.trust_after) and not stranger and record.streak >= self.trust_after
+
+    def alone(self, redundancy: Redundancy, state: UnitState, wanted: int, trusted: bool, draw: float) -> bool:
+        """Whether this lease decides its unit alone: a trusted client, a job that allows it, a
+        unit that has no replica yet, and a ``draw`` (uniform in [0, 1)) past the spot checks."""
+        fresh = state == UnitState.READY and wanted >= redundancy.replicas > 1
+        return trusted and redundancy.adaptive and fresh and draw >= self.spot_checks
+
+    def found_out(self, before: Record, after: Record) -> bool:
+        """Whether a client whose record went from ``before`` to ``after`` is found out: a result
+        of it was invalid while it was trusted, or it is quarantined now. Every vote it gave
+        before is then struck and what it helped decide is decided again by others, and its
+        leases, once quarantined, are released (on_found_out)."""
+        trusted = bool(self.trust_after) and before.streak >= self.trust_after
+        return (after.invalid > before.invalid and trusted) or bool(
+            self.quarantined(after) and not self.quarantined(before)
+        )
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -317,6 +380,8 @@ class EventKind(StrEnum):
     REDUCE_CREATED = "reduce_created"  # every map unit of a job is done
     JOB_CONTROLLED = "job_controlled"  # its owner or the operator acted on it; detail: the verb
     JOB_ENDED = "job_ended"  # detail: the job's final state
+    UNIT_REOPENED = "unit_reopened"  # a client it rested on was found out; detail: the canonical hash it had
+    JOB_REOPENED = "job_reopened"  # a unit of a job that was done reopened: it runs again
 
 
 @dataclass(frozen=True)
@@ -347,6 +412,7 @@ class AttemptSnap:
     deadline: float = 0.0
     account: str = ""  # its holder's (Holder)
     network: str = ""
+    alone: bool = False  # leased to decide the unit alone (LeasePolicy.alone)
 
     @property
     def voice(self) -> str:
@@ -384,6 +450,7 @@ class AttemptUpdate:
     result: ResultReport | None = None
     validity: Validity | None = None
     deadline: float | None = None
+    alone: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -392,6 +459,7 @@ class NewAttempt:
     client: str
     leased_at: float
     deadline: float
+    alone: bool = False
 
 
 @dataclass(frozen=True)
@@ -415,20 +483,30 @@ class UnitChange:
     invalid: tuple[str, ...] = ()  # ... whose invalid count rises
     events: tuple[Event, ...] = ()
     leases: int = 0  # how the number of its leased attempts moves (+1 a lease, -1 each that ended)
+    contradicted: tuple[str, ...] = ()  # clients whose failure of it others contradicted (it is done)
+    cleared: tuple[str, ...] = ()  # ... whose invalid result was found right (a valid one instead)
 
     @property
     def ended(self) -> bool:
         """The unit reached a terminal state with this change: its job takes a step."""
         return self.state in TERMINAL_UNIT and self.old not in TERMINAL_UNIT
 
+    @property
+    def reopened(self) -> bool:
+        """The unit was done and is open again (on_found_out): its job takes it back (on_unit_reopened)."""
+        return self.old == UnitState.DONE and self.state not in TERMINAL_UNIT
 
-def on_lease(unit: UnitSnap, client: str, attempt_id: str, now: float, deadline: float) -> UnitChange:
+
+def on_lease(
+    unit: UnitSnap, client: str, attempt_id: str, now: float, deadline: float, alone: bool = False
+) -> UnitChange:
     """A new attempt of a leasable unit for this client (the store chose the unit: one that
-    wants an attempt and that ``may_lease_again`` allows for this client)."""
+    wants an attempt and that ``barred`` allows for this client); ``alone`` (LeasePolicy.alone):
+    it is the unit's only replica unless it fails."""
     state = transition(unit.state, UnitState.RUNNING)
     return UnitChange(
-        unit.id, unit.job, unit.kind, unit.state, state, unit.wanted - 1,
-        lease=NewAttempt(attempt_id, client, now, deadline), leases=1,
+        unit.id, unit.job, unit.kind, unit.state, state, 0 if alone else unit.wanted - 1,
+        lease=NewAttempt(attempt_id, client, now, deadline, alone), leases=1,
     )  # fmt: skip
 
 
@@ -484,11 +562,14 @@ def _settle(
     now: float,
     errors: tuple[str, ...],
     events: tuple[Event, ...],
+    reopen: UnitState = UnitState.READY,
 ) -> UnitChange:
     """The quorum decision on the unit as the event left it, and all that follows from it:
-    abandoned leases released, outputs judged valid or invalid (each once), the unit's end.
+    abandoned leases released, outputs judged valid or invalid (each once), the unit's end, or,
+    for a done unit whose quorum a struck vote broke, its reopening (in state ``reopen``).
     (On the master's hot path: plain tuples and dicts here, no dataclass copies.)"""
-    # each attempt as the event left it: (snapshot, state, output hash, output size)
+    # each attempt as the event left it: (snapshot, state, output hash, output size); a struck
+    # vote is as if it had been given back
     after = []
     for a in unit.attempts:
         update = updates.get(a.id)
@@ -498,13 +579,31 @@ def _settle(
             after.append((a, update.state or a.state, update.result.output_hash, update.result.output_size))
         else:
             after.append((a, update.state or a.state, a.output_hash, a.output_size))
-    decision = decide(policy, [AttemptView(a.id, state, output, a.voice) for a, state, output, _ in after])
-    held = unit.state == UnitState.SUSPENDED and decision.state not in TERMINAL_UNIT
-    state = transition(unit.state, UnitState.SUSPENDED if held else decision.state)
+    struck = {
+        a.id for a in unit.attempts if Validity.STRUCK in (a.validity, getattr(updates.get(a.id), "validity", None))
+    }
+    views = [
+        AttemptView(a.id, AttemptState.RELEASED if a.id in struck else state, output, a.voice,
+                    a.alone and getattr(updates.get(a.id), "alone", None) is not False)
+        for a, state, output, _ in after
+    ]  # fmt: skip
+    decision = decide(policy, views)
+    # a result decided alone was checked by no one: it earns its client no record
+    unchecked = (
+        {v.id for v in views if v.alone} if all(v.alone for v in views if v.state != AttemptState.RELEASED) else set()
+    )
+    if decision.state in TERMINAL_UNIT:
+        target = decision.state
+    elif unit.state == UnitState.SUSPENDED:
+        target = UnitState.SUSPENDED
+    else:
+        target = reopen if unit.state == UnitState.DONE else decision.state
+    state = transition(unit.state, target)
     out = list(events)
     extra: dict[str, dict[str, Any]] = {}  # new values for attempts the decision touches
     valid: list[str] = []
     invalid: list[str] = []
+    cleared: list[str] = []
     size = None
     for a, attempt_state, _, output_size in after:
         if a.id in decision.abandon:
@@ -513,8 +612,12 @@ def _settle(
             size = output_size if size is None else size
             if a.validity is None:
                 extra.setdefault(a.id, {})["validity"] = Validity.VALID
-                valid.append(a.client)
-        elif a.id in decision.invalid and a.validity is None:
+                if a.id not in unchecked:
+                    valid.append(a.client)
+            elif a.validity == Validity.INVALID:  # outvoted by a quorum that was struck: right after all
+                extra.setdefault(a.id, {})["validity"] = Validity.VALID
+                cleared.append(a.client)
+        elif a.id in decision.invalid and a.validity in (None, Validity.VALID):  # valid once, on a reopened unit
             extra.setdefault(a.id, {})["validity"] = Validity.INVALID
             invalid.append(a.client)
             out.append(Event(EventKind.RESULT_INVALID, unit.job, unit.id, a.id, a.client, at=now))
@@ -524,16 +627,51 @@ def _settle(
             attempt_id, values.get("state", base.state if base else None),
             values.get("finished_at", base.finished_at if base else None), base.result if base else None,
             values.get("validity", base.validity if base else None), base.deadline if base else None,
+            base.alone if base else None,
         )  # fmt: skip
+    contradicted: tuple[str, ...] = ()
     if state != unit.state and state in (UnitState.DONE, UnitState.FAILED):
         kind = EventKind.UNIT_DONE if state == UnitState.DONE else EventKind.UNIT_FAILED
         out.append(Event(kind, unit.job, unit.id, detail=decision.canonical or "", at=now))
+        if state == UnitState.DONE:
+            contradicted = tuple(dict.fromkeys(a.client for a, s, _, _ in after if s == AttemptState.ERRORED))
+    elif unit.state == UnitState.DONE and state != unit.state:
+        out.append(Event(EventKind.UNIT_REOPENED, unit.job, unit.id, detail=unit_canonical(unit) or "", at=now))
     ended = sum(1 for a in unit.attempts if a.state == AttemptState.LEASED and a.id in updates
                 and updates[a.id].state not in (None, AttemptState.LEASED))  # fmt: skip
     return UnitChange(
         unit.id, unit.job, unit.kind, unit.state, state, decision.wanted, decision.canonical, size,
-        tuple(updates.values()), None, errors, tuple(valid), tuple(invalid), tuple(out), -ended,
+        tuple(updates.values()), None, errors, tuple(valid), tuple(invalid), tuple(out), -ended, contradicted,
+        tuple(cleared),
     )  # fmt: skip
+
+
+def unit_canonical(unit: UnitSnap) -> str | None:
+    """The output hash its valid attempts agree on (a done unit's canonical hash)."""
+    return next((a.output_hash for a in unit.attempts if a.validity == Validity.VALID), None)
+
+
+def on_found_out(
+    policy: Redundancy, unit: UnitSnap, client: str, job: JobState, now: float, quarantined: bool = False
+) -> UnitChange | None:
+    """A client was found out (LeasePolicy.found_out): strike every vote it gave this unit and
+    decide the unit again by the others. A done unit whose quorum they still make stays done;
+    else it is reopened (in the state a new unit of its job starts in) and wants replicas from
+    others (the found-out client holds one already, so it gets none). An attempt it holds to
+    decide alone no longer does; a quarantined client's leases are released (its results are
+    not taken any more). None: nothing to change."""
+    mine = [a for a in unit.attempts if a.client == client]
+    updates = {a.id: AttemptUpdate(a.id, validity=Validity.STRUCK) for a in mine
+               if a.state == AttemptState.SUCCEEDED and a.validity in (None, Validity.VALID)}  # fmt: skip
+    # what it still computes alone is replicated when it returns
+    updates |= {a.id: AttemptUpdate(a.id, alone=False) for a in mine if a.alone and a.state in OPEN_ATTEMPT}
+    if quarantined:
+        updates |= {
+            a.id: AttemptUpdate(a.id, AttemptState.RELEASED, now) for a in mine if a.state == AttemptState.LEASED
+        }
+    if not updates:
+        return None
+    return _settle(policy, unit, updates, now, (), (), unit_start_state(job))
 
 
 # -- after a unit ended: its job -------------------------------------------------------------------
@@ -559,11 +697,12 @@ class JobChange:
 
 
 def count_into_job(change: UnitChange) -> str | None:
-    """Which of a job's counters a map unit's end moves ("done_map" or "failed_map"); None for
-    the reduce unit, which is not counted, and for a unit cancelled with its job."""
+    """Which of a job's counters a map unit's end moves up ("done_map" or "failed_map"), or its
+    reopening down ("done_map"); None for the reduce unit, which is not counted, and for a unit
+    cancelled with its job."""
     if change.kind != UnitKind.MAP or change.state == UnitState.CANCELLED:
         return None
-    return "done_map" if change.state == UnitState.DONE else "failed_map"
+    return "failed_map" if change.state == UnitState.FAILED else "done_map"
 
 
 def on_unit_ended(job: JobCounts, change: UnitChange, now: float) -> JobChange:
@@ -579,6 +718,25 @@ def on_unit_ended(job: JobCounts, change: UnitChange, now: float) -> JobChange:
         final = transition(job.state, JobState.DONE if step == JobStep.DONE else JobState.FAILED)
         return JobChange(step, final, (Event(EventKind.JOB_ENDED, job.id, detail=final.value, at=now),))
     return JobChange(step)
+
+
+def on_unit_reopened(job: JobCounts, change: UnitChange, now: float) -> JobChange:
+    """What a job does once a unit of it reopened (``job`` counted without it already): a done
+    job runs again, its result no longer final; a reopened map unit makes the job drop its
+    reduce unit (REDO), which is made again once the map units are done again."""
+    step = JobStep.REDO if change.kind == UnitKind.MAP and job.has_reduce else JobStep.WAIT
+    if job.state != JobState.DONE:
+        return JobChange(step)
+    state = transition(job.state, JobState.RUNNING)
+    return JobChange(step, state, (Event(EventKind.JOB_REOPENED, job.id, change.unit, at=now),))
+
+
+def on_dropped(unit: UnitSnap) -> UnitChange:
+    """A reduce unit dropped (JobStep.REDO): its leases end with it (their clients are told to
+    abort, as for any attempt the master no longer knows), for the store to count before it
+    deletes the unit."""
+    leased = sum(1 for a in unit.attempts if a.state == AttemptState.LEASED)
+    return UnitChange(unit.id, unit.job, unit.kind, unit.state, unit.state, 0, leases=-leased)
 
 
 class _Output(Protocol):
@@ -615,11 +773,15 @@ def commands(
     or ended, and those whose unit was decided or cancelled without them; pause those of a
     suspended job (every beat: a client that was paused by its volunteer must keep them so
     after); resume paused ones whose job runs again, unless the volunteer paused the client."""
-    alive = (AttemptState.LEASED, AttemptState.TIMED_OUT)
     orders = []
     for attempt_id, paused in running.items():
         attempt, unit_state = found.get(attempt_id, (None, None))
-        if attempt is None or attempt.client != client or attempt.state not in alive or unit_state in TERMINAL_UNIT:
+        if (
+            attempt is None
+            or attempt.client != client
+            or attempt.state not in OPEN_ATTEMPT
+            or unit_state in TERMINAL_UNIT
+        ):
             orders.append((Action.ABORT, attempt_id))
         elif unit_state == UnitState.SUSPENDED:
             orders.append((Action.PAUSE, attempt_id))

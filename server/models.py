@@ -9,7 +9,8 @@ from dockercomp.protocol.jobfile import JobSpec
 from dockercomp.protocol.messages import HostFacts, UnitKind
 from dockercomp.protocol.signing import Signed
 
-from .lifecycle import AttemptState, JobState, LeasePolicy, UnitState, Validity, reliability
+from .auth import is_stranger
+from .lifecycle import AttemptState, JobState, LeasePolicy, Record, UnitState, Validity, reliability
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class Client:
     valid: int = 0  # results that agreed with the quorum
     invalid: int = 0  # results that disagreed with it
     errors: int = 0  # attempts that errored or timed out
+    streak: int = 0  # valid results since its last invalid one
+    contradicted: int = 0  # its failures on units that others then computed
     # what it donates, as its last heartbeat said (0: not said)
     memory: int = 0
     gpus: int = 0
@@ -109,8 +112,14 @@ class Client:
     def reliability(self) -> float:
         return reliability(self.valid, self.invalid)
 
+    @property
+    def record(self) -> Record:
+        return Record(self.valid, self.invalid, self.streak, self.contradicted)
+
     def to_json(self, online_after: float, policy: LeasePolicy | None = None) -> dict[str, Any]:
-        """With the lease policy: why it is quarantined, when it is ("" when it leases)."""
+        """With the lease policy: whether it may decide units alone (``trusted``), and why it is
+        quarantined, when it is ("" when it leases)."""
+        policy = policy or LeasePolicy()
         return {
             "id": self.id,
             "name": self.name,
@@ -128,8 +137,11 @@ class Client:
             "valid": self.valid,
             "invalid": self.invalid,
             "errors": self.errors,
+            "streak": self.streak,
+            "contradicted": self.contradicted,
             "reliability": round(self.reliability, 4),
-            "quarantined": policy.quarantined(self.valid, self.invalid) if policy else "",
+            "trusted": policy.trusted(self.record, is_stranger(self.account)),
+            "quarantined": policy.quarantined(self.record),
         }
 
 

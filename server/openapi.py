@@ -203,7 +203,11 @@ def jobfile_schema() -> Schema:
             separator={"type": "string", "minLength": 1, "maxLength": 64},
         ),
         "redundancy": obj(
-            closed=True, replicas=counts, quorum=counts, max_attempts={"type": "integer", "minimum": 1, "maximum": 100}
+            closed=True,
+            replicas=counts,
+            quorum=counts,
+            max_attempts={"type": "integer", "minimum": 1, "maximum": 100},
+            adaptive={"type": "boolean"},
         ),
         "resources": obj(
             closed=True,

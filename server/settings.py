@@ -40,6 +40,17 @@ class ServerSettings(Settings):
     quarantine_after: int = setting(
         3, "invalid results after which a client leases nothing (default 3; 0: never)", flag="--quarantine-after"
     )
+    outlier_after: int = setting(
+        10, "failures on units others computed after which a client that has more of them than valid results"
+        " leases nothing (default 10; 0: never)", flag="--outlier-after",
+    )  # fmt: skip
+    trust_after: int = setting(
+        10, "valid results in a row after which a client may decide a unit of an adaptive job alone (default 10;"
+        " 0: never)", flag="--trust-after",
+    )  # fmt: skip
+    spot_checks: float = setting(
+        0.1, "share of a trusted client's units still replicated, drawn at random (default 0.1)", flag="--spot-checks"
+    )
     scheduler: str = setting(
         "fifo", "which job a lease serves: fifo (priority, then age) or fairshare (owners by recent use)",
         flag="--scheduler",
@@ -94,6 +105,10 @@ class ServerSettings(Settings):
     max_running_jobs: int = setting(
         1000, "jobs one scientist may have unfinished at once (default 1000; 0: no cap)", flag="--max-running-jobs"
     )
+    max_bytes_per_owner: int = setting(
+        0, "bytes of blobs (chunks, image layers) one scientist may store here, e.g. 100GiB (default 0: no cap)",
+        flag="--max-bytes-per-owner", parse=parse_size,
+    )  # fmt: skip
 
     @property
     def data_path(self) -> str:
@@ -108,8 +123,9 @@ class ServerSettings(Settings):
         from .lifecycle import LeasePolicy
 
         return LeasePolicy(
-            slack=self.lease_slack, heartbeat_timeout=self.heartbeat_timeout, quarantine_after=self.quarantine_after
-        )
+            slack=self.lease_slack, heartbeat_timeout=self.heartbeat_timeout, quarantine_after=self.quarantine_after,
+            trust_after=self.trust_after, spot_checks=self.spot_checks, outlier_after=self.outlier_after,
+        )  # fmt: skip
 
     def make_scheduler(self) -> "Scheduler":
         from .scheduler import SCHEDULERS
@@ -128,8 +144,11 @@ class ServerSettings(Settings):
                 raise SettingsError(f"{name} must be greater than 0")
         if self.lease_slack < 0:
             raise SettingsError("lease_slack must not be negative")
-        if self.quarantine_after < 0:
-            raise SettingsError("quarantine_after must not be negative (0: never quarantine)")
+        for name in ("quarantine_after", "outlier_after", "trust_after"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must not be negative (0: never)")
+        if not 0 <= self.spot_checks <= 1:
+            raise SettingsError(f"spot_checks must be a share from 0 to 1 (e.g. 0.1), got {self.spot_checks}")
         from .scheduler import SCHEDULERS
 
         if self.scheduler not in SCHEDULERS:
@@ -144,7 +163,7 @@ class ServerSettings(Settings):
         for name in ("register_burst", "auth_failure_burst"):
             if not 1 <= getattr(self, name) <= 1_000_000:
                 raise SettingsError(f"{name} must be from 1 to 1000000")
-        for name in ("max_units_per_job", "max_open_units", "max_running_jobs"):
+        for name in ("max_units_per_job", "max_open_units", "max_running_jobs", "max_bytes_per_owner"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must not be negative (0: no cap)")
         if self.max_running_per_owner < 0:

@@ -6,10 +6,14 @@ on_release, on_expire) and write the change it returns
 as a compare-and-set, so two masters sharing one store never hand out the same attempt.
 """
 
+import asyncio
+import random
 import secrets
+import time
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from dockercomp.protocol.jobfile import JobSpec, params_env
 from dockercomp.protocol.messages import (
@@ -38,13 +42,24 @@ def new_id(nbytes: int = 6) -> str:
     return secrets.token_hex(nbytes)
 
 
+REVALIDATE_SLICE = 100  # units one revalidate call decides again: one short write, the loop free between calls
+# a uniform draw in [0, 1) that no client can foresee: which of a trusted client's units are spot-checked
+draw = random.SystemRandom().random
+
+
+UNIT_SLICE = 500  # units create_job writes in one transaction (or one insert_many)
+
+
 class Store(ABC):
     """Jobs, units, attempts and clients, shared by every master process. ``events`` has the
     lifecycle's events of every change this process writes, once it is written."""
 
+    unit_slice = UNIT_SLICE
+
     def __init__(self) -> None:
         self.events = Bus()
         self.scheduler: Scheduler = Fifo()  # which job a lease serves next; the master sets its own
+        self.policy = LeasePolicy()  # trust and quarantine (results, revalidate); the master sets its own
 
     # -- life -------------------------------------------------------------------------
     @abstractmethod
@@ -99,13 +114,28 @@ class Store(ABC):
         """Add a signature to an image (one per key: a new one replaces that key's); NotFound
         for an unknown image."""
 
+    # -- uploads: the bytes each owner stored (per-scientist quotas) -------------------------
+    @abstractmethod
+    async def uploaded(self, owner: str) -> int:
+        """The bytes of the distinct blobs ``owner`` has put on the master."""
+
+    @abstractmethod
+    async def add_uploads(self, owner: str, blobs: list[tuple[str, int]], now: float, quota: int = 0) -> None:
+        """Count blobs (hash, size) ``owner`` put (each once: a blob it has already costs
+        nothing); TooLarge, saying what to do, when they would take the owner past ``quota``
+        bytes (0: none), and then none of them is counted."""
+
     # -- jobs ---------------------------------------------------------------------------
     @abstractmethod
     async def create_job(
-        self, spec: JobSpec, units: list[list[InputFile]], now: float, owner: str = "", held: bool = False
+        self, spec: JobSpec, units: "UnitInputs", now: float, owner: str = "", held: bool = False
     ) -> Job:
-        """Create a job with one map unit per entry of ``units``, all or nothing; a ``held``
-        job starts no unit until released (control_job)."""
+        """Create a job with one map unit per entry of ``units`` (read as they are written, so
+        a million of them need not be in memory at once), all or nothing; a ``held`` job starts
+        no unit until released (control_job). The units are written in slices of
+        ``unit_slice``, the event loop free between them (Pacer), and the job itself last: no
+        read or lease finds a unit whose job is not there, so a half-made job is never seen,
+        and a failure (``units`` may raise too) removes what was written."""
 
     @abstractmethod
     async def control_job(self, job_id: str, verb: Verb, now: float) -> Job:
@@ -127,7 +157,19 @@ class Store(ABC):
 
     @abstractmethod
     async def list_units(self, job_id: str, offset: int = 0, limit: int = 100) -> list[Unit]:
-        """Units of a job in order (the reduce unit last)."""
+        """Units of a job in order (the reduce unit last), from the one at index ``offset``: a
+        job's units are numbered without gaps, so that is also its place, and a page deep into a
+        big job is read from the index, not counted off from the first unit."""
+
+    @abstractmethod
+    async def list_unit_attempts(self, unit_ids: list[str]) -> dict[str, list[Attempt]]:
+        """The attempts of several units (a page of list_units), oldest first, in one query;
+        a unit with none is left out."""
+
+    @abstractmethod
+    async def list_outputs(self, job_id: str, offset: int = 0, limit: int = 100) -> list["Output"]:
+        """What list_units gives, but only what a job's results are made of: each unit's index,
+        kind and canonical output (a page of a million-unit download reads nothing more)."""
 
     @abstractmethod
     async def list_attempts(self, unit_id: str) -> list[Attempt]:
@@ -182,6 +224,12 @@ class Store(ABC):
         """Give leases back unfinished; the units are issued again, to any client."""
 
     @abstractmethod
+    async def revalidate(self, now: float, limit: int = REVALIDATE_SLICE) -> int:
+        """Strike the votes of clients found out (``self.policy.found_out``) and decide again the
+        units they voted on, by the others (lifecycle.on_found_out): a done unit that loses its
+        quorum is reopened, and so is its job. At most ``limit`` units a call; return how many."""
+
+    @abstractmethod
     async def expire(self, now: float, policy: LeasePolicy) -> int:
         """Turn leases past their deadline, or of clients silent past the heartbeat timeout,
         into timed_out attempts and reissue their units. Return how many expired."""
@@ -234,6 +282,60 @@ def sweep_inputs(hashes: list[tuple[str, int]]) -> list[list[InputFile]]:
     return [[InputFile("params.json", h, size)] for h, size in hashes]
 
 
+class Output(NamedTuple):
+    """A unit's canonical output, as list_outputs reads it for a job's results."""
+
+    idx: int
+    kind: str
+    canonical_hash: str | None
+    canonical_size: int | None
+
+
+UnitInputs = Iterable[list[InputFile]] | AsyncIterable[list[InputFile]]
+"""What create_job takes: each map unit's inputs, in order, from a list or produced as they are
+read (an async source may store each unit's input first, as a sweep's params.json is)."""
+
+
+async def unit_slices(units: UnitInputs, size: int) -> AsyncIterator[list[list[InputFile]]]:
+    """``units`` in lists of ``size`` (the last one shorter)."""
+    page: list[list[InputFile]] = []
+    if isinstance(units, AsyncIterable):
+        async for inputs in units:
+            page.append(inputs)
+            if len(page) >= size:
+                yield page
+                page = []
+    else:
+        for inputs in units:
+            page.append(inputs)
+            if len(page) >= size:
+                yield page
+                page = []
+    if page:
+        yield page
+
+
+class Pacer:
+    """Long work in slices on the event loop: calling it after each slice lets the loop serve
+    everything else for a moment whenever BUDGET seconds of work have gone by since the last
+    time, so no request waits behind a big one for much longer than that."""
+
+    BUDGET = 0.005
+    PAUSE = 0.001  # a real sleep, not sleep(0): a waiting request needs a few loop turns to be answered
+
+    def __init__(self) -> None:
+        self._since = time.monotonic()
+
+    async def __call__(self) -> None:
+        if time.monotonic() - self._since >= self.BUDGET:
+            await self.now()
+
+    async def now(self) -> None:
+        """Let the loop run now, before a step that cannot be cut (a big copy, a big free)."""
+        await asyncio.sleep(self.PAUSE)
+        self._since = time.monotonic()
+
+
 ZERO_COUNTS = {s.value: 0 for s in UnitState}
 
 
@@ -248,6 +350,11 @@ def running_of(beat: Heartbeat) -> dict[str, bool]:
     for c in beat.containers:
         running[c.attempt] = running.get(c.attempt, False) or c.state == "paused"
     return running
+
+
+def over_quota(owner: str, used: int, size: int, quota: int) -> str:
+    return (f"{owner!r:.40} has stored {used} of the {quota} bytes it may store here; {size} more do not fit: "
+            "ask the operator for more room (dockercomp master --max-bytes-per-owner)")  # fmt: skip
 
 
 def replica_account(account: str) -> str:

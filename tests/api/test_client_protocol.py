@@ -227,8 +227,9 @@ def test_result_is_taken_and_a_repeat_is_idempotent(master):
     client = registered(master.url)
     (grant,) = client.lease(1)
     report = client.report(grant)
-    assert client.upload([report]) == [{"attempt": grant["attempt"], "accepted": True, "reason": ""}]
-    assert client.upload([report]) == [{"attempt": grant["attempt"], "accepted": True, "reason": "duplicate"}]
+    taken = {"attempt": grant["attempt"], "accepted": True, "reason": "", "again": False}
+    assert client.upload([report]) == [taken]
+    assert client.upload([report]) == [taken | {"reason": "duplicate"}]
     (unit,) = job_units(master.url, job)
     assert unit["state"] == "done" and unit["output"] == digest(b"HELLO\n")
     assert [(a["state"], a["validity"]) for a in unit["attempts"]] == [("succeeded", "valid")]
@@ -377,7 +378,7 @@ def test_release_gives_leases_back_for_other_clients(master):
     a, b = registered(master.url, "a"), registered(master.url, "b")
     grants = a.lease(2)
     ids = [g["attempt"] for g in grants]
-    assert a.release(ids) == [{"attempt": i, "accepted": True, "reason": ""} for i in ids]
+    assert a.release(ids) == [{"attempt": i, "accepted": True, "reason": "", "again": False} for i in ids]
     assert job_status(master.url, job)["units"]["ready"] == 2
     assert [ack["reason"] for ack in a.release(ids)] == ["already released"] * 2
     (ack,) = a.upload([a.report(grants[0])])

@@ -215,6 +215,31 @@ def test_scientists_quotas_on_units_and_unfinished_jobs(master_factory):
     assert submit("operators", 4, master.headers).status_code == 201  # the operator has no quota
 
 
+def test_a_scientist_s_byte_quota(master_factory):
+    master = master_factory("--max-bytes-per-owner", "1KiB")
+    headers = {"Authorization": f"Bearer {master.key('scientist', 'sci')}", "Content-Type": "application/octet-stream"}
+
+    def put(data: bytes, who: dict[str, str] = headers) -> requests.Response:
+        return requests.put(f"{master.api}/blobs/{digest(data)}", data=data, headers=who, timeout=10)
+
+    first = b"a" * 600
+    assert put(first).status_code == 201
+    assert put(first).status_code == 201  # the same blob again costs nothing
+    refused = put(b"b" * 600)  # its Content-Length alone says it cannot fit: refused before the body
+    assert_error(refused, 413, "has stored 600 of the 1024 bytes", "ask the operator for more room")
+    assert put(b"c" * 424).status_code == 201  # exactly full
+    chunked = requests.put(f"{master.api}/blobs/{digest(b'd')}", data=iter([b"d"]), headers=headers, timeout=10)
+    assert_error(chunked, 413, "has stored 1024 of the 1024 bytes")  # no length: counted once it arrived
+    assert requests.head(f"{master.api}/blobs/{digest(b'd')}", headers=headers, timeout=10).status_code == 404
+    assert put(b"e" * 900, master.headers | {"Content-Type": "application/octet-stream"}).status_code == 201
+    other = headers | {"Authorization": f"Bearer {master.key('scientist', 'other')}"}
+    lines = b"".join(b"%03d\n" % i for i in range(150))  # 600 bytes, 150 distinct one-line chunks
+    chunks = requests.post(f"{master.api}/chunks?by=lines&size=1", data=lines, headers=other, timeout=10)
+    assert chunks.status_code == 201 and len(chunks.json()["chunks"]) == 150
+    big = requests.post(f"{master.api}/chunks?by=lines&size=1", data=lines.upper(), headers=other, timeout=10)
+    assert_error(big, 413, "has stored 600 of the 1024 bytes")  # chunks count as the blobs they are
+
+
 # -- 6. security headers and the Host check ---------------------------------------------------------
 
 

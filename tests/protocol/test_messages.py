@@ -156,8 +156,8 @@ SAMPLES: dict[type[Message], dict] = {
             },
         ]
     },
-    Ack: {"attempt": "a1", "accepted": True, "reason": ""},
-    AckBatch: {"acks": [{"attempt": "a1", "accepted": False, "reason": "duplicate"}]},
+    Ack: {"attempt": "a1", "accepted": True, "reason": "", "again": False},
+    AckBatch: {"acks": [{"attempt": "a1", "accepted": False, "reason": "duplicate", "again": False}]},
     ReleaseRequest: {"attempts": ["a1", "a2"]},
     LayerInfo: {"digest": "sha256:" + "a" * 64, "size": 3, "pieces": [HASH]},
     SignatureInfo: {"key": "f" * 64, "public_key": "0" * 64, "signature": "1" * 128},

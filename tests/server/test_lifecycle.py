@@ -61,6 +61,7 @@ DOCUMENTED = {
         ("suspended", "done"),  # a result taken just before the pause ended the last unit
         ("suspended", "failed"),
         ("suspended", "cancelled"),
+        ("done", "running"),  # a unit of it reopened: a client it rested on was found out
     },
     UnitState: {
         ("ready", "running"),
@@ -78,6 +79,8 @@ DOCUMENTED = {
         ("suspended", "done"),  # a result taken while suspended decided it
         ("suspended", "failed"),
         ("suspended", "cancelled"),
+        ("done", "ready"),  # reopened: a vote its quorum rested on was struck
+        ("done", "suspended"),  # ... in a suspended job
     },
     AttemptState: {
         ("leased", "succeeded"),
@@ -132,9 +135,11 @@ def test_staying_put_is_always_allowed(machine):
         assert transition(state, state) is state
 
 
-def test_terminal_states_have_no_way_out():
-    for state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED, *TERMINAL_UNIT):
+def test_terminal_states_have_no_way_out_but_reopening():
+    for state in (JobState.FAILED, JobState.CANCELLED, UnitState.FAILED, UnitState.CANCELLED):
         assert MOVES[type(state)][state] == frozenset()
+    assert MOVES[JobState][JobState.DONE] == {JobState.RUNNING}
+    assert MOVES[UnitState][UnitState.DONE] == {UnitState.READY, UnitState.SUSPENDED}
     for state in (AttemptState.SUCCEEDED, AttemptState.ERRORED, AttemptState.RELEASED):
         assert MOVES[AttemptState][state] == frozenset()
     assert {UnitState.DONE, UnitState.FAILED, UnitState.CANCELLED} == TERMINAL_UNIT

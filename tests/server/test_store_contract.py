@@ -893,3 +893,24 @@ async def test_events_name_what_happened_and_a_failing_subscriber_breaks_nothing
         (EventKind.JOB_ENDED, "", "", ""),
     ]
     assert heard[-1].detail == "done" and heard[0].at == T0 + 1
+
+
+# -- uploads --------------------------------------------------------------------------------
+
+
+@contract
+async def test_uploads_count_each_blob_once_per_owner_within_a_quota(b: Backend) -> None:
+    from dockercomp.server.errors import TooLarge
+
+    s = b.store
+    assert await s.uploaded("alice") == 0
+    with pytest.raises(TooLarge):
+        await s.add_uploads("carol", [("d" * 32, 1001)], T0, quota=1000)  # her first, and too big already
+    await s.add_uploads("alice", [("a" * 32, 600)], T0, quota=1000)
+    await s.add_uploads("alice", [("a" * 32, 600)], T0, quota=1000)  # the same blob again: free
+    await s.add_uploads("bob", [("a" * 32, 600)], T0, quota=1000)  # bob's own count
+    with pytest.raises(TooLarge, match="has stored 600 of the 1000 bytes"):
+        await s.add_uploads("alice", [("b" * 32, 401)], T0, quota=1000)
+    await s.add_uploads("alice", [("b" * 32, 300), ("e" * 32, 100), ("a" * 32, 600)], T0, quota=1000)  # full
+    await s.add_uploads("alice", [("c" * 32, 10**9)], T0)  # no quota
+    assert (await s.uploaded("alice"), await s.uploaded("bob"), await s.uploaded("carol")) == (1000 + 10**9, 600, 0)

@@ -75,7 +75,7 @@ async def test_a_client_with_too_many_invalid_results_is_quarantined(b: Backend)
         await s.record_results(client, [ok(g.attempt) for g in grants], T0 + 2)
     record = await s.get_client(liar)
     assert record.invalid == 3
-    assert policy.quarantined(record.valid, record.invalid).startswith("quarantined: 3 of its results")
+    assert policy.quarantined(record.record).startswith("quarantined: 3 of its results")
     await s.create_job(job_spec(), chunks(2, "more"), T0 + 3)
     assert await lease(s, liar, 2, policy=policy) == []
     assert len(await lease(s, honest[0], 2, policy=policy)) == 2

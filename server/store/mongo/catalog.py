@@ -1,4 +1,5 @@
-"""Keys and images in MongoDB: who may call the master, and the workloads it delivers."""
+"""Keys, images and uploads in MongoDB: who may call the master, the workloads it delivers, and
+the bytes each owner stored."""
 
 import contextlib
 from typing import Any
@@ -9,9 +10,9 @@ from pymongo.errors import DuplicateKeyError
 from dockercomp.protocol.signing import Signed
 
 from ...auth import Key, Role
-from ...errors import Conflict, NotFound
+from ...errors import Conflict, NotFound, TooLarge
 from ...models import Image, Layer
-from ..base import image_from
+from ..base import image_from, over_quota
 from .guard import guard
 
 Doc = dict[str, Any]
@@ -23,6 +24,38 @@ class Catalog:
     _keys: Any
     _layers: Any
     _images: Any
+    _uploads: Any
+
+    # -- uploads ------------------------------------------------------------------------
+    @guard
+    async def uploaded(self, owner: str) -> int:
+        doc = await self._uploads.find_one({"_id": f"total/{owner}"})
+        return int(doc["size"]) if doc else 0
+
+    @guard
+    async def add_uploads(self, owner: str, blobs: list[tuple[str, int]], now: float, quota: int = 0) -> None:
+        """Each blob's document first (a blob counts once), then the owner's total as a
+        compare-and-set on room left; when there is none, the documents go again."""
+        new: dict[str, int] = {}
+        for blob, size in dict(blobs).items():
+            with contextlib.suppress(DuplicateKeyError):
+                await self._uploads.insert_one({"_id": f"blob/{owner}/{blob}", "size": size, "at": now})
+                new[blob] = size
+        if not new:
+            return
+        size, total = sum(new.values()), {"_id": f"total/{owner}"}
+        if not quota:
+            await self._uploads.update_one(total, {"$inc": {"size": size}}, upsert=True)
+            return
+        counted = False
+        if size <= quota:  # (past it, the upsert below would make a total of whatever was asked)
+            with contextlib.suppress(DuplicateKeyError):  # no room: the upsert runs into the total there is
+                room = {**total, "size": {"$lte": quota - size}}
+                await self._uploads.update_one(room, {"$inc": {"size": size}}, upsert=True)
+                counted = True
+        if not counted:
+            await self._uploads.delete_many({"_id": {"$in": [f"blob/{owner}/{blob}" for blob in new]}})
+            raise TooLarge(over_quota(owner, await self.uploaded(owner), size, quota))
 
     # -- keys ---------------------------------------------------------------------------
     @guard

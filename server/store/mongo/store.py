@@ -39,6 +39,7 @@ from dockercomp.protocol.messages import (
     UnitKind,
 )
 
+from ...auth import is_stranger
 from ...errors import NotFound, ServerError, StoreUnavailable
 from ...events import active, minute_of, tally
 from ...lifecycle import (
@@ -53,6 +54,7 @@ from ...lifecycle import (
     JobState,
     JobStep,
     LeasePolicy,
+    Record,
     UnitChange,
     UnitSnap,
     UnitState,
@@ -63,27 +65,36 @@ from ...lifecycle import (
     count_into_job,
     initial_wanted,
     on_control,
+    on_dropped,
     on_expire,
+    on_found_out,
     on_job_control,
     on_lease,
     on_release,
     on_result,
     on_unit_ended,
+    on_unit_reopened,
     unit_start_state,
 )
 from ...matching import Room
 from ...models import Attempt, Client, InputFile, Job, Tally, Unit
 from ...scheduler import Candidate, Share, charge
 from ..base import (
+    REVALIDATE_SLICE,
     ZERO_COUNTS,
+    Output,
+    Pacer,
     Store,
+    UnitInputs,
     client_key,
+    draw,
     grant,
     job_counts,
     new_id,
     reduce_inputs,
     replica_account,
     running_of,
+    unit_slices,
 )
 from .catalog import Catalog, guard
 
@@ -96,6 +107,7 @@ CAS_TRIES = 64  # a unit changes a handful of times in its life; this many misse
 OPEN = {"state": {"$in": [UnitState.READY.value, UnitState.RUNNING.value]}, "wanted": {"$gt": 0}}
 LEASE_ORDER = [("job_id", ASCENDING), ("idx", ASCENDING)]
 NO_HISTORY = {"attempts": 0, "clients": 0}  # what listing and leasing units do not need
+RECORD = {"valid": 1, "invalid": 1, "streak": 1, "contradicted": 1}  # a client's lifecycle.Record
 
 
 def _database(target: Any, name: str) -> tuple[Any, AsyncMongoClient[Doc] | None]:
@@ -125,6 +137,7 @@ class MongoStore(Catalog, Store):
         self._keys = self.db["keys"]
         self._layers = self.db["layers"]
         self._images = self.db["images"]
+        self._uploads = self.db["uploads"]
         self._shares = self.db["shares"]
         self._specs: dict[str, JobSpec] = {}  # job specs and owners never change, so caching them is safe
         self._owners: dict[str, str] = {}
@@ -160,27 +173,32 @@ class MongoStore(Catalog, Store):
     # -- jobs ---------------------------------------------------------------------------
     @guard
     async def create_job(
-        self, spec: JobSpec, units: list[list[InputFile]], now: float, owner: str = "", held: bool = False
+        self, spec: JobSpec, units: UnitInputs, now: float, owner: str = "", held: bool = False
     ) -> Job:
-        """The job goes in first, so a unit is never leasable without its spec; should the
-        units fail to go in, both are removed again (MongoDB has no transaction here)."""
+        """The units go in first, an ``insert_many`` per slice, and the job last: a lease
+        looks for units only in the jobs it finds, so none is leasable before its job is there.
+        Should anything fail, the units are removed again (MongoDB has no transaction here)."""
         state = JobState.HELD if held else JobState.RUNNING
-        job = Job(id=new_id(), spec=spec, state=state, created_at=now, owner=owner, n_map=len(units))
-        await self._jobs.insert_one(
-            {"_id": job.id, "spec": spec.to_dict(), "state": job.state.value, "created_at": now,
-             "finished_at": None, "n_map": job.n_map, "done_map": 0, "failed_map": 0, "owner": owner,
-             "suspended_at": None}
-        )  # fmt: skip
+        job, pace = Job(id=new_id(), spec=spec, state=state, created_at=now, owner=owner), Pacer()
         try:
-            if units:
+            async for page in unit_slices(units, self.unit_slice):
                 await self._units.insert_many(
-                    [_new_unit(job, i, UnitKind.MAP, inputs) for i, inputs in enumerate(units)]
+                    [_new_unit(job, i, UnitKind.MAP, inputs) for i, inputs in enumerate(page, job.n_map)]
                 )
-        except Exception:
-            await self._units.delete_many({"job_id": job.id})
-            await self._jobs.delete_one({"_id": job.id})
+                job.n_map += len(page)
+                await pace()
+            await self._jobs.insert_one(
+                {"_id": job.id, "spec": spec.to_dict(), "state": job.state.value, "created_at": now,
+                 "finished_at": None, "n_map": job.n_map, "done_map": 0, "failed_map": 0, "owner": owner,
+                 "suspended_at": None}
+            )  # fmt: skip
+        except BaseException:
+            try:
+                await self._units.delete_many({"job_id": job.id})
+            except Exception:  # what is left belongs to no job: no query finds it
+                log.warning("units of the job %s that was not made are left behind", job.id, exc_info=True)
             raise
-        self._specs[job.id] = spec
+        self._specs[job.id], self._owners[job.id] = spec, owner
         return job
 
     @guard
@@ -233,8 +251,27 @@ class MongoStore(Catalog, Store):
         await self._job_doc(job_id)
         if limit <= 0:
             return []
-        cursor = self._units.find({"job_id": job_id}, NO_HISTORY).sort("idx", ASCENDING)
-        return [_unit_from(doc) for doc in await cursor.skip(max(0, offset)).limit(limit).to_list(None)]
+        query = {"job_id": job_id, "idx": {"$gte": max(0, offset)}}
+        cursor = self._units.find(query, NO_HISTORY).sort("idx", ASCENDING).limit(limit)
+        return [_unit_from(doc) for doc in await cursor.to_list(None)]
+
+    @guard
+    async def list_outputs(self, job_id: str, offset: int = 0, limit: int = 100) -> list[Output]:
+        await self._job_doc(job_id)
+        if limit <= 0:
+            return []
+        query = {"job_id": job_id, "idx": {"$gte": max(0, offset)}}
+        fields = {"idx": 1, "kind": 1, "canonical_hash": 1, "canonical_size": 1}
+        cursor = self._units.find(query, fields).sort("idx", ASCENDING).limit(limit)
+        return [Output(d["idx"], d["kind"], d.get("canonical_hash"), d.get("canonical_size")) async for d in cursor]
+
+    @guard
+    async def list_unit_attempts(self, unit_ids: list[str]) -> dict[str, list[Attempt]]:
+        found: dict[str, list[Attempt]] = {}
+        async for doc in self._units.find({"_id": {"$in": unit_ids}}, {"job_id": 1, "attempts": 1}):
+            if doc["attempts"]:
+                found[doc["_id"]] = sorted((_attempt_from(a, doc) for a in doc["attempts"]), key=lambda a: a.leased_at)
+        return found
 
     @guard
     async def list_attempts(self, unit_id: str) -> list[Attempt]:
@@ -266,7 +303,8 @@ class MongoStore(Catalog, Store):
         await self.add_key(client_key(client, token_hash))
         await self._clients.insert_one(
             {"_id": client.id, "name": name, "registered_at": now, "last_seen": now, "slots": slots, "busy": 0,
-             "host": host.to_wire(), "containers": [], "valid": 0, "invalid": 0, "errors": 0, "account": account}
+             "host": host.to_wire(), "containers": [], "valid": 0, "invalid": 0, "errors": 0, "account": account,
+             "streak": 0, "contradicted": 0, "found_out": None}
         )  # fmt: skip
         return client
 
@@ -308,12 +346,14 @@ class MongoStore(Catalog, Store):
             return grants
         client = await self._clients.find_one_and_update(
             {"_id": client_id}, {"$set": {"last_seen": now}},
-            projection={"host.arch": 1, "account": 1, "slots": 1, "valid": 1, "invalid": 1},
+            projection={"host.arch": 1, "account": 1, "slots": 1, **RECORD},
         )  # fmt: skip
         if client is None:
             raise NotFound(f"no client {client_id!r:.40}; register again")
-        if policy.quarantined(client["valid"], client["invalid"]):
+        record = _record(client)
+        if policy.quarantined(record):
             return grants
+        trusted = policy.trusted(record, is_stranger(client.get("account", "")))
         leased = await self._units.count_documents(
             {"attempts": {"$elemMatch": {"client": client_id, "state": AttemptState.LEASED.value}}}
         )
@@ -338,7 +378,8 @@ class MongoStore(Catalog, Store):
             if doc is None:  # none left for this client, or too big for what is left (it only shrinks)
                 candidates.remove(job)
                 continue
-            change = await self._lease_one(doc, holder, now, policy.deadline(now, spec.resources.timeout))
+            alone = policy.alone(spec.redundancy, UnitState(doc["state"]), doc["wanted"], trusted, draw())
+            change = await self._lease_one(doc, holder, now, policy.deadline(now, spec.resources.timeout), alone)
             if change is None:  # another master got there first
                 continue
             unit = _unit_from(doc)
@@ -356,6 +397,9 @@ class MongoStore(Catalog, Store):
     @guard
     async def record_results(self, client_id: str, reports: list[ResultReport], now: float) -> list[Ack]:
         await self._touch(client_id, now)
+        refused = self.policy.quarantined(_record(await self._clients.find_one({"_id": client_id}, RECORD) or {}))
+        if refused:
+            return [Ack(report.attempt, False, f"result not taken: {refused}") for report in reports]
         return [await _ack(report.attempt, self._record(client_id, report, now)) for report in reports]
 
     @guard
@@ -382,7 +426,7 @@ class MongoStore(Catalog, Store):
         return expired
 
     # -- one unit, compare-and-set ------------------------------------------------------------
-    async def _lease_one(self, doc: Doc, holder: Holder, now: float, deadline: float) -> UnitChange | None:
+    async def _lease_one(self, doc: Doc, holder: Holder, now: float, deadline: float, alone: bool) -> UnitChange | None:
         """Add one attempt for this holder to the unit, unless another master got there first
         and the unit no longer wants one (or already has one of this holder's)."""
         attempt_id = new_id(8)
@@ -390,7 +434,7 @@ class MongoStore(Catalog, Store):
         leasable = {**OPEN, "clients": {"$nin": keys}}
         for _ in range(CAS_TRIES):
             unit = _unit_from(doc)
-            change = on_lease(_snap(doc), holder.client, attempt_id, now, deadline)
+            change = on_lease(_snap(doc), holder.client, attempt_id, now, deadline, alone)
             result = await self._units.update_one(
                 {"_id": unit.id, "version": doc["version"], **leasable},
                 {"$set": {"state": change.state.value, "wanted": change.wanted}, "$inc": {"version": 1},
@@ -468,15 +512,23 @@ class MongoStore(Catalog, Store):
         )  # fmt: skip
         if not result.matched_count:
             return False
-        for counter, client_ids in (("errors", change.errors), ("valid", change.valid), ("invalid", change.invalid)):
+        for inc, client_ids in (({"errors": 1}, change.errors), ({"valid": 1, "streak": 1}, change.valid),
+                                ({"valid": 1, "invalid": -1}, change.cleared)):  # fmt: skip
             if client_ids:
-                await self._clients.update_many({"_id": {"$in": list(client_ids)}}, {"$inc": {counter: 1}})
+                await self._clients.update_many({"_id": {"$in": list(client_ids)}}, {"$inc": inc})
+        for client_id, invalid in [(c, True) for c in change.invalid] + [(c, False) for c in change.contradicted]:
+            judged = {"$inc": {"invalid": 1}, "$set": {"streak": 0}} if invalid else {"$inc": {"contradicted": 1}}
+            before = _record(await self._clients.find_one_and_update({"_id": client_id}, judged, RECORD) or {})
+            if self.policy.found_out(before, before.judged(invalid)):
+                await self._clients.update_one({"_id": client_id}, {"$set": {"found_out": now}})
         events = list(change.events)
         running, usage = charge(change, await self._spec(change.job))
         if running or usage:
             await self._account(await self._owner(change.job), running, usage, now)
         if change.ended:
             events += await self._unit_ended(change, now)
+        elif change.reopened:
+            events += await self._unit_reopened(change, now)
         await self._count(events)
         self.events.publish(events)
         return True
@@ -518,16 +570,7 @@ class MongoStore(Catalog, Store):
         """Count a finished map unit in its job; create the reduce unit or end the job when
         that was the last one. Only the master whose ``$inc`` completed the count goes on, and
         no reduce unit exists before that, so a map unit's end never needs to look for one."""
-        counter = count_into_job(change)
-        if counter is not None:
-            job_doc = await self._jobs.find_one_and_update(
-                {"_id": change.job}, {"$inc": {counter: 1}}, return_document=ReturnDocument.AFTER
-            )
-        else:
-            job_doc = await self._jobs.find_one({"_id": change.job})
-        if job_doc is None:
-            raise NotFound(f"no job {change.job!r:.40}")
-        job = self._job_from(job_doc)
+        job = await self._count_in_job(change, 1)
         step = on_unit_ended(job_counts(job), change, now)
         if step.step == JobStep.REDUCE:
             maps = self._units.find({"job_id": job.id, "kind": UnitKind.MAP.value}, NO_HISTORY).sort("idx", ASCENDING)
@@ -539,6 +582,62 @@ class MongoStore(Catalog, Store):
                 {"_id": job.id, "state": job.state.value}, {"$set": {"state": step.state.value, "finished_at": now}}
             )
         return step.events
+
+    async def _count_in_job(self, change: UnitChange, by: int) -> Job:
+        """The job of a unit that ended (``by`` 1) or reopened (-1), its counter of map units moved."""
+        counter = count_into_job(change)
+        if counter is not None:
+            job_doc = await self._jobs.find_one_and_update(
+                {"_id": change.job}, {"$inc": {counter: by}}, return_document=ReturnDocument.AFTER
+            )
+        else:
+            job_doc = await self._jobs.find_one({"_id": change.job})
+        if job_doc is None:
+            raise NotFound(f"no job {change.job!r:.40}")
+        return self._job_from(job_doc)
+
+    async def _unit_reopened(self, change: UnitChange, now: float) -> tuple[Event, ...]:
+        job = await self._count_in_job(change, -1)
+        step = on_unit_reopened(job_counts(job), change, now)
+        if step.step == JobStep.REDO:
+            reduce = await self._units.find_one_and_delete({"job_id": job.id, "kind": UnitKind.REDUCE.value})
+            if reduce is not None:
+                running, usage = charge(on_dropped(_snap(reduce)), job.spec)
+                await self._account(job.owner, running, usage, now)
+        if step.state is not None:
+            await self._jobs.update_one(
+                {"_id": job.id, "state": job.state.value}, {"$set": {"state": step.state.value, "finished_at": None}}
+            )
+        return step.events
+
+    @guard
+    async def revalidate(self, now: float, limit: int = REVALIDATE_SLICE) -> int:
+        decided = 0
+        async for client in self._clients.find({"found_out": {"$ne": None}}, {"found_out": 1, **RECORD}):
+            client_id, found_out = client["_id"], client["found_out"]
+            quarantined = bool(self.policy.quarantined(_record(client)))
+            held = [{"state": AttemptState.LEASED.value}] if quarantined else []
+            votes = {"client": client_id, "leased_at": {"$lte": found_out}, "$or": [
+                {"state": AttemptState.SUCCEEDED.value, "validity": {"$in": [None, Validity.VALID.value]}},
+                {"alone": True, "state": {"$in": [AttemptState.LEASED.value, AttemptState.TIMED_OUT.value]}}, *held,
+            ]}  # fmt: skip
+            docs = await self._units.find({"attempts": {"$elemMatch": votes}}).limit(limit - decided).to_list(None)
+            for doc in docs:
+                decided += 1
+                for _ in range(CAS_TRIES):
+                    job = self._job_from(await self._job_doc(doc["job_id"]))
+                    if job.state in (JobState.FAILED, JobState.CANCELLED):
+                        break  # its result is not wanted any more
+                    change = on_found_out(job.spec.redundancy, _snap(doc), client_id, job.state, now, quarantined)
+                    if change is None or await self._write(doc, change, now):
+                        break
+                    doc = await self._units.find_one({"_id": doc["_id"]})
+                    if doc is None:
+                        break
+            if decided >= limit:
+                break
+            await self._clients.update_one({"_id": client_id, "found_out": found_out}, {"$set": {"found_out": None}})
+        return decided
 
     # -- reads ----------------------------------------------------------------------------
     async def _touch(self, client_id: str, now: float) -> None:
@@ -644,7 +743,12 @@ def _client_from(doc: Doc) -> Client:
         account=doc.get("account", ""), slots=doc["slots"], busy=doc["busy"], host=HostFacts.from_wire(doc["host"]),
         containers=doc["containers"], valid=doc["valid"], invalid=doc["invalid"], errors=doc["errors"],
         memory=doc.get("memory", 0), gpus=doc.get("gpus", 0), disk=doc.get("disk", 0),
+        streak=doc.get("streak", 0), contradicted=doc.get("contradicted", 0),
     )  # fmt: skip
+
+
+def _record(doc: Doc) -> Record:
+    return Record(doc.get("valid", 0), doc.get("invalid", 0), doc.get("streak", 0), doc.get("contradicted", 0))
 
 
 def _snap(doc: Doc) -> UnitSnap:
@@ -658,6 +762,7 @@ def _attempt_snap(a: Doc) -> AttemptSnap:
     return AttemptSnap(
         a["id"], a["client"], AttemptState(a["state"]), a["output_hash"], a["output_size"], a["error"],
         Validity(a["validity"]) if a["validity"] else None, a["deadline"], a.get("account", ""), a.get("network", ""),
+        a.get("alone", False),
     )  # fmt: skip
 
 
@@ -668,7 +773,7 @@ def _new_attempt(change: UnitChange, holder: Holder) -> Doc:
             "state": AttemptState.LEASED.value, "leased_at": lease.leased_at,
             "deadline": lease.deadline, "finished_at": None, "output_hash": None, "output_size": None,
             "exit_code": None, "error": None, "stderr_tail": "", "runtime": None, "peak_memory": None,
-            "validity": None}  # fmt: skip
+            "validity": None, "alone": lease.alone}  # fmt: skip
 
 
 def _updated(attempts: list[Doc], change: UnitChange) -> list[Doc]:
@@ -687,7 +792,7 @@ def _updated(attempts: list[Doc], change: UnitChange) -> list[Doc]:
                     exit_code=r.exit_code, error=None if r.error is None else r.error.value,
                     stderr_tail=r.stderr_tail[-STDERR_TAIL:], runtime=r.runtime, peak_memory=r.peak_memory,
                 )  # fmt: skip
-            for name in ("state", "finished_at", "validity", "deadline"):
+            for name in ("state", "finished_at", "validity", "deadline", "alone"):
                 value = getattr(update, name)
                 if value is not None:
                     a[name] = value.value if isinstance(value, StrEnum) else value

@@ -27,6 +27,7 @@ class SQLiteBlobStore(BlobStore):
             path, isolation_level=None, check_same_thread=False, timeout=30
         )
         self._db.execute("PRAGMA synchronous = NORMAL")  # the database is in WAL mode (SQLiteStore sets it)
+        self._db.execute("PRAGMA wal_autocheckpoint = 0")  # SQLiteStore's Checkpointer does them
         self._db.execute("CREATE TABLE IF NOT EXISTS blobs (hash TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID")
 
     @property

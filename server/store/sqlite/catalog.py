@@ -1,5 +1,6 @@
-"""Keys and images in SQLite: who may call the master, and the workloads it delivers. Each
-write is one transaction of the store's (``SQLiteStore._tx``), like any other."""
+"""Keys, images and uploads in SQLite: who may call the master, the workloads it delivers, and
+the bytes each owner stored. Each write is one transaction of the store's (``SQLiteStore._tx``),
+like any other."""
 
 import json
 import sqlite3
@@ -8,9 +9,9 @@ from contextlib import AbstractContextManager
 from dockercomp.protocol.signing import Signed
 
 from ...auth import Key, Role
-from ...errors import Conflict, NotFound, StoreUnavailable
+from ...errors import Conflict, NotFound, StoreUnavailable, TooLarge
 from ...models import Image, Layer
-from ..base import image_from, merge_image, with_signature
+from ..base import image_from, merge_image, over_quota, with_signature
 
 
 class Catalog:
@@ -75,6 +76,29 @@ class Catalog:
             rows = db.execute(f"SELECT doc FROM images {where} ORDER BY pushed_at DESC, id", params).fetchall()
         return [image_from(json.loads(row[0])) for row in rows]
 
+    # -- uploads ------------------------------------------------------------------------
+    async def uploaded(self, owner: str) -> int:
+        with self._tx() as db:
+            return _used(db, owner)
+
+    async def add_uploads(self, owner: str, blobs: list[tuple[str, int]], now: float, quota: int = 0) -> None:
+        with self._tx() as db:
+            new = dict(blobs)
+            for i in range(0, len(blobs), 500):  # SQLite's limit on parameters
+                some = [blob for blob, _ in blobs[i : i + 500]]
+                marks = ", ".join("?" * len(some))
+                for (blob,) in db.execute(f"SELECT blob FROM uploads WHERE owner = ? AND blob IN ({marks})",
+                                          (owner, *some)):  # fmt: skip
+                    new.pop(blob, None)
+            if not new:
+                return
+            used, size = _used(db, owner), sum(new.values())
+            if quota and used + size > quota:
+                raise TooLarge(over_quota(owner, used, size, quota))
+            db.executemany("INSERT INTO uploads VALUES (?, ?, ?, ?)", [(owner, b, n, now) for b, n in new.items()])
+            db.execute("INSERT INTO upload_totals VALUES (?, ?) ON CONFLICT (owner) DO UPDATE SET size = size + ?",
+                       (owner, size, size))  # fmt: skip
+
     async def add_signature(self, image_id: str, signature: Signed) -> Image:
         with self._tx() as db:
             image = _image_in(db, image_id)
@@ -101,6 +125,11 @@ def _key_from(row: sqlite3.Row) -> Key:
         name=row["name"], role=Role(row["role"]), token_hash=row["token_hash"], created_at=row["created_at"],
         account=row["account"], client=row["client"], expires_at=row["expires_at"], revoked_at=row["revoked_at"],
     )  # fmt: skip
+
+
+def _used(db: sqlite3.Connection, owner: str) -> int:
+    row = db.execute("SELECT size FROM upload_totals WHERE owner = ?", (owner,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _image_in(db: sqlite3.Connection, image_id: str) -> Image | None:

@@ -1,0 +1,1 @@
+"""Chaos tests: real masters and daemons killed, bytes flipped on the wire, lying volunteers."""
