@@ -29,7 +29,8 @@ CHUNK_MODES = ("bytes", "lines", "records", "files")
 EXEC_MODES = ("batch",)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._\-/:@]{0,254}")
-MAX_SWEEP = 100_000  # units of one sweep: each is a unit row and a params.json blob on the master
+MAX_SWEEP = 1_000_000  # units of one range sweep: each is a unit row and a params.json blob on the master
+MAX_SWEEP_POINTS = 100_000  # parameter objects a listed sweep may name (each is in the job file itself)
 MAX_CONTAINERS = 8  # containers of one unit, the main one included: each is a sandbox with the job's limits
 # a container's name on its unit's network: one lowercase DNS label
 CONTAINER_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -416,8 +417,8 @@ def _sweep(value: object) -> Sweep | None:
         raise ProtocolError('sweep must be {"start", "end", "step"} or a list of parameter objects')
     if not value:
         raise ProtocolError("sweep is an empty list: give one parameter object per unit")
-    if len(value) > MAX_SWEEP:
-        raise ProtocolError(f"the sweep lists {len(value)} parameter objects, more than {MAX_SWEEP}")
+    if len(value) > MAX_SWEEP_POINTS:
+        raise ProtocolError(f"the sweep lists {len(value)} parameter objects, more than {MAX_SWEEP_POINTS}")
     return ListSweep(tuple(_point(point, f"sweep[{i}]") for i, point in enumerate(value)))
 
 

@@ -176,7 +176,7 @@ def jobfile_schema() -> Schema:
             array(
                 {"type": "object", "minProperties": 1, "maxProperties": 256, "additionalProperties": scalar},
                 minItems=1,
-                maxItems=jobfile.MAX_SWEEP,
+                maxItems=jobfile.MAX_SWEEP_POINTS,
             ),
         ]
     }

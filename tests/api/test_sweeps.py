@@ -66,7 +66,7 @@ def test_units_with_the_same_parameters_share_one_params_blob(master):
         ({"start": 1, "end": 10, "step": 0}, ["sweep.step must be a positive integer"]),
         ({"start": 10, "end": 1}, ["sweep.end (1) must be greater than sweep.start (10)"]),
         ({"start": 5, "end": 5}, ["must be greater than", "end is exclusive"]),
-        ({"start": 0, "end": 10**9}, ["the sweep makes 1000000000 units, more than 100000", "larger step"]),
+        ({"start": 0, "end": 10**9}, ["the sweep makes 1000000000 units, more than 1000000", "larger step"]),
         ([], ["sweep is an empty list"]),
         ([{"1X": 1}], ["sweep[0]: parameter name '1X'"]),
         ([{"A": 1}, {"A": [2]}], ["sweep[1].A must be a string"]),

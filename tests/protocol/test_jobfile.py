@@ -445,8 +445,8 @@ def test_a_sweep_job_file_round_trips_without_chunking():
         ({"start": "1", "end": 10}, "sweep.start must be an integer"),
         ({"start": 0, "end": 2**63}, "sweep.end must be an integer"),
         ({"start": 0, "end": 10, "stride": 2}, "sweep: unknown key.*stride"),
-        ({"start": 0, "end": 100_001}, "the sweep makes 100001 units, more than 100000; use a larger step"),
-        ({"start": -(2**63), "end": 2**63 - 1}, "more than 100000"),
+        ({"start": 0, "end": 1_000_001}, "the sweep makes 1000001 units, more than 1000000; use a larger step"),
+        ({"start": -(2**63), "end": 2**63 - 1}, "more than 1000000"),
         ([], "sweep is an empty list"),
         ([{}], r"sweep\[0\] must be an object of 1 to 256 parameters"),
         ([{"A": 1}, "B=2"], r"sweep\[1\] must be an object"),
@@ -478,7 +478,7 @@ def test_a_sweep_with_chunking_is_refused():
 
 
 def test_the_largest_sweeps_are_accepted():
-    assert len(parse_jobfile(job(sweep={"start": 0, "end": 100_000})).sweep) == 100_000
+    assert len(parse_jobfile(job(sweep={"start": 0, "end": 1_000_000})).sweep) == 1_000_000
     assert len(parse_jobfile(job(sweep={"start": -(2**63), "end": 2**63 - 1, "step": 2**63 - 1})).sweep) == 3
     assert len(parse_jobfile(job(sweep=[{"I": i} for i in range(100_000)])).sweep) == 100_000
 
