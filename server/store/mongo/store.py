@@ -378,7 +378,7 @@ class MongoStore(Catalog, Store):
             if doc is None:  # none left for this client, or too big for what is left (it only shrinks)
                 candidates.remove(job)
                 continue
-            alone = policy.alone(spec.redundancy, UnitState(doc["state"]), doc["wanted"], trusted, draw())
+            alone = trusted and policy.alone(spec.redundancy, UnitState(doc["state"]), doc["wanted"], trusted, draw())
             change = await self._lease_one(doc, holder, now, policy.deadline(now, spec.resources.timeout), alone)
             if change is None:  # another master got there first
                 continue
@@ -396,8 +396,7 @@ class MongoStore(Catalog, Store):
 
     @guard
     async def record_results(self, client_id: str, reports: list[ResultReport], now: float) -> list[Ack]:
-        await self._touch(client_id, now)
-        refused = self.policy.quarantined(_record(await self._clients.find_one({"_id": client_id}, RECORD) or {}))
+        refused = self.policy.quarantined(await self._touch(client_id, now))
         if refused:
             return [Ack(report.attempt, False, f"result not taken: {refused}") for report in reports]
         return [await _ack(report.attempt, self._record(client_id, report, now)) for report in reports]
@@ -640,9 +639,12 @@ class MongoStore(Catalog, Store):
         return decided
 
     # -- reads ----------------------------------------------------------------------------
-    async def _touch(self, client_id: str, now: float) -> None:
-        if not (await self._clients.update_one({"_id": client_id}, {"$set": {"last_seen": now}})).matched_count:
+    async def _touch(self, client_id: str, now: float) -> Record:
+        """Mark the client seen; its record."""
+        doc = await self._clients.find_one_and_update({"_id": client_id}, {"$set": {"last_seen": now}}, RECORD)
+        if doc is None:
             raise NotFound(f"no client {client_id!r:.40}; register again")
+        return _record(doc)
 
     async def _job_doc(self, job_id: str) -> Doc:
         doc = await self._jobs.find_one({"_id": job_id})

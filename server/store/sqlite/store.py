@@ -30,7 +30,7 @@ from dockercomp.protocol.messages import (
 )
 
 from ...auth import is_stranger
-from ...errors import Forbidden, NotFound, ServerError, StoreUnavailable
+from ...errors import NotFound, ServerError, StoreUnavailable
 from ...events import active, minute_of, tally
 from ...lifecycle import (
     RETRIES,
@@ -469,7 +469,7 @@ class SQLiteStore(Catalog, Store):
                     continue
                 unit = _unit_from(row)
                 snap = UnitSnap(unit.id, unit.job, unit.kind, unit.state, unit.wanted)
-                alone = policy.alone(spec.redundancy, unit.state, unit.wanted, trusted, draw())
+                alone = trusted and policy.alone(spec.redundancy, unit.state, unit.wanted, trusted, draw())
                 change = on_lease(snap, client_id, new_id(8), now, policy.deadline(now, spec.resources.timeout), alone)
                 changes.append(change)
                 room.take(spec)
@@ -492,14 +492,7 @@ class SQLiteStore(Catalog, Store):
         return grants
 
     async def record_results(self, client_id: str, reports: list[ResultReport], now: float) -> list[Ack]:
-        refused: list[str] = []  # why this client's results are not taken ("": they are), once read
-
         def one(db: sqlite3.Connection, report: ResultReport) -> Ack:
-            if not refused:
-                row = db.execute("SELECT valid, invalid, streak, contradicted FROM clients WHERE id = ?", (client_id,))
-                refused.append(self.policy.quarantined(Record(*row.fetchone())))
-            if refused[0]:
-                raise Forbidden(f"result not taken: {refused[0]}")
             snap = self._snap_of(db, report.attempt)
             change = on_result(self._spec(db, snap.job).redundancy, snap, client_id, report, now)
             if change is None:
@@ -507,7 +500,7 @@ class SQLiteStore(Catalog, Store):
             self._apply(db, change, now)
             return Ack(report.attempt, True)
 
-        return self._each(client_id, [(r.attempt, r) for r in reports], one, now)
+        return self._each(client_id, [(r.attempt, r) for r in reports], one, now, results=True)
 
     async def release(self, client_id: str, attempt_ids: list[str], now: float) -> list[Ack]:
         def one(db: sqlite3.Connection, attempt_id: str) -> Ack:
@@ -529,9 +522,10 @@ class SQLiteStore(Catalog, Store):
                 units = db.execute(_VOTES, (client_id, found_out, quarantined, limit - decided)).fetchall()
                 for (unit_id,) in units:
                     decided += 1
-                    if db.execute("SELECT 1 FROM units WHERE id = ?", (unit_id,)).fetchone() is None:
+                    unit = db.execute(f"SELECT {_UNIT_SNAP} FROM units AS u WHERE u.id = ?", (unit_id,)).fetchone()
+                    if unit is None:
                         continue  # a reduce unit dropped when a unit it was made from reopened
-                    snap = self._snap(db, unit_id)
+                    snap = self._snapshot(db, unit)
                     job = self._job(db, snap.job)
                     change = on_found_out(job.spec.redundancy, snap, client_id, job.state, now, quarantined)
                     if change is not None:
@@ -562,11 +556,15 @@ class SQLiteStore(Catalog, Store):
 
     # -- inside a transaction: load, apply ---------------------------------------------------
     def _each(self, client_id: str, items: list[tuple[str, T]], one: Callable[[sqlite3.Connection, T], Ack],
-              now: float) -> list[Ack]:  # fmt: skip
-        """Apply one item after another in one transaction; a refused item is its Ack."""
+              now: float, results: bool = False) -> list[Ack]:  # fmt: skip
+        """Apply one item after another in one transaction; a refused item is its Ack. No
+        result of a quarantined client is taken."""
         acks = []
         with self._tx() as db:
-            self._touch(db, client_id, now)
+            record = self._touch(db, client_id, now)
+            refused = self.policy.quarantined(record) if results else ""
+            if refused:
+                return [Ack(attempt_id, False, f"result not taken: {refused}") for attempt_id, _ in items]
             for attempt_id, item in items:
                 try:
                     acks.append(one(db, item))
@@ -693,9 +691,15 @@ class SQLiteStore(Catalog, Store):
             owner = self._job(db, job_id).owner
         return owner
 
-    def _touch(self, db: sqlite3.Connection, client_id: str, now: float) -> None:
-        if not db.execute("UPDATE clients SET last_seen = ? WHERE id = ?", (now, client_id)).rowcount:
+    def _touch(self, db: sqlite3.Connection, client_id: str, now: float) -> Record:
+        """Mark the client seen; its record."""
+        row = db.execute(
+            "UPDATE clients SET last_seen = ? WHERE id = ? RETURNING valid, invalid, streak, contradicted",
+            (now, client_id),
+        ).fetchone()
+        if row is None:
             raise NotFound(f"no client {client_id!r:.40}; register again")
+        return Record(*row)
 
     def _job(self, db: sqlite3.Connection, job_id: str) -> Job:
         row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
