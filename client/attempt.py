@@ -21,6 +21,7 @@ from dockercomp.protocol.limits import ENV_NAME_RE, STDERR_TAIL
 from dockercomp.protocol.messages import ErrorKind, Grant, ResultReport, ResultStatus
 from dockercomp.protocol.transport import printable
 
+from . import outputfs
 from .cache import ChunkCache, Download, place
 from .errors import Cancelled, MasterError, ResultUnreadable
 from .master import MasterSession
@@ -143,12 +144,15 @@ class Executor:
             if attempt.cancel.is_set():
                 return self._cancelled(attempt)
             attempt.phase = "running"
-            try:
-                outcome = self.runner.run(self._spec(grant, input_dir, output_dir), attempt.cancel)
-            except Exception as exc:  # a runner must not raise; if one does, the unit goes elsewhere
-                log.exception("%s: the runner failed", attempt)
-                outcome = RunOutcome(ErrorKind.CLIENT, stderr_tail=f"the runner failed: {type(exc).__name__}: {exc}")
-            return self._finish(attempt, outcome, os.path.join(output_dir, "result"))
+            with outputfs.bounded(output_dir, self.max_result):  # the result is spooled before it goes
+                try:
+                    outcome = self.runner.run(self._spec(grant, input_dir, output_dir), attempt.cancel)
+                except Exception as exc:  # a runner must not raise; if one does, the unit goes elsewhere
+                    log.exception("%s: the runner failed", attempt)
+                    outcome = RunOutcome(
+                        ErrorKind.CLIENT, stderr_tail=f"the runner failed: {type(exc).__name__}: {exc}"
+                    )
+                return self._finish(attempt, outcome, os.path.join(output_dir, "result"))
         except OSError as exc:  # this host's disk: full, or taken away
             log.error("%s: %s", attempt, exc)
             return self._errored(attempt, RunOutcome(ErrorKind.CLIENT, stderr_tail=f"client file error: {exc}"))

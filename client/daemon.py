@@ -34,7 +34,7 @@ from typing import IO, Any, TypeVar
 
 from dockercomp.protocol.messages import ErrorKind, LeaseRequest, RegisterRequest, ResultStatus
 
-from . import status
+from . import outputfs, status
 from .attempt import Attempt, Disposition, Executor
 from .cache import ChunkCache
 from .errors import ClientError, MasterError, MasterRefused, MasterUnavailable, MasterUntrusted, NotRegistered
@@ -80,7 +80,8 @@ class Daemon:
         self.cache = ChunkCache(os.path.join(self.work_dir, "cache"), settings.cache_size)
         self.spool = Spool(os.path.join(self.work_dir, "results"), settings.inline_output)
         attempts_dir = os.path.join(self.work_dir, "attempts")
-        shutil.rmtree(attempts_dir, ignore_errors=True)  # what a crashed run was preparing
+        outputfs.unmount_under(attempts_dir)  # what a crashed run was preparing
+        shutil.rmtree(attempts_dir, ignore_errors=True)
         self.provisioner = Provisioner(
             settings, self.master, getattr(runner, "engine", None), self.work_dir, self.slots.slots,
             settings.memory_bytes,

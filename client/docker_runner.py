@@ -35,7 +35,7 @@ from dockercomp.protocol.limits import STDERR_TAIL
 from dockercomp.protocol.messages import ContainerInfo, ErrorKind
 from dockercomp.protocol.quantities import format_size
 
-from . import images
+from . import images, outputfs
 from .errors import ClientError
 from .runner import LABEL_ATTEMPT, LABEL_CLIENT, LABEL_JOB, LABEL_UNIT, Runner, RunOutcome, RunSpec
 
@@ -585,13 +585,17 @@ def _usage(record: _Live, sample: dict | None) -> tuple[float | None, int | None
 
 
 def _output_overflow(spec: RunSpec) -> str:
-    """Why the unit's /output holds more than it may (``spec.output_limit``), or "". Counted as
+    """Why the unit's /output holds more than it may (``spec.output_limit``), or "". On a file
+    system of its own (outputfs), that file system all but full; and in any case, counted as
     the disk it takes: the blocks of every entry, at least 4 KiB each (an inode, a block), so
     many small files count too and the walk is short (it stops once past the bound). A
     directory this daemon cannot list is refused too: it could neither measure nor remove it."""
     limit, root = spec.output_limit, spec.output_dir
     if not limit or not root:
         return ""
+    too_much = f"/output holds more than {format_size(limit)}, all this volunteer allows (max_result)"
+    if os.path.ismount(root) and outputfs.full(root, limit):  # its own file system: hidden files count too
+        return too_much
     used, todo = 0, [root]
     while todo:
         path = todo.pop()
@@ -604,7 +608,7 @@ def _output_overflow(spec: RunSpec) -> str:
                         continue
                     used += max(st.st_blocks * 512, 4096)
                     if used > limit:
-                        return f"/output holds more than {format_size(limit)}, all this volunteer allows (max_result)"
+                        return too_much
                     if entry.is_dir(follow_symlinks=False):
                         todo.append(entry.path)
         except FileNotFoundError:

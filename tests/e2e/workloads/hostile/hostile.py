@@ -22,7 +22,8 @@ Modes:
     forkbomb      start a shell fork bomb, watch the pids cgroup for SECONDS, report, exit
     oom           allocate memory until the limit stops it, saying how far it got
     fill-output   write /output/fill at a steady pace until it is stopped ("hidden": unlinked first);
-                  not stopped, it says how much it wrote in /output/result
+                  refused by a full file system, it exits 3 saying how much it held; not
+                  stopped, it says how much it wrote in /output/result
     fill-tmp      fill /tmp, then /dev/shm, until each is full
     plant-link    leave /output/result as a link to a path on the host and exit 0
     serve         accept connections on a port until stopped (a multi-container unit's peer)
@@ -459,12 +460,17 @@ def fill_output(params: dict[str, Any]) -> int:
     steadily, so that being stopped early is plain from how long it ran."""
     pace, total = float(params.get("pace", 0.02)), int(params.get("total", 1024))
     block = b"x" * MIB
-    with open("/output/fill", "wb") as f:
+    with open("/output/fill", "wb", buffering=0) as f:
         if params.get("hidden"):  # unlinked while open: its blocks are taken, but no name shows them
             os.unlink("/output/fill")
         for written in range(1, total + 1):
-            f.write(block)
-            f.flush()
+            try:
+                f.write(block)
+            except OSError as exc:  # the file system under /output is full
+                held = os.fstat(f.fileno()).st_blocks * 512 // MIB
+                print(f"hostile: stopped at {held} MiB in /output: {errno.errorcode.get(exc.errno or 0, '?')}",
+                      file=sys.stderr)  # fmt: skip
+                return 3
             if written % 16 == 0:
                 print(f"hostile: wrote {written} MiB to /output", file=sys.stderr, flush=True)
             time.sleep(pace)
