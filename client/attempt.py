@@ -182,9 +182,9 @@ class Executor:
         except ResultTooLarge as exc:  # beyond what this volunteer takes: another client may take more
             log.warning("%s: result refused: %s", attempt, exc)
             return self._errored(attempt, RunOutcome(ErrorKind.REFUSED, 0, str(exc), outcome.runtime))
-        except ResultUnreadable as exc:
+        except ResultUnreadable as exc:  # missing, a link, a pipe: the unit's own doing
             log.warning("%s: %s", attempt, exc)
-            return self._errored(attempt, RunOutcome(ErrorKind.CLIENT, 0, str(exc), outcome.runtime))
+            return self._errored(attempt, RunOutcome(ErrorKind.NO_RESULT, 0, str(exc), outcome.runtime))
         log.info("%s: succeeded in %.2fs, output %s (%d bytes)", attempt, outcome.runtime,
                  item.report.output_hash, item.report.output_size)  # fmt: skip
         return Disposition.SPOOLED, item.report

@@ -48,6 +48,7 @@ class ErrorKind(StrEnum):
     ABORTED = "aborted"  # the client stopped the container (shutdown or an abort command)
     REFUSED = "refused"  # beyond what the volunteer allows (cpus, memory, timeout, images): not run
     UNTRUSTED = "untrusted"  # the image is not signed by a key the volunteer trusts: not run
+    NO_RESULT = "no_result"  # the container exited 0 but left no regular file at /output/result
     CLIENT = "client"  # any other failure inside the client daemon
 
 

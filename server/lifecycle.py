@@ -58,12 +58,12 @@ class Validity(StrEnum):
 TERMINAL_UNIT = frozenset({UnitState.DONE, UnitState.FAILED, UnitState.CANCELLED})
 TERMINAL_JOB = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 # A unit may go again to a client that gave it back, or on which the unit's own workload failed
-# (exit code, memory, timeout: a retry elsewhere would say the same, and a small pool must still
+# (exit code, memory, timeout, no result: a retry elsewhere would say the same, and a small pool must still
 # reach max_attempts). After a failure of the client itself (its engine, its image, an input that
 # arrived corrupt) the unit goes to other clients, so one broken volunteer cannot fail a job.
 # Replicas always come from distinct holders (see Holder): no client gets a unit that it, another
 # machine of its volunteer account, or another client on its network succeeded on or holds.
-UNIT_FAILURES = frozenset({ErrorKind.EXIT_NONZERO, ErrorKind.OOM, ErrorKind.TIMEOUT})
+UNIT_FAILURES = frozenset({ErrorKind.EXIT_NONZERO, ErrorKind.OOM, ErrorKind.TIMEOUT, ErrorKind.NO_RESULT})
 OPEN_ATTEMPT = (AttemptState.LEASED, AttemptState.TIMED_OUT)  # a result may still come
 
 

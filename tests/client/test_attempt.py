@@ -128,13 +128,13 @@ def test_a_result_that_links_elsewhere_on_the_host_is_refused(tmp_path: Path) ->
         return RunOutcome(None, exit_code=0)
 
     _, report, _ = execute(tmp_path, OneShot(body), grant())
-    assert report.error == ErrorKind.CLIENT and "symbolic link" in report.stderr_tail
+    assert report.error == ErrorKind.NO_RESULT and "symbolic link" in report.stderr_tail
     assert not any(b"secret" in Path(p).read_bytes() for p in (tmp_path / "results").iterdir())
 
 
-def test_a_container_that_exits_0_without_a_result_is_a_client_error(tmp_path: Path) -> None:
+def test_a_container_that_exits_0_without_a_result_is_the_unit_s_failure(tmp_path: Path) -> None:
     _, report, _ = execute(tmp_path, OneShot(lambda spec: RunOutcome(None, exit_code=0)), grant())
-    assert (report.status, report.error, report.exit_code) == ("errored", ErrorKind.CLIENT, 0)
+    assert (report.status, report.error, report.exit_code) == ("errored", ErrorKind.NO_RESULT, 0)
     assert "without writing /output/result" in report.stderr_tail
 
 

@@ -557,7 +557,8 @@ def test_lease_policy():
 def test_may_lease_again_after_giving_back_or_a_failure_of_the_unit_itself(
     state: AttemptState, error: ErrorKind | None
 ) -> None:
-    unit_failed = state == AttemptState.ERRORED and error in (ErrorKind.EXIT_NONZERO, ErrorKind.OOM, ErrorKind.TIMEOUT)
+    own = (ErrorKind.EXIT_NONZERO, ErrorKind.OOM, ErrorKind.TIMEOUT, ErrorKind.NO_RESULT)
+    unit_failed = state == AttemptState.ERRORED and error in own
     assert may_lease_again(state, error) == (state == AttemptState.RELEASED or unit_failed)
 
 
