@@ -109,7 +109,7 @@ def test_each_failure_is_reported_as_its_own_kind(fast_master: Any, start_daemon
     kinds = {idx: (error, code) for idx, error, code, _ in rows}
     assert kinds == {
         0: ("exit_nonzero", 3), 1: ("oom", 137), 2: ("timeout", None), 3: ("image_missing", None),
-        4: ("docker_unavailable", None), 5: ("client", 0),
+        4: ("docker_unavailable", None), 5: ("no_result", 0),
     }  # fmt: skip
     tails = {idx: tail for idx, _, _, tail in rows}
     assert tails[0].endswith("ValueError: boom\n") and "out of memory" in tails[1]
