@@ -277,9 +277,10 @@ class DashboardJobHandler(DashboardHandler):
         if not self.caller.owns(job.owner):
             raise NotFound(f"no job {job_id!r:.40}")
         offset, limit = self.int_arg("offset", 0, 0, 10**9), self.int_arg("limit", 200, 1, 1000)
-        units = []
-        for unit in await store.list_units(job_id, offset, limit):
-            attempts = await store.list_attempts(unit.id)
+        units, page = [], await store.list_units(job_id, offset, limit)
+        by_unit = await store.list_unit_attempts([unit.id for unit in page])  # one query for the page
+        for unit in page:
+            attempts = by_unit.get(unit.id, [])
             units.append(
                 {
                     "id": unit.id,
