@@ -9,19 +9,15 @@ spooled to a file and chunked by a worker thread, and long replies are sent a pa
 
 import array
 import asyncio
-import bisect
-import codecs
-import itertools
 import json
 import os
-import re
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, cast
 
 import msgpack
 
-from dockercomp.protocol import codec
+from dockercomp.protocol import codec, sliced
 from dockercomp.protocol.chunking import chunk_stream
 from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.images import PINNED_RE
@@ -45,7 +41,7 @@ OPEN_UNITS = ("ready", "running", "suspended")  # the unit states that count aga
 QUOTA_RETRY = 60  # seconds a refused scientist is told to wait
 SLICE = 1 << 20
 BIG_BODY = 1 << 20  # bytes from which a job's body is decoded a slice at a time
-ITEMS = 100  # items handled between two looks at the Pacer: checked chunks, decoded array items
+ITEMS = 100  # chunks checked between two looks at the Pacer
 PAGE = 250  # units listed in one query; items of a reply per write and flush
 RESULTS_PAGE = 1000  # units whose outputs are read in one query (list_outputs), written, flushed
 BLOB_BATCH = 250  # small blobs stored at once, in one transaction of the blob store: chunks of an upload ...
@@ -112,7 +108,7 @@ class JobsHandler(JobsBase):
             return self.payload()
         try:
             return await decode_sliced(pieces, ctype, self.pace)
-        except _Unexpected:
+        except sliced.Unexpected:
             return self.payload()
 
     async def _quota(self, units: int) -> None:
@@ -435,171 +431,13 @@ async def reply_list(handler: BaseHandler, key: str, pages: Iterable[list[Any]],
 # -- a big body, decoded a slice at a time -------------------------------------------------------
 
 
-class _Unexpected(Exception):
-    """What the sliced decoders leave to codec.decode: not an object, or not valid at all."""
-
-
 async def decode_sliced(pieces: list[bytes], ctype: str, pace: Pacer | None = None) -> dict[str, Any]:
-    """A body, in the pieces it arrived in, decoded as codec.decode decodes it (JSON or msgpack),
-    but a slice at a time, the event loop free between slices (json.loads alone holds it 0.3 s
-    for a million chunk hashes). _Unexpected for anything but a well-formed object: codec.decode
-    is left to answer that, with the same value or error as ever."""
+    """protocol.sliced.decode, the event loop free between its steps."""
     pace = pace or Pacer()
+    steps = sliced.decode(pieces, ctype)
     try:
-        text = await _text(pieces, pace) if ctype != codec.MSGPACK else ""
-        members = _msgpack_members(_Pieces(pieces)) if ctype == codec.MSGPACK else _json_members(text)
-        del text  # the generator has it
         while True:
-            next(members)
+            next(steps)
             await pace()
     except StopIteration as done:
         return cast(dict[str, Any], done.value)
-    except Exception as exc:  # malformed, most likely: codec.decode says how
-        raise _Unexpected from exc
-
-
-_WS = re.compile(r"[ \t\n\r]*")
-_JSON = json.JSONDecoder()
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # codec.load_json looks into such strings itself
-_ARRAYS = frozenset({*range(0x90, 0xA0), 0xDC, 0xDD})  # the first byte of a msgpack array
-
-
-async def _text(pieces: list[bytes], pace: Pacer) -> str:
-    """A JSON body's text, decoded as json.loads decodes bytes (encoding detected, surrogates
-    passed), a piece at a time (and then joined: 25 ms for 35 MB, the one step that big)."""
-    head = b"".join(pieces[:4])[:4]  # json.detect_encoding looks at the first four bytes
-    decoder = codecs.getincrementaldecoder(json.detect_encoding(head))("surrogatepass")
-    texts, tail = [], ""
-    for n in range(len(pieces) + 1):
-        text = decoder.decode(pieces[n], final=False) if n < len(pieces) else decoder.decode(b"", final=True)
-        if _SURROGATE_ESCAPE.search(tail + text[:8]) or _SURROGATE_ESCAPE.search(text):
-            raise _Unexpected
-        texts.append(text)
-        tail = (tail + text)[-8:]
-        await pace()
-    await pace.now()
-    return "".join(texts)
-
-
-class _Items:
-    """An array being decoded, kept as tuples of ITEMS items until it is whole: a full garbage
-    collection walks a list item by item (10 ms for a million), a tuple of strings never."""
-
-    def __init__(self) -> None:
-        self._done: list[tuple[Any, ...]] = []
-        self._last: list[Any] = []
-
-    def add(self, item: Any) -> bool:
-        """Add an item; True when that made ITEMS more (a moment to let the loop run)."""
-        self._last.append(item)
-        if len(self._last) < ITEMS:
-            return False
-        self._done.append(tuple(self._last))
-        self._last = []
-        return True
-
-    def whole(self) -> Generator[None, None, list[Any]]:
-        """The array, put together a slice at a time."""
-        whole: list[Any] = []
-        for n, done in enumerate(self._done, 1):
-            whole += done
-            if n % ITEMS == 0:
-                yield
-        return whole + self._last
-
-
-def _json_members(text: str) -> Generator[None, None, dict[str, Any]]:
-    """A JSON object as json.loads reads it, member by member, and the items of a member that
-    is an array one at a time, pausing (yielding) every ITEMS items."""
-    ws, value = _skip, _JSON.raw_decode
-    i = ws(text, 0)
-    if text[i : i + 1] != "{":
-        raise _Unexpected
-    obj: dict[str, Any] = {}
-    i = ws(text, i + 1)
-    mark = text[i : i + 1]
-    if mark == "}":
-        i = ws(text, i + 1)
-    while mark != "}":
-        if text[i : i + 1] != '"':
-            raise _Unexpected
-        key, i = value(text, i)
-        i = ws(text, i)
-        if text[i : i + 1] != ":":
-            raise _Unexpected
-        i = ws(text, i + 1)
-        if text[i : i + 1] == "[":
-            items = _Items()
-            i = ws(text, i + 1)
-            mark = text[i : i + 1]
-            if mark == "]":
-                i += 1
-            while mark != "]":
-                item, i = value(text, i)
-                if items.add(item):
-                    yield
-                i = ws(text, i)
-                mark, i = text[i : i + 1], ws(text, i + 1)
-                if mark not in (",", "]"):
-                    raise _Unexpected
-            obj[key] = yield from items.whole()
-        else:
-            obj[key], i = value(text, i)
-        i = ws(text, i)
-        mark, i = text[i : i + 1], ws(text, i + 1)
-        if mark not in (",", "}"):
-            raise _Unexpected
-    if i != len(text):
-        raise _Unexpected
-    return obj
-
-
-def _skip(text: str, i: int) -> int:
-    """The index of the first character from ``i`` on that is no JSON whitespace."""
-    match = _WS.match(text, i)
-    return match.end() if match else i
-
-
-class _Pieces:
-    """A body's pieces as the file msgpack.Unpacker reads from, and which byte is where."""
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        self._pieces, self._i, self._at = pieces, 0, 0
-        self._starts = list(itertools.accumulate((len(p) for p in pieces), initial=0))
-        self.size = self._starts[-1]
-
-    def read(self, n: int) -> bytes:
-        while self._i < len(self._pieces):
-            piece = self._pieces[self._i]
-            if self._at < len(piece):
-                out = piece[self._at : self._at + n]
-                self._at += len(out)
-                return out
-            self._i, self._at = self._i + 1, 0
-        return b""
-
-    def byte(self, offset: int) -> int:
-        i = bisect.bisect_right(self._starts, offset) - 1
-        return self._pieces[i][offset - self._starts[i]]
-
-
-def _msgpack_members(data: _Pieces) -> Generator[None, None, dict[str, Any]]:
-    """A msgpack map as codec.unpack reads it, entry by entry, and the items of an entry that is
-    an array one at a time, pausing (yielding) every ITEMS items."""
-    unpacker = msgpack.Unpacker(data, raw=False, strict_map_key=True, max_buffer_size=max(data.size, 1))
-    obj: dict[str, Any] = {}
-    for _ in range(unpacker.read_map_header()):
-        key = unpacker.unpack()
-        if not isinstance(key, str):
-            raise _Unexpected
-        if data.byte(unpacker.tell()) in _ARRAYS:
-            items = _Items()
-            for _ in range(unpacker.read_array_header()):
-                if items.add(unpacker.unpack()):
-                    yield
-            obj[key] = yield from items.whole()
-        else:
-            obj[key] = unpacker.unpack()
-    if unpacker.tell() != data.size:
-        raise _Unexpected
-    return obj

@@ -66,9 +66,10 @@ import requests
 from dockercomp.protocol import codec
 from dockercomp.protocol.integrity import digest
 from dockercomp.protocol.jobfile import params_json
+from dockercomp.protocol.sliced import Unexpected
 from dockercomp.server.errors import NotFound
 from dockercomp.server.models import InputFile
-from dockercomp.server.scientist import MAX_UNITS, _Unexpected, decode_sliced
+from dockercomp.server.scientist import MAX_UNITS, decode_sliced
 from dockercomp.server.store.base import Pacer
 from tests.masters import MasterProcess, Masters
 from tests.server.test_store_contract import (  # noqa: F401 - store is the fixture the store tests run on
@@ -423,14 +424,14 @@ def test_the_sliced_json_decoder_reads_odd_bodies_as_codec_does(encoded: bytes) 
 def test_the_sliced_json_decoder_leaves_the_rest_to_codec(encoded: bytes) -> None:
     """Anything but a well-formed object is left to codec.decode, which then answers as ever."""
     for cut in (0, 1, 3):
-        with pytest.raises(_Unexpected):
+        with pytest.raises(Unexpected):
             sliced(encoded, cut=cut)
 
 
 @pytest.mark.parametrize("encoded", [codec.pack([1, 2]), codec.pack({1: 2}), codec.pack({"a": [1]}) + b"\x01", b"\x82"])
 def test_the_sliced_msgpack_decoder_leaves_the_rest_to_codec(encoded: bytes) -> None:
     for cut in (0, 1):
-        with pytest.raises(_Unexpected):
+        with pytest.raises(Unexpected):
             sliced(encoded, codec.MSGPACK, cut)
 
 
