@@ -1,6 +1,6 @@
 """Dispatch throughput of one master: how many units per second it hands out and takes back.
 
-Starts one real master process (SQLite store, fresh temporary data dir, 127.0.0.1), creates
+Starts a real master process (SQLite store, fresh temporary data dir, 127.0.0.1), creates
 a job of tiny chunks, and runs simulated volunteer clients in another process: each client
 registers, leases a batch of units, "computes" a tiny deterministic result from each unit's
 input hash, and uploads the results as one batch, over keep-alive HTTP with msgpack bodies,
@@ -8,39 +8,43 @@ until the job is done. No containers run, so what is measured is the master's di
 HTTP, message decoding, the store's lease and record_results, and the result blobs.
 
     .venv/bin/python bench/dispatch.py [--units N] [--clients C] [--batch B] [--replicas R ...]
-                                       [--repeat K] [--fetch-inputs] [--output PATH]
+                                       [--two-masters R ...] [--repeat K] [--fetch-inputs] [--output PATH]
+                                       [--quick]
 
-Each scenario (one per --replicas value; quorum = replicas) runs K times on a fresh master
-and writes bench/results/dispatch-sqlite[-replicasR].json with every run and the medians.
+Each scenario (one per --replicas value on one master, quorum = replicas, and one per
+--two-masters value on two master processes sharing one SQLite file, the clients split between
+them) runs K times on fresh masters and writes bench/results/dispatch-sqlite[-two-masters]
+[-replicasR].json with every run and the medians. The last stdout line is the medians of every
+scenario as one JSON object.
 """
 
 import argparse
-import datetime
 import http.client
-import json
 import multiprocessing
 import os
-import platform
-import shutil
-import socket
-import sqlite3
-import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Any
 
 import msgpack
-import tornado
 import xxhash
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "bench", "results")
-API = "/api/v1"
-MSGPACK = "application/msgpack"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from common import (  # bench/common.py: a script's own directory is first on sys.path
+    API,
+    BENCH_IMAGE,
+    MSGPACK,
+    Master,
+    call,
+    cpu_seconds,
+    emit,
+    load_average,
+    medians,
+    ms,
+    percentile,
+    record,
+    say,
+    write_result,
+)  # fmt: skip
 
 
 def main() -> int:
@@ -49,8 +53,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8, help="simulated clients (default 8)")
     parser.add_argument("--batch", type=int, default=50, help="units per lease and per result upload (default 50)")
     parser.add_argument(
-        "--replicas", type=int, nargs="+", default=[1, 2], help="a scenario per value; quorum = replicas (default 1 2)"
+        "--replicas", type=int, nargs="*", default=[1, 2], help="a scenario per value; quorum = replicas (default 1 2)"
     )
+    parser.add_argument(
+        "--two-masters", type=int, nargs="*", default=[1], metavar="REPLICAS",
+        help="a scenario per value on two masters sharing one SQLite file (default 1; none: skip)",
+    )  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario, each on a fresh master (default 3)")
     parser.add_argument("--procs", type=int, default=1, help="client processes sharing the clients (default 1)")
     parser.add_argument(
@@ -58,54 +66,53 @@ def main() -> int:
     )
     parser.add_argument("--output", help="result file (default bench/results/dispatch-sqlite[-replicasR].json)")
     parser.add_argument("--note", default="", help="a remark kept with the results (what was measured, and why)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 400 units, 4 clients, one run each, nothing written"
+    )
     args = parser.parse_args()
-    if args.output and len(args.replicas) > 1:
-        parser.error("--output names one file: give one --replicas value with it")
+    if args.quick:
+        args.units, args.clients, args.repeat = 400, 4, 1
+    scenarios = [(r, 1) for r in args.replicas] + [(r, 2) for r in args.two_masters]
+    if args.output and len(scenarios) != 1:
+        parser.error("--output names one file: give one scenario with it (one --replicas value, --two-masters none)")
     if args.units < 1 or args.clients < 1 or args.repeat < 1 or args.procs < 1 or not 1 <= args.batch <= 1000:
         parser.error("--units, --clients, --repeat and --procs must be at least 1, --batch from 1 to 1000")
-    if not all(1 <= r <= min(16, args.clients) for r in args.replicas):
-        parser.error("each --replicas value must be from 1 to 16, and at most --clients (each needs its own client)")
+    if not all(1 <= r <= min(16, args.clients) for r, _ in scenarios):
+        parser.error("each replicas value must be from 1 to 16, and at most --clients (each needs its own client)")
 
-    for replicas in args.replicas:
+    figures: dict[str, Any] = {}
+    for replicas, masters in scenarios:
         params = {
             "units": args.units, "clients": args.clients, "batch": args.batch, "replicas": replicas,
-            "quorum": replicas, "repeat": args.repeat, "procs": args.procs, "fetch_inputs": args.fetch_inputs,
+            "quorum": replicas, "masters": masters, "repeat": args.repeat, "procs": args.procs,
+            "fetch_inputs": args.fetch_inputs,
         }  # fmt: skip
-        print(f"dispatch, sqlite: {_describe(params)}", flush=True)
+        say(f"dispatch, sqlite: {_describe(params)}")
         runs = []
         for i in range(args.repeat):
             run = run_once(params)
             runs.append(run)
-            print(
+            say(
                 f"  run {i + 1}: {run['units_per_s']:7.0f} units/s   lease p50 {run['lease_p50_ms']:.1f} ms"
                 f" p99 {run['lease_p99_ms']:.1f} ms   results p50 {run['results_p50_ms']:.1f} ms"
-                f" p99 {run['results_p99_ms']:.1f} ms   master cpu {run['master_cpu_share']:.0%}",
-                flush=True,
+                f" p99 {run['results_p99_ms']:.1f} ms   master cpu {run['master_cpu_share']:.0%}"
+                f"   load {run['load_average'][0]}"
             )
-        record = {
-            "benchmark": "dispatch",
-            "store": "sqlite",
-            "recorded_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "note": args.note,
-            "source": _source(),
-            "machine": _machine(),
-            "parameters": params,
-            "median": {key: statistics.median(run[key] for run in runs) for key in MEDIANS},
-            "runs": runs,
-        }
-        suffix = "" if replicas == 1 else f"-replicas{replicas}"
-        path = args.output or os.path.join(RESULTS, f"dispatch-sqlite{suffix}.json")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        m = record["median"]
-        print(
-            f"  median: {m['units_per_s']:.0f} units/s, lease p50 {m['lease_p50_ms']:.1f} ms p99"
-            f" {m['lease_p99_ms']:.1f} ms, results p50 {m['results_p50_ms']:.1f} ms p99 {m['results_p99_ms']:.1f} ms"
-            f"  -> {os.path.relpath(path)}",
-            flush=True,
+        median = medians(runs, MEDIANS)
+        name = ("dispatch-sqlite" + ("-two-masters" if masters == 2 else "")
+                + ("" if replicas == 1 else f"-replicas{replicas}"))  # fmt: skip
+        where = "not written (--quick)"
+        if not args.quick:
+            content = record("dispatch", params, runs, median, store="sqlite", note=args.note)
+            where = os.path.relpath(write_result(name, content, args.output or ""))
+        say(
+            f"  median: {median['units_per_s']:.0f} units/s, lease p50 {median['lease_p50_ms']:.1f} ms p99"
+            f" {median['lease_p99_ms']:.1f} ms, results p50 {median['results_p50_ms']:.1f} ms"
+            f" p99 {median['results_p99_ms']:.1f} ms  -> {where}"
         )
+        key = ("two_masters" if masters == 2 else "one_master") + f"_replicas{replicas}"
+        figures[key] = {k: median[k] for k in FIGURES}
+    emit(figures)
     return 0
 
 
@@ -113,13 +120,15 @@ MEDIANS = (
     "units_per_s", "wall_s", "lease_p50_ms", "lease_p99_ms", "results_p50_ms", "results_p99_ms",
     "master_cpu_share",
 )  # fmt: skip
+FIGURES = ("units_per_s", "lease_p50_ms", "lease_p99_ms", "results_p50_ms", "results_p99_ms")
 
 
 def _describe(p: dict[str, Any]) -> str:
     fetch = ", inputs fetched" if p["fetch_inputs"] else ""
+    masters = ", two masters on one store" if p["masters"] == 2 else ""
     return (
         f"{p['units']} units, {p['clients']} clients, batch {p['batch']}, replicas {p['replicas']}"
-        f" quorum {p['quorum']}, {p['repeat']} runs{fetch}"
+        f" quorum {p['quorum']}, {p['repeat']} runs{masters}{fetch}"
     )
 
 
@@ -127,50 +136,48 @@ def _describe(p: dict[str, Any]) -> str:
 
 
 def run_once(params: dict[str, Any]) -> dict[str, Any]:
-    """Start a master, create the job, let the clients finish it; the numbers of that run."""
-    data_dir = tempfile.mkdtemp(prefix="dockercomp-bench-")
-    port = _free_port()
-    master = subprocess.Popen(
-        [sys.executable, "-m", "dockercomp", "--log-level", "warning", "server", "--host", "127.0.0.1",
-         "--port", str(port), "--data-dir", data_dir, "--open-enrollment"],
-        cwd=data_dir,
-    )  # fmt: skip
+    """Start the master(s), create the job, let the clients finish it; the numbers of that run.
+    A second master shares the first one's data dir (its SQLite file and blob files) on a port
+    of its own; client i talks to master i mod 2."""
+    first = Master(flags=["--open-enrollment"])
+    masters = [first]
     try:
-        _wait_ready(port, master)
-        with open(os.path.join(data_dir, "operator.token")) as f:
-            token = f.read().strip()
-        job_id = _create_job(port, params, token)
+        first.start()
+        for _ in range(params["masters"] - 1):
+            masters.append(Master(first.data_dir, ["--open-enrollment"]).start())
+        ports = [m.port for m in masters]
+        token = first.token
+        job_id = _create_job(first, params)
         ctx = multiprocessing.get_context("spawn")
         queue = ctx.Queue()
         go, abort = ctx.Event(), ctx.Event()
-        procs = [
-            ctx.Process(target=client_process, args=(port, job_id, n, params, token, go, abort, queue), daemon=True)
-            for n in _shares(params["clients"], params["procs"])
-        ]
+        procs = []
+        offset = 0
+        for n in _shares(params["clients"], params["procs"]):
+            mine = [ports[(offset + i) % len(ports)] for i in range(n)]
+            procs.append(
+                ctx.Process(target=client_process, args=(mine, job_id, params, token, go, abort, queue), daemon=True)
+            )
+            offset += n
         for p in procs:
             p.start()
         for _ in procs:
             if queue.get(timeout=60) != "ready":
                 raise RuntimeError("a client process failed to register")
-        cpu_before = _cpu_seconds(master.pid)
+        cpu_before = sum(cpu_seconds(m.pid) for m in masters)
         go.set()
         reports = [queue.get(timeout=3600) for _ in procs]
-        cpu_after = _cpu_seconds(master.pid)
+        cpu_after = sum(cpu_seconds(m.pid) for m in masters)
         for p in procs:
             p.join()
         failed = [r["error"] for r in reports if r["error"]]
         if failed:
             raise RuntimeError(f"a simulated client failed: {failed[0]}")
-        job = _get(port, f"{API}/jobs/{job_id}", token)
+        job = first.get(f"/jobs/{job_id}")
         return _summarise(params, job, reports, cpu_after - cpu_before)
     finally:
-        master.terminate()
-        try:
-            master.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        for m in reversed(masters):
+            m.cleanup()
 
 
 def _shares(clients: int, procs: int) -> list[int]:
@@ -181,18 +188,18 @@ def _shares(clients: int, procs: int) -> list[int]:
 def _summarise(params: dict[str, Any], job: dict[str, Any], reports: list[dict[str, Any]], cpu: float) -> dict:
     if job["state"] != "done" or job["units"]["done"] != params["units"]:
         raise RuntimeError(f"the job did not finish: {job['state']}, units {job['units']}")
-    leases = sorted(x for r in reports for x in r["lease"])
-    uploads = sorted(x for r in reports for x in r["results"])
+    leases = [x for r in reports for x in r["lease"]]
+    uploads = [x for r in reports for x in r["results"]]
     start = min(r["first_lease"] for r in reports)
     wall = job["finished_at"] - start  # both stamps are this machine's wall clock
     return {
         "units": params["units"],
         "wall_s": round(wall, 3),
         "units_per_s": round(params["units"] / wall, 1),
-        "lease_p50_ms": _ms(_percentile(leases, 50)),
-        "lease_p99_ms": _ms(_percentile(leases, 99)),
-        "results_p50_ms": _ms(_percentile(uploads, 50)),
-        "results_p99_ms": _ms(_percentile(uploads, 99)),
+        "lease_p50_ms": ms(percentile(leases, 50)),
+        "lease_p99_ms": ms(percentile(leases, 99)),
+        "results_p50_ms": ms(percentile(uploads, 50)),
+        "results_p99_ms": ms(percentile(uploads, 99)),
         "leases": len(leases),
         "empty_leases": sum(r["empty_leases"] for r in reports),
         "result_uploads": len(uploads),
@@ -201,31 +208,21 @@ def _summarise(params: dict[str, Any], job: dict[str, Any], reports: list[dict[s
         "master_cpu_s": round(cpu, 2),
         "master_cpu_share": round(cpu / wall, 3),
         "clients_cpu_s": round(sum(r["cpu"] for r in reports), 2),
+        "load_average": load_average(),
     }
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile of sorted values."""
-    if not values:
-        return float("nan")
-    rank = max(1, -(-len(values) * pct // 100))
-    return values[int(rank) - 1]
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)
 
 
 # -- the simulated clients -------------------------------------------------------------------
 
 
 def client_process(
-    port: int, job_id: str, n: int, params: dict[str, Any], token: str, go: Any, abort: Any, queue: Any
+    ports: list[int], job_id: str, params: dict[str, Any], token: str, go: Any, abort: Any, queue: Any
 ) -> None:
-    """Run ``n`` clients as threads; report their samples to the parent when all are done.
+    """Run a client per port in ``ports`` (the master it talks to), as threads; report their
+    samples to the parent when all are done.
     When one client fails, ``abort`` stops the others (its leases would hold the job up).
     ``token`` is the operator's, for asking whether the job has ended."""
-    clients = [Client(port, job_id, f"bench-{os.getpid()}-{i}", params, token, abort) for i in range(n)]
+    clients = [Client(port, job_id, f"bench-{os.getpid()}-{i}", params, token, abort) for i, port in enumerate(ports)]
     try:
         for c in clients:
             c.register()
@@ -324,7 +321,7 @@ class Client:
         }
 
     def job_finished(self) -> bool:
-        return _get(self.port, f"{API}/jobs/{self.job_id}", self.operator)["state"] != "running"
+        return call(self.port, "GET", f"{API}/jobs/{self.job_id}", token=self.operator)["state"] != "running"
 
     def call(self, path: str, body: Any, method: str = "POST") -> Any:
         payload = None if body is None else msgpack.packb(body, use_bin_type=True)
@@ -339,113 +336,27 @@ class Client:
         return data
 
 
-# -- the master and the job --------------------------------------------------------------------
+# -- the job ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(port: int, master: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if master.poll() is not None:
-            raise RuntimeError(f"the master exited with code {master.returncode}")
-        try:
-            _get(port, f"{API}/health", "")
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("the master did not answer within 30 s")
-
-
-def _create_job(port: int, params: dict[str, Any], token: str) -> str:
+def _create_job(master: Master, params: dict[str, Any]) -> str:
     """Upload N one-line inputs, chunked one line per unit by the master, and create the job.
     Its image is a registry reference by digest, which the master takes without a push: the
     simulated clients never run it."""
     lines = b"".join(b"bench input %08d\n" % i for i in range(params["units"]))
-    chunks = _call(port, "POST", f"{API}/chunks?by=lines&size=1", lines, "application/octet-stream", token)["chunks"]
+    path = f"{API}/chunks?by=lines&size=1"
+    chunks = call(master.port, "POST", path, lines, "application/octet-stream", master.token)["chunks"]
     if len(chunks) != params["units"]:
         raise RuntimeError(f"expected {params['units']} chunks, got {len(chunks)}")
     replicas = params["replicas"]
     job = {
         "name": "bench-dispatch",
-        "image": "dockercomp/bench@sha256:" + "0" * 64,
+        "image": BENCH_IMAGE,
         "command": ["true"],
         "redundancy": {"replicas": replicas, "quorum": replicas, "max_attempts": replicas + 2},
         "resources": {"cpus": 1, "memory": "64MiB", "timeout": "10m"},
     }
-    body = json.dumps({"job": job, "chunks": [c["hash"] for c in chunks]}).encode()
-    return _call(port, "POST", f"{API}/jobs", body, "application/json", token)["job"]
-
-
-def _get(port: int, path: str, token: str) -> Any:
-    return _call(port, "GET", path, None, None, token)
-
-
-def _call(port: int, method: str, path: str, body: bytes | None, ctype: str | None, token: str) -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    try:
-        headers = {"Accept": "application/json"} | ({"Content-Type": ctype} if ctype else {})
-        headers |= {"Authorization": f"Bearer {token}"} if token else {}
-        conn.request(method, path, body, headers)
-        response = conn.getresponse()
-        data = response.read()
-        if response.status >= 300:
-            raise RuntimeError(f"{method} {path}: HTTP {response.status}: {data[:300]!r}")
-        return json.loads(data)
-    finally:
-        conn.close()
-
-
-# -- facts ----------------------------------------------------------------------------------------
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _machine() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {
-        "cores": os.cpu_count(),
-        "cpu": model,
-        "memory_gib": round(memory / (1 << 30), 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "tornado": tornado.version,
-        "msgpack": ".".join(map(str, msgpack.version)),
-    }
-
-
-def _source() -> dict[str, Any]:
-    """Where the master's code came from (PYTHONPATH may point elsewhere), and when that is
-    this repository, its commit and whether the master's code had changes on top of it."""
-    where = "import os, dockercomp.server as s; print(os.path.dirname(os.path.realpath(s.__file__)))"
-    run = subprocess.run(  # from where the master starts, not here: ./dockercomp would shadow PYTHONPATH
-        [sys.executable, "-c", where], cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True
-    )
-    code = run.stdout.strip()
-    source: dict[str, Any] = {"master_code": code}
-    if os.path.realpath(code).startswith(os.path.realpath(ROOT) + os.sep):
-        git = ["git", "-C", ROOT]
-        source["commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-        changes = subprocess.run([*git, "status", "--porcelain", "--", "server", "protocol", "dockercomp"],
-                                 capture_output=True, text=True).stdout  # fmt: skip
-        source["uncommitted_changes"] = bool(changes.strip())
-    return source
+    return master.post("/jobs", {"job": job, "chunks": [c["hash"] for c in chunks]})["job"]
 
 
 if __name__ == "__main__":
