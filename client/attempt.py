@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import BinaryIO
 
 from dockercomp.protocol.errors import IntegrityError, ProtocolError
-from dockercomp.protocol.integrity import check_hash
+from dockercomp.protocol.integrity import check_hash, digest
 from dockercomp.protocol.jobfile import CONTAINER_NAME_RE, MAX_CONTAINERS
 from dockercomp.protocol.limits import ENV_NAME_RE, STDERR_TAIL
 from dockercomp.protocol.messages import ErrorKind, Grant, ResultReport, ResultStatus
@@ -111,7 +111,7 @@ class Executor:
         (if any). Never raises for a failure of the unit."""
         grant = attempt.grant
         attempt.phase, attempt.started_at = "preparing", time.time()
-        problem = check_grant(grant)
+        problem = check_grant(grant, self.runner.modes)
         if problem:
             log.error("%s: refused: %s", attempt, problem)
             return self._errored(attempt, RunOutcome(ErrorKind.CLIENT, stderr_tail=problem))
@@ -128,6 +128,13 @@ class Executor:
             for ref in grant.inputs:
                 if attempt.cancel.is_set():
                     return self._cancelled(attempt)
+                if ref.data is not None:  # sent in the grant (a sweep's params.json): checked like a download
+                    if len(ref.data) != ref.size or digest(ref.data) != ref.hash:
+                        message = f"input {ref.name}, sent in the grant, does not match its hash {ref.hash}"
+                        log.error("%s: %s", attempt, message)
+                        return self._errored(attempt, RunOutcome(ErrorKind.INTEGRITY, stderr_tail=message))
+                    _write_input(os.path.join(input_dir, ref.name), ref.data)
+                    continue
                 try:
                     path = self.cache.acquire(ref.hash, self._downloader(ref.hash, ref.url, attempt), size=ref.size)
                 except IntegrityError as exc:
@@ -220,16 +227,19 @@ class Executor:
             memory=grant.memory, timeout=grant.timeout, input_dir=input_dir, output_dir=output_dir,
             sidecars=tuple(Sidecar(s.name, s.image, tuple(s.command), tuple(sorted(s.env.items())))
                            for s in grant.sidecars),
-            name=grant.main_name, gpus=grant.gpus, output_limit=self.max_result,
+            name=grant.main_name, gpus=grant.gpus, output_limit=self.max_result, mode=grant.mode,
         )  # fmt: skip
 
 
-def check_grant(grant: Grant) -> str:
-    """Why this client cannot run a grant as sent, or "" when it can."""
+def check_grant(grant: Grant, modes: tuple[str, ...] = ("batch",)) -> str:
+    """Why this client cannot run a grant as sent, or "" when it can; ``modes``: the execution
+    modes its runner runs."""
     if not SAFE_ID.fullmatch(grant.attempt):
         return f"attempt id {grant.attempt!r:.40} is not a plain name"
-    if grant.mode != "batch":
-        return f"execution mode {grant.mode!r:.20} is not supported by this client (only batch)"
+    if grant.mode not in modes:
+        return f"execution mode {grant.mode!r:.20} is not supported by this client (only {', '.join(modes)})"
+    if grant.mode == "service" and grant.sidecars:
+        return "a unit of several containers cannot run in service mode"
     if not grant.image or "\x00" in grant.image:
         return "the grant names no image"
     if not (grant.cpus > 0 and grant.memory > 0 and grant.timeout > 0):
@@ -272,6 +282,12 @@ def _check_sidecars(grant: Grant) -> str:
             if not ENV_NAME_RE.fullmatch(key) or "\x00" in value:
                 return f"environment variable {key!r:.40} of container {sidecar.name} is not a plain name with a value"
     return ""
+
+
+def _write_input(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _fresh_dirs(workdir: str) -> tuple[str, str]:

@@ -219,6 +219,7 @@ class Daemon:
         stuck = [t.name for t in threads if t.is_alive()]
         if stuck:
             log.warning("threads still busy at exit: %s", ", ".join(stuck))
+        self.runner.close()  # service mode's warm containers
         self._write_status("stopped")
         self._lock_file.close()
 

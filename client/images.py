@@ -16,6 +16,7 @@ seconds, the base is pulled from there instead; nothing is pulled otherwise.
 
 import contextlib
 import fcntl
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -36,6 +38,7 @@ import docker
 import docker.errors
 
 from dockercomp import resources
+from dockercomp.protocol import service
 
 from .errors import ClientError
 
@@ -195,7 +198,8 @@ def build_workload(client: docker.DockerClient, name: str, *, root: Path | None 
     started = time.monotonic()
     try:
         image, _ = client.images.build(
-            path=str(root / name),
+            fileobj=build_context(root / name),
+            custom_context=True,
             tag=tag,
             rm=True,
             forcerm=True,
@@ -210,6 +214,23 @@ def build_workload(client: docker.DockerClient, name: str, *, root: Path | None 
         raise ImageError(f"building {tag} failed: {_short(exc)}") from exc
     log.info("built %s (%s) in %.1fs", tag, image.short_id, time.monotonic() - started)
     return tag
+
+
+RUNNER_LIBRARY = "dockercomp_runner.py"
+
+
+def build_context(folder: Path) -> io.BytesIO:
+    """A workload's build context: its folder, plus service mode's runner library as
+    ``dockercomp_runner.py`` (protocol/service.py, the module the daemon speaks with), so a
+    Dockerfile can ``COPY dockercomp_runner.py /app/``. A file of that name in the folder wins."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(folder.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+        if not (folder / RUNNER_LIBRARY).exists():
+            tar.add(service.__file__, arcname=RUNNER_LIBRARY)
+    buffer.seek(0)
+    return buffer
 
 
 def missing_image(ref: str) -> str | None:

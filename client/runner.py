@@ -57,6 +57,7 @@ class RunSpec:
     name: str = ""  # with sidecars: the main container's name on the unit's network
     gpus: int = 0  # GPUs for this container (a Docker device request)
     output_limit: int = 0  # bytes /output may hold on disk; past them the unit is killed (0: unbounded)
+    mode: str = "batch"  # "service": run in a warm container of the job's (client/service.py)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class RunOutcome:
 
 
 class Runner(ABC):
+    modes: tuple[str, ...] = ("batch",)
+    """The execution modes (a grant's ``mode``) this runner runs; a grant of another is refused."""
+
     @abstractmethod
     def run(self, spec: RunSpec, cancel: threading.Event) -> RunOutcome:
         """Run one attempt to its end (exit, timeout, or ``cancel`` set: then ABORTED) and
@@ -102,6 +106,11 @@ class Runner(ABC):
         """Undo ``pause``: True when the attempt has a container here and none of them is
         paused now; False when it has none or the engine failed. Idempotent."""
         return False
+
+    def close(self) -> None:
+        """Stop what the runner keeps between units (service mode's warm containers); called
+        once, as the daemon ends. Never raises."""
+        return None
 
     def engine_version(self) -> str:
         """The container engine's version as operators see it (the dashboard's Docker column),

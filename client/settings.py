@@ -143,6 +143,13 @@ class ClientSettings(Settings):
     inline_output: int = setting(1 << 20, "largest output sent inline with its result", parse=parse_size)
     # after a first stop, running units get this long to finish before release
     stop_timeout: float = setting(60.0, "seconds running units get to finish after a first stop", flag="--stop-timeout")
+    # service mode: a warm container with no unit for this long is stopped
+    service_idle: float = setting(
+        60.0,
+        "how long a warm service-mode container waits for its next unit, e.g. 2m (default 60s)",
+        flag="--service-idle",
+        parse=parse_duration,
+    )
     request_timeout: float = 30.0  # seconds one request to the master may take
     backoff_base: float = 1.0  # the first retry waits about this long; each failure doubles it
     backoff_max: float = 60.0  # ...up to this many seconds
@@ -275,6 +282,8 @@ class ClientSettings(Settings):
             raise SettingsError("stop_timeout must not be negative")
         if self.max_timeout <= 0:
             raise SettingsError("max_timeout must be greater than 0")
+        if not 0 < self.service_idle <= 86400:
+            raise SettingsError(f"service_idle must be more than 0s and at most 24h, got {self.service_idle:g}s")
         for path in self.trust_files:
             if not os.path.isfile(path):
                 raise SettingsError(f"trust: {path} is not a file of PEM public keys")

@@ -464,9 +464,14 @@ def cmd_client(args: argparse.Namespace) -> int:
 
     settings = _client_settings(args)
     try:
-        from dockercomp.client.docker_runner import DockerRunner
+        from dockercomp.client.service import ServiceRunner
 
-        daemon = Daemon(settings, DockerRunner())
+        runner = ServiceRunner(
+            root=os.path.join(settings.work_path, "service"),
+            idle_timeout=settings.service_idle,
+            max_containers=settings.slot_count,
+        )
+        daemon = Daemon(settings, runner)
     except (ClientError, OSError) as exc:
         print(f"dockercomp: cannot start the client: {exc}", file=sys.stderr)
         return 1

@@ -26,10 +26,11 @@ from .limits import ENV_NAME_RE, INT64_MAX, INT64_MIN
 from .quantities import parse_duration, parse_size
 
 CHUNK_MODES = ("bytes", "lines", "records", "files")
-EXEC_MODES = ("batch",)
+# batch: one container per unit; service: warm containers fed units over a socket (client/service.py)
+EXEC_MODES = ("batch", "service")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._\-/:@]{0,254}")
-MAX_SWEEP = 1_000_000  # units of one range sweep: each is a unit row and a params.json blob on the master
+MAX_SWEEP = 1_000_000  # units of one range sweep: each is a unit row on the master
 MAX_SWEEP_POINTS = 100_000  # parameter objects a listed sweep may name (each is in the job file itself)
 MAX_CONTAINERS = 8  # containers of one unit, the main one included: each is a sandbox with the job's limits
 # a container's name on its unit's network: one lowercase DNS label
@@ -153,9 +154,12 @@ def params_env(params: dict[str, Scalar]) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
 
 
+PARAMS_FILE = "params.json"  # a sweep unit's parameters, in its /input
+
+
 def params_json(params: dict[str, Scalar]) -> bytes:
     """A unit's parameters as its /input/params.json: the same bytes for the same
-    parameters, so the blob is shared by every unit and job that has them."""
+    parameters, whichever master makes them."""
     return json.dumps(params, sort_keys=True).encode() + b"\n"
 
 
@@ -267,7 +271,7 @@ def _parse_jobfile(data: object) -> JobSpec:
     sweep = _sweep(data.get("sweep"))
     if sweep is not None and data.get("chunking") is not None:
         raise ProtocolError("a sweep job has no input files to chunk: remove chunking, or the sweep")
-    return JobSpec(
+    spec = JobSpec(
         name=name,
         image=image,
         command=_command(data.get("command"), "command"),
@@ -281,6 +285,9 @@ def _parse_jobfile(data: object) -> JobSpec:
         sweep=sweep,
         containers=_containers(data.get("containers")),
     )
+    if spec.mode == "service" and spec.containers:
+        raise ProtocolError('a job of several containers runs in batch mode only: remove "mode", or "containers"')
+    return spec
 
 
 def _containers(value: object) -> tuple[Container, ...]:

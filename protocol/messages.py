@@ -333,7 +333,9 @@ class LeaseRequest(Message):
 
 @dataclass(frozen=True)
 class InputRef(Message):
-    """One input file of a unit: placed at /input/<name>, fetched from <url>, verified by hash."""
+    """One input file of a unit: placed at /input/<name>, fetched from <url>, verified by hash;
+    or, for a file the master makes from the job itself (a sweep's params.json), sent as
+    ``data`` in the grant, with no url: nothing stored per unit, nothing to download."""
 
     caps: ClassVar[Mapping[str, Cap]] = {"url": Cap(length=MAX_URL)}
 
@@ -341,6 +343,7 @@ class InputRef(Message):
     hash: str
     size: int
     url: str
+    data: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dockercomp.protocol.chunking import chunk_stream
 from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.images import PINNED_RE
 from dockercomp.protocol.integrity import check_hash
-from dockercomp.protocol.jobfile import JobSpec, Sweep, docker_arch, params_json, parse_jobfile
+from dockercomp.protocol.jobfile import JobSpec, docker_arch, parse_jobfile
 from dockercomp.protocol.limits import INT64_MAX
 
 from . import images
@@ -90,7 +90,7 @@ class JobsHandler(JobsBase):
         if spec.sweep is not None:
             if chunks:
                 raise BadRequest("a sweep job takes no chunks: each unit's input is its params.json")
-            units = self._sweep_units(spec.sweep)
+            units = sweep_inputs(len(spec.sweep))
         else:
             units = await self._chunk_units(chunks)
         job = await self.master.store.create_job(spec, units, self.master.now(), self.caller.name, held=hold)
@@ -193,18 +193,6 @@ class JobsHandler(JobsBase):
                 f"{missing} chunk(s) not uploaded, e.g. {first_missing}; PUT each to /api/v1/blobs/HASH first"
             )
         return (map_inputs([(chunk, size)]) for chunk, size in zip(chunks, sizes, strict=True))
-
-    async def _sweep_units(self, sweep: Sweep) -> AsyncIterator[list[InputFile]]:
-        """One unit per parameter set; its params.json is stored like any blob (content
-        addressed, so units with the same parameters share it), a slice at a time as the
-        store writes the units."""
-        pace = self.pace
-        for low in range(0, len(sweep), BLOB_BATCH):
-            blobs = [params_json(sweep.params(i)) for i in range(low, min(low + BLOB_BATCH, len(sweep)))]
-            hashes = await self.master.blobs.put_many(blobs)
-            await pace()
-            for inputs in sweep_inputs([(h, len(b)) for h, b in zip(hashes, blobs, strict=True)]):
-                yield inputs
 
 
 class JobHandler(JobsBase):

@@ -11,11 +11,12 @@ import random
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, NamedTuple
 
-from dockercomp.protocol.jobfile import JobSpec, params_env
+from dockercomp.protocol.integrity import digest
+from dockercomp.protocol.jobfile import PARAMS_FILE, JobSpec, params_env, params_json
 from dockercomp.protocol.messages import (
     API,
     Ack,
@@ -239,15 +240,22 @@ class Store(ABC):
 
 
 def grant(job_id: str, spec: JobSpec, unit: Unit, attempt_id: str, deadline: float) -> Grant:
-    """The lease message for one attempt of ``unit``. A sweep's map unit also gets its
-    parameters as environment variables (over the job's env of the same name): they follow
-    from the job's sweep and the unit's index, so stores keep nothing more per unit. A job of
+    """The lease message for one attempt of ``unit``. A sweep's map unit gets its parameters
+    as environment variables (over the job's env of the same name) and as /input/params.json,
+    sent in the grant: both follow from the job's sweep and the unit's index, so stores keep
+    nothing per unit for them, and a million-point sweep writes no blob. A job of
     several containers sends its sidecars with every unit (the reduce unit's too); the
-    parameters go to the main container only."""
+    parameters go to the main container only. A service-mode job's map units run in service
+    mode; its reduce unit, a batch command of its own, in batch mode."""
     command = spec.reduce_command if unit.kind == UnitKind.REDUCE else spec.command
     env = dict(spec.env)
+    inputs = [InputRef(f.name, f.hash, f.size, f"{API}/blobs/{f.hash}") for f in unit.inputs]
     if spec.sweep is not None and unit.kind == UnitKind.MAP:
-        env.update(params_env(spec.sweep.params(unit.idx)))
+        params = spec.sweep.params(unit.idx)
+        env.update(params_env(params))
+        if not inputs:  # (a sweep made before params.json went in the grant stored it as a blob)
+            data = params_json(params)
+            inputs = [InputRef(PARAMS_FILE, digest(data), len(data), "", data)]
     return Grant(
         attempt=attempt_id,
         job=job_id,
@@ -261,8 +269,8 @@ def grant(job_id: str, spec: JobSpec, unit: Unit, attempt_id: str, deadline: flo
         gpus=spec.resources.gpus,
         timeout=spec.resources.timeout,
         deadline=deadline,
-        inputs=[InputRef(f.name, f.hash, f.size, f"{API}/blobs/{f.hash}") for f in unit.inputs],
-        mode=spec.mode,
+        inputs=inputs,
+        mode=spec.mode if unit.kind == UnitKind.MAP else "batch",  # one reduce unit gains nothing from a warm one
         sidecars=[ContainerSpec(c.name, c.image, list(c.command), dict(c.env)) for c in spec.sidecars],
         main_name=spec.main_name,
     )
@@ -277,9 +285,9 @@ def map_inputs(hashes: list[tuple[str, int]]) -> list[InputFile]:
     return [InputFile("chunk", h, size) for h, size in hashes]
 
 
-def sweep_inputs(hashes: list[tuple[str, int]]) -> list[list[InputFile]]:
-    """A sweep's units: each has one input, its parameters as params.json."""
-    return [[InputFile("params.json", h, size)] for h, size in hashes]
+def sweep_inputs(points: int) -> Iterator[list[InputFile]]:
+    """A sweep's units: none stores an input (its params.json comes with its grant)."""
+    return ([] for _ in range(points))
 
 
 class Output(NamedTuple):

@@ -1,6 +1,6 @@
 """Parameter sweeps through the scientist's API: a job file with a "sweep" and no chunks
-becomes one unit per parameter set, each with its params.json input and its parameters in
-the grant's env; a bad sweep is refused with 400 and creates nothing."""
+becomes one unit per parameter set, its parameters in the grant's env and as its params.json
+input, sent in the grant; a bad sweep is refused with 400 and creates nothing."""
 
 import json
 
@@ -24,7 +24,8 @@ def test_a_range_sweep_makes_one_unit_per_step_with_its_range(master):
         (f"{job}.1", {"START": "11", "END": "21"}),
         (f"{job}.2", {"START": "21", "END": "26"}),
     ]
-    params = [json.loads(client.fetch(g["inputs"][0])) for g in grants]  # downloaded and checked by hash
+    assert [g["inputs"][0]["url"] for g in grants] == [""] * 3  # sent in the grant: no blob to fetch
+    params = [json.loads(client.fetch(g["inputs"][0])) for g in grants]  # checked by hash
     assert [g["inputs"][0]["name"] for g in grants] == ["params.json"] * 3
     assert params == [{"START": 1, "END": 11}, {"START": 11, "END": 21}, {"START": 21, "END": 26}]
     client.upload([client.report(g) for g in grants])
@@ -51,7 +52,7 @@ def test_a_list_sweep_gives_each_unit_its_object_over_the_jobs_env(master):
     assert wait_job(master.url, job)["state"] == "done"
 
 
-def test_units_with_the_same_parameters_share_one_params_blob(master):
+def test_units_with_the_same_parameters_get_the_same_params_json(master):
     sweep = [{"N": 1}, {"N": 1}, {"N": 2}]
     job = post_job(master.url, {"job": job_file("same", sweep=sweep)}).json()["job"]
     assert len(job_units(master.url, job)) == 3

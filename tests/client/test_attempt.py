@@ -119,6 +119,26 @@ def test_a_grant_this_client_cannot_run_safely_is_reported_never_run(
     assert fragment in check_grant(grant(**changes))
 
 
+def test_an_input_sent_in_the_grant_is_placed_without_a_download_and_checked(tmp_path: Path) -> None:
+    params = b'{"SEED": 7}\n'
+    seen: list[bytes] = []
+
+    def body(spec: RunSpec) -> RunOutcome:
+        seen.append(Path(spec.input_dir, "params.json").read_bytes())
+        return writes(b"ok\n")(spec)
+
+    sent = InputRef("params.json", digest(params), len(params), "", params)
+    _, report, _ = execute(tmp_path, OneShot(body), grant(inputs=[sent]))
+    assert report.status == "succeeded" and seen == [params]
+    assert not list((tmp_path / "cache").rglob("*" + digest(params)))  # nothing cached, nothing fetched
+
+    forged = InputRef("params.json", digest(params), len(params), "", b'{"SEED": 8}\n')
+    runner = OneShot(body)
+    _, report, _ = execute(tmp_path / "forged", runner, grant(inputs=[forged]))
+    assert report.error == ErrorKind.INTEGRITY and "does not match its hash" in report.stderr_tail
+    assert runner.specs == []  # never run
+
+
 def test_a_result_that_links_elsewhere_on_the_host_is_refused(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(b"the host's secret")

@@ -141,7 +141,8 @@ def test_env_is_sorted_and_kept_as_strings():
         (job(image="img\n"), "not a valid Docker image"),
         (job(image="img;rm -rf /"), "not a valid Docker image"),
         # mode and priority
-        (job(mode="service"), "mode must be one of batch"),
+        (job(mode="warm"), "mode must be one of batch, service, got 'warm'"),
+        (job(mode="service" * 100), "mode must be one of batch, service"),
         (job(mode=1), "mode is required and must be a non-empty string"),
         (job(priority=1001), "priority must be an integer from -1000 to 1000"),
         (job(priority=-1001), "priority must be"),
@@ -581,3 +582,14 @@ def test_resources_a_volunteer_must_have():
     assert parse_jobfile(spec.to_dict()) == spec
     plain = parse_jobfile(job())
     assert (plain.resources.gpus, plain.resources.disk, plain.resources.arch) == (0, 0, "")
+
+
+def test_service_mode_is_a_mode_of_its_own_and_round_trips():
+    spec = parse_jobfile(job(mode="service", command=["python3", "/app/serve.py"]))
+    assert spec.mode == "service"
+    assert parse_jobfile(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_service_mode_takes_a_unit_of_one_container_only():
+    with pytest.raises(ProtocolError, match="several containers runs in batch mode only"):
+        parse_jobfile(job(mode="service", containers=[MAIN, KV]))

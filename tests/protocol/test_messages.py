@@ -95,7 +95,7 @@ SAMPLES: dict[type[Message], dict] = {
         "gpus": 1,
         "disk": 1 << 30,
     },
-    InputRef: {"name": "input", "hash": HASH, "size": 10, "url": "/api/v1/blobs/" + HASH},
+    InputRef: {"name": "input", "hash": HASH, "size": 10, "url": "/api/v1/blobs/" + HASH, "data": None},
     Grant: {
         "attempt": "a1",
         "job": "j1",
@@ -108,7 +108,7 @@ SAMPLES: dict[type[Message], dict] = {
         "memory": 256 << 20,
         "timeout": 300.0,
         "deadline": 1e9,
-        "inputs": [{"name": "input", "hash": HASH, "size": 10, "url": "/x"}],
+        "inputs": [{"name": "input", "hash": HASH, "size": 10, "url": "/x", "data": None}],
         "mode": "batch",
         "sidecars": [{"name": "kv", "image": "sha256:" + "ab" * 32, "command": ["python3", "/kv.py"], "env": {}}],
         "main_name": "main",

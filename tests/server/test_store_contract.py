@@ -785,9 +785,8 @@ async def test_a_unit_goes_back_to_a_client_only_after_the_unit_itself_failed_th
 
 
 def params_inputs(sweep: Any) -> list[list[Any]]:
-    """A sweep's units as the master makes them: each has its params.json as its one input."""
-    blobs = [params_json(sweep.params(i)) for i in range(len(sweep))]
-    return sweep_inputs([(digest(data), len(data)) for data in blobs])
+    """A sweep's units as the master makes them: none stores an input."""
+    return list(sweep_inputs(len(sweep)))
 
 
 @contract
@@ -805,8 +804,10 @@ async def test_a_sweep_unit_gets_its_parameters_as_env_over_the_jobs(b: Backend)
     first, second = await lease(s, a, 2)
     assert first.env == {"LANG": "C.UTF-8", "SEED": "1", "MODEL": "a"}
     assert second.env == {"LANG": "C.UTF-8", "SEED": "2", "RATE": "0.5", "FAST": "true"}
-    blob = params_json({"SEED": 2, "RATE": 0.5, "FAST": True})
-    assert [(i.name, i.hash, i.size) for i in second.inputs] == [("params.json", digest(blob), len(blob))]
+    blob = params_json({"SEED": 2, "RATE": 0.5, "FAST": True})  # sent in the grant, stored nowhere
+    assert [(i.name, i.hash, i.size, i.url, i.data) for i in second.inputs] == [
+        ("params.json", digest(blob), len(blob), "", blob)
+    ]
     await s.record_results(a, [ok(first.attempt, b"1\n"), ok(second.attempt, b"2\n")], T0 + 1)
     (reduce,) = await lease(s, c, 5, T0 + 2)
     assert (reduce.kind, reduce.env) == ("reduce", {"LANG": "C.UTF-8", "SEED": "0"})  # no unit's parameters
@@ -827,9 +828,10 @@ async def test_a_range_sweep_gives_each_unit_its_start_and_end_on_every_master(b
         (f"{job.id}.1", {"START": "11", "END": "21"}),
         (f"{job.id}.2", {"START": "21", "END": "26"}),
     ]
-    assert [u.inputs[0].hash for u in await s.list_units(job.id)] == [
-        digest(params_json({"START": lo, "END": hi})) for lo, hi in ((1, 11), (11, 21), (21, 26))
+    assert [g.inputs[0].data for g in grants] == [
+        params_json({"START": lo, "END": hi}) for lo, hi in ((1, 11), (11, 21), (21, 26))
     ]
+    assert [u.inputs for u in await s.list_units(job.id)] == [[], [], []]
 
 
 @contract

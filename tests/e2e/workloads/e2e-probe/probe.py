@@ -5,8 +5,11 @@
     exit CODE       write to stderr and exit with CODE
     oom             allocate memory until the container's limit stops it
     hang            never finish (the unit's timeout stops it)
+    raise           (service mode) raise an exception from the unit's function
 
 A reduce unit (inputs /input/000000, ...) writes every input in name order, joined.
+``probe.py serve``: the same in service mode, one warm container for many units (the
+runner library dockercomp_runner); ``exit CODE`` ends the container there.
 """
 
 import os
@@ -14,19 +17,19 @@ import sys
 import time
 
 
-def reduce(names: list[str]) -> int:
-    with open("/output/result", "wb") as out:
+def reduce(source: str, target: str, names: list[str]) -> int:
+    with open(os.path.join(target, "result"), "wb") as out:
         for name in names:
-            with open(os.path.join("/input", name), "rb") as f:
+            with open(os.path.join(source, name), "rb") as f:
                 out.write(f.read())
     return 0
 
 
-def main() -> int:
-    names = sorted(os.listdir("/input"))
+def main(source: str = "/input", target: str = "/output", service: bool = False) -> int:
+    names = sorted(os.listdir(source))
     if names != ["chunk"]:
-        return reduce(names)
-    with open("/input/chunk", "rb") as f:
+        return reduce(source, target, names)
+    with open(os.path.join(source, "chunk"), "rb") as f:
         data = f.read()
     words = data.split(b"\n", 1)[0].split()
     verb = words[0].decode() if words else "echo"
@@ -34,7 +37,12 @@ def main() -> int:
         time.sleep(float(words[1]))
     elif verb == "exit":
         print(f"probe: exiting with {int(words[1])} as asked", file=sys.stderr)
+        if service:
+            sys.stderr.flush()
+            os._exit(int(words[1]))
         return int(words[1])
+    elif verb == "raise":
+        raise ValueError("probe: raised as asked")
     elif verb == "oom":
         hog = []
         for _ in range(256):  # up to 4 GiB, far past any limit a test sets
@@ -44,10 +52,20 @@ def main() -> int:
     elif verb == "hang":
         while True:
             time.sleep(3600)
-    with open("/output/result", "wb") as out:
+    with open(os.path.join(target, "result"), "wb") as out:
         out.write(data.upper())
     return 0
 
 
+def serve() -> int:
+    from dockercomp_runner import serve as serve_units
+
+    def handle(unit) -> None:  # unit: the runner library's Unit
+        if main(unit.input, unit.output, service=True):
+            raise RuntimeError("the probe failed")
+
+    return serve_units(handle)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve() if sys.argv[1:] == ["serve"] else main())
