@@ -50,7 +50,7 @@ from .errors import Cancelled, MasterError, MasterRefused, MasterUnavailable, Ma
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 _TOKEN = re.compile(r"[!-~]{1,256}")  # what a bearer token in a header may be (the master takes no longer one)
-PIECE = 64 << 10  # a download cut off mid-piece loses that piece only: the retry resumes after the last one
+PIECE = 1 << 20  # a download cut off mid-piece loses that piece only: the retry resumes after the last one
 # the most of a reply (an error's too) read from a master: past any it sends (a lease of a reduce unit over
 # MAX_INPUTS map outputs is about 130 MiB), so a master cannot make the daemon hold more
 MAX_REPLY = 256 << 20

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from dockercomp.client.errors import MasterRefused, MasterUnavailable, NotRegistered
-from dockercomp.client.master import Backoff, Identity, MasterSession
+from dockercomp.client.master import PIECE, Backoff, Identity, MasterSession
 from dockercomp.protocol import codec
 from dockercomp.protocol.messages import LeaseReply, LeaseRequest
 
-BLOB = bytes(range(256)) * 1024  # 256 KiB, four of the session's pieces
+BLOB = bytes(range(256)) * (4 * PIECE // 256)  # four of the session's pieces
 HASH = "0" * 32
 
 
