@@ -127,20 +127,21 @@ class ResultsHandler(BaseHandler):
             raise BadRequest(f"at most {MAX_BATCH} results per request")
         refused: dict[int, Ack] = {}
         accepted: list[ResultReport] = []
+        outputs: list[bytes] = []
         for i, report in enumerate(batch.results):
             try:
-                accepted.append(await self._check_output(report))
+                accepted.append(await self._check_output(report, outputs))
             except ProtocolError as exc:  # IntegrityError: damaged on the way, so worth sending again
                 refused[i] = Ack(report.attempt, False, str(exc), again=isinstance(exc, IntegrityError))
         # the checked inline outputs go to the blob store together; the store sees hash and size only
-        await self.master.blobs.put_many([report.output for report in accepted if report.output is not None])
-        accepted = [dataclasses.replace(report, output=None) for report in accepted]
+        await self.master.blobs.put_many(outputs)
         acks = iter(await self.master.store.record_results(client_id, accepted, self.master.now()))
         self.reply(AckBatch([refused[i] if i in refused else next(acks) for i in range(len(batch.results))]))
 
-    async def _check_output(self, report: ResultReport) -> ResultReport:
+    async def _check_output(self, report: ResultReport, outputs: list[bytes]) -> ResultReport:
         """Check an inline output against its hash, or that an output uploaded beforehand is
-        there: the report as checked, its output_size taken from the bytes themselves."""
+        there: the report as checked, without its bytes (appended to ``outputs`` once checked)
+        and its output_size taken from the bytes themselves."""
         if not (math.isfinite(report.runtime) and report.runtime >= 0):  # shown as JSON, which has no infinity
             raise ProtocolError(f"runtime of attempt {report.attempt!r:.40} must be finite seconds, not negative")
         if report.status != ResultStatus.SUCCEEDED:
@@ -148,7 +149,8 @@ class ResultsHandler(BaseHandler):
         output_hash = check_hash(report.output_hash, "output_hash")
         if report.output is not None:
             verify(report.output, output_hash, f"output of attempt {report.attempt}")
-            return dataclasses.replace(report, output_size=len(report.output))
+            outputs.append(report.output)
+            return dataclasses.replace(report, output=None, output_size=len(report.output))
         stored = await self.master.blobs.size(output_hash)
         if stored is None:
             raise ProtocolError(f"output {output_hash} was not uploaded; PUT it to /api/v1/blobs/{output_hash}")

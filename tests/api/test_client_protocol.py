@@ -166,7 +166,7 @@ def test_lease_hands_out_units_in_batches_in_order(master):
     assert grant["cpus"] == 1.0 and grant["timeout"] == 30.0
     assert before + 30 <= grant["deadline"] <= time.time() + 30 + 120 + 1  # timeout + the default slack
     (ref,) = grant["inputs"]
-    assert ref == {"name": "chunk", "hash": digest(chunks[0]), "size": len(chunks[0]), "url": ref["url"]}
+    assert ref == {"name": "chunk", "hash": digest(chunks[0]), "size": len(chunks[0]), "url": ref["url"], "data": None}
     assert client.fetch(ref) == chunks[0]
     assert len({g["attempt"] for g in first}) == 3
     second = client.lease(3)

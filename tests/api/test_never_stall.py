@@ -324,13 +324,11 @@ def test_a_sweep_of_the_most_units_never_stalls(big: Big) -> None:
     assert job_status(big.master.url, job)["units"]["ready"] == SWEEP
     for offset in (0, SWEEP - 1000):
         assert [u["index"] for u in big.units(job, offset)] == list(range(offset, offset + 1000))
-    with big.database() as db:  # each unit's input is its own params.json, stored as a blob
+    with big.database() as db:  # no unit stores an input, and no params.json blob is written
         rows = db.execute("SELECT idx, inputs FROM units WHERE job_id = ? AND idx % 9999 = 0", (job,)).fetchall()
-    assert len(rows) == SWEEP // 9999 + 1
-    for idx, inputs in rows:
-        params = params_json({"START": idx, "END": idx + 1})
-        assert json.loads(inputs) == [["params.json", digest(params), len(params)]]
-        assert big.get(f"/blobs/{digest(params)}").content == params
+    assert len(rows) == SWEEP // 9999 + 1 and {inputs for _, inputs in rows} == {"[]"}
+    params = params_json({"START": 0, "END": 1})
+    assert big.get(f"/blobs/{digest(params)}").status_code == 404
     latency.check()
 
 

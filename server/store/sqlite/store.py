@@ -131,7 +131,9 @@ CREATE TABLE IF NOT EXISTS attempts (
 DROP INDEX IF EXISTS attempts_by_unit;
 CREATE INDEX IF NOT EXISTS attempts_of_unit ON attempts (unit_id, client_id, state);
 CREATE INDEX IF NOT EXISTS attempts_leased ON attempts (deadline) WHERE state = 'leased';
-CREATE INDEX IF NOT EXISTS attempts_leased_by_client ON attempts (client_id) WHERE state = 'leased';
+-- the leases of a client are found by attempts_by_client: a second index of them cost every
+-- lease and result one more index write
+DROP INDEX IF EXISTS attempts_leased_by_client;
 -- the votes of a client, to strike when it is found out (revalidate)
 CREATE INDEX IF NOT EXISTS attempts_by_client ON attempts (client_id, state);
 CREATE TABLE IF NOT EXISTS clients (
@@ -206,6 +208,13 @@ class SQLiteStore(Catalog, Store):
                 if column not in {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         self._db = db
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The open connection (reads that need no write lock use it outside a transaction)."""
+        if self._db is None:
+            raise StoreUnavailable("the store is not open")
+        return self._db
 
     async def close(self) -> None:
         if self._checkpointer is not None:
@@ -392,8 +401,8 @@ class SQLiteStore(Catalog, Store):
         return client
 
     async def get_client(self, client_id: str) -> Client:
-        with self._tx() as db:
-            row = db.execute("SELECT * FROM clients WHERE id = ?", (client_id,)).fetchone()
+        """Every lease asks this (to clamp the request): one indexed read, not a write transaction."""
+        row = self.connection.execute("SELECT * FROM clients WHERE id = ?", (client_id,)).fetchone()
         if row is None:
             raise NotFound(f"no client {client_id!r:.40}; register again")
         return _client_from(row)
@@ -539,12 +548,7 @@ class SQLiteStore(Catalog, Store):
         with self._tx() as db:
             quiet = now - policy.heartbeat_timeout
             silent = frozenset(row[0] for row in db.execute("SELECT id FROM clients WHERE last_seen < ?", (quiet,)))
-            units = db.execute(  # a suspended unit's leases do not expire by their deadline (on_expire)
-                "SELECT DISTINCT a.unit_id FROM attempts AS a JOIN clients AS c ON c.id = a.client_id"
-                " JOIN units AS u ON u.id = a.unit_id"
-                " WHERE a.state = 'leased' AND ((a.deadline < ? AND u.state <> 'suspended') OR c.last_seen < ?)",
-                (now, quiet),
-            ).fetchall()
+            units = db.execute(_EXPIRED, (now, quiet)).fetchall()
             expired = 0
             for (unit_id,) in units:
                 snap = self._snap(db, unit_id)
@@ -573,13 +577,13 @@ class SQLiteStore(Catalog, Store):
         return acks
 
     def _snap_of(self, db: sqlite3.Connection, attempt_id: str) -> UnitSnap:
-        """The unit of an attempt, found through it (the result and release paths)."""
-        unit = db.execute(
-            f"SELECT {_UNIT_SNAP} FROM attempts AS a JOIN units AS u ON u.id = a.unit_id WHERE a.id = ?", (attempt_id,)
-        ).fetchone()
-        if unit is None:
+        """The unit of an attempt, found through it (the result and release paths), with its
+        attempts in the same query: a row per attempt of the unit, the unit's columns first."""
+        rows = db.execute(_SNAP_OF, (attempt_id,)).fetchall()
+        if not rows:
             raise NotFound(f"attempt {attempt_id!r:.40} is unknown or was leased to another client")
-        return self._snapshot(db, unit)
+        u = rows[0]
+        return UnitSnap(u[0], u[1], u[2], UnitState(u[3]), u[4], tuple(_attempt_snap(r, 5) for r in rows))
 
     def _snap(self, db: sqlite3.Connection, unit_id: str) -> UnitSnap:
         unit = db.execute(f"SELECT {_UNIT_SNAP} FROM units AS u WHERE u.id = ?", (unit_id,)).fetchone()
@@ -730,6 +734,22 @@ _ATTEMPT_SNAP = (
     "a.id, a.client_id, a.state, a.output_hash, a.output_size, a.error, a.validity, a.deadline, a.account, a.network,"
     " a.alone"
 )
+# the units with a lease past its deadline (a suspended unit's leases do not expire by their
+# deadline, on_expire) or held by a silent client: two halves, so each reads an index of leased
+# attempts (the clients' first) instead of the OR scanning every attempt ever made
+_EXPIRED = """
+SELECT a.unit_id FROM attempts AS a INDEXED BY attempts_leased JOIN units AS u ON u.id = a.unit_id
+WHERE a.state = 'leased' AND a.deadline < ? AND u.state <> 'suspended'
+UNION
+SELECT a.unit_id FROM clients AS c CROSS JOIN attempts AS a INDEXED BY attempts_by_client
+WHERE c.last_seen < ? AND a.client_id = c.id AND a.state = 'leased'
+"""
+# a unit found through one of its attempts (x), and all its attempts (a): columns 0-4 are
+# _UNIT_SNAP's, 5-15 _ATTEMPT_SNAP's
+_SNAP_OF = f"""
+SELECT {_UNIT_SNAP}, {_ATTEMPT_SNAP} FROM attempts AS x JOIN units AS u ON u.id = x.unit_id
+JOIN attempts AS a ON a.unit_id = u.id WHERE x.id = ?
+"""
 _RECORD = "SELECT valid, invalid, streak, contradicted FROM clients WHERE id = ?"  # a lifecycle.Record
 # the units a found-out client voted on, holds alone or (quarantined) holds at all, from before it
 # was found out, in jobs still open or done (lifecycle.on_found_out)
@@ -755,11 +775,12 @@ def _count(db: sqlite3.Connection, events: list[Event]) -> None:
     db.executemany("INSERT OR IGNORE INTO active_clients VALUES (?, ?)", sorted(active(events)))
 
 
-def _attempt_snap(row: sqlite3.Row) -> AttemptSnap:
+def _attempt_snap(row: sqlite3.Row, at: int = 0) -> AttemptSnap:
+    """The attempt whose _ATTEMPT_SNAP columns begin at column ``at`` of ``row``."""
+    v = tuple(row)[at : at + 11]
     return AttemptSnap(
-        row["id"], row["client_id"], AttemptState(row["state"]), row["output_hash"], row["output_size"], row["error"],
-        Validity(row["validity"]) if row["validity"] else None, row["deadline"], row["account"], row["network"],
-        bool(row["alone"]),
+        v[0], v[1], AttemptState(v[2]), v[3], v[4], v[5], Validity(v[6]) if v[6] else None, v[7], v[8], v[9],
+        bool(v[10]),
     )  # fmt: skip
 
 
