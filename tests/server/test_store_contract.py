@@ -421,6 +421,27 @@ async def test_acks_for_every_report(b: Backend) -> None:
 
 
 @contract
+async def test_one_batch_ends_a_job(b: Backend) -> None:
+    """A request's results are written together: each unit counted once into its job, a unit
+    a report changed read again for the next report of it, the job ended by the last one."""
+    s = b.store
+    a, c = await clients(s, 2)
+    job = await s.create_job(job_spec(redundancy=redundancy(1, 1, 2)), chunks(6), T0)
+    grants = await lease(s, a, 6)
+    first = grants[0].attempt
+    reports = [ok(first), ok(first), failed(grants[1].attempt)] + [ok(g.attempt) for g in grants[2:]]
+    acks = await s.record_results(a, reports, T0 + 1)
+    assert [(k.accepted, k.reason) for k in acks] == [(True, ""), (True, "duplicate")] + [(True, "")] * 5
+    assert ((await s.get_job(job.id)).done_map, (await s.get_job(job.id)).state) == (5, JobState.RUNNING)
+    assert ((await s.get_client(a)).valid, (await s.get_client(a)).errors) == (5, 1)
+    (again,) = await lease(s, c, 6)  # the failed unit, to another client
+    await s.record_results(c, [ok(again.attempt)], T0 + 2)
+    done = await s.get_job(job.id)
+    assert (done.done_map, done.failed_map, done.state) == (6, 0, JobState.DONE)
+    assert (await s.unit_counts(job.id))["done"] == 6
+
+
+@contract
 async def test_replicas_agree(b: Backend) -> None:
     s = b.store
     a, c = await clients(s, 2)

@@ -186,6 +186,8 @@ class SQLiteStore(Catalog, Store):
         self._db: sqlite3.Connection | None = None
         self._pending: list[Event] = []  # the events of the open transaction
         self._charges: dict[str, tuple[int, float, float]] = {}  # ... and what it does to each owner's share
+        self._writes = _Writes()  # ... and the rows its unit changes write
+        self._counted: dict[str, Job] = {}  # ... and the jobs whose counters they moved, as they now stand
         self._specs: dict[str, JobSpec] = {}  # job specs and owners never change, so caching them is safe
         self._owners: dict[str, str] = {}
         self._checkpointer: Checkpointer | None = None
@@ -228,9 +230,10 @@ class SQLiteStore(Catalog, Store):
     def _tx(self) -> Iterator[sqlite3.Connection]:
         if self._db is None:
             raise StoreUnavailable("the store is not open")
-        self._pending, self._charges = [], {}
+        self._pending, self._charges, self._writes, self._counted = [], {}, _Writes(), {}
         with _transaction(self._db) as db:
             yield db
+            self._writes.flush(db)
             if self._pending:  # the counters go in the same write as the changes they count
                 _count(db, self._pending)
             if self._charges:
@@ -501,8 +504,8 @@ class SQLiteStore(Catalog, Store):
         return grants
 
     async def record_results(self, client_id: str, reports: list[ResultReport], now: float) -> list[Ack]:
-        def one(db: sqlite3.Connection, report: ResultReport) -> Ack:
-            snap = self._snap_of(db, report.attempt)
+        def one(db: sqlite3.Connection, snaps: dict[str, UnitSnap], report: ResultReport) -> Ack:
+            snap = self._snap_in(db, snaps, report.attempt)
             change = on_result(self._spec(db, snap.job).redundancy, snap, client_id, report, now)
             if change is None:
                 return Ack(report.attempt, True, "duplicate")
@@ -512,8 +515,8 @@ class SQLiteStore(Catalog, Store):
         return self._each(client_id, [(r.attempt, r) for r in reports], one, now, results=True)
 
     async def release(self, client_id: str, attempt_ids: list[str], now: float) -> list[Ack]:
-        def one(db: sqlite3.Connection, attempt_id: str) -> Ack:
-            snap = self._snap_of(db, attempt_id)
+        def one(db: sqlite3.Connection, snaps: dict[str, UnitSnap], attempt_id: str) -> Ack:
+            snap = self._snap_in(db, snaps, attempt_id)
             change = on_release(self._spec(db, snap.job).redundancy, snap, client_id, attempt_id, now)
             if change is None:
                 return Ack(attempt_id, True, "already released")
@@ -527,10 +530,12 @@ class SQLiteStore(Catalog, Store):
             decided = 0
             found = db.execute("SELECT id, found_out FROM clients WHERE found_out IS NOT NULL").fetchall()
             for client_id, found_out in found:
+                self._writes.flush(db)
                 quarantined = bool(self.policy.quarantined(Record(*db.execute(_RECORD, (client_id,)).fetchone())))
                 units = db.execute(_VOTES, (client_id, found_out, quarantined, limit - decided)).fetchall()
                 for (unit_id,) in units:
                     decided += 1
+                    self._writes.flush(db)
                     unit = db.execute(f"SELECT {_UNIT_SNAP} FROM units AS u WHERE u.id = ?", (unit_id,)).fetchone()
                     if unit is None:
                         continue  # a reduce unit dropped when a unit it was made from reopened
@@ -559,33 +564,49 @@ class SQLiteStore(Catalog, Store):
             return expired
 
     # -- inside a transaction: load, apply ---------------------------------------------------
-    def _each(self, client_id: str, items: list[tuple[str, T]], one: Callable[[sqlite3.Connection, T], Ack],
-              now: float, results: bool = False) -> list[Ack]:  # fmt: skip
-        """Apply one item after another in one transaction; a refused item is its Ack. No
-        result of a quarantined client is taken."""
+    def _each(self, client_id: str, items: list[tuple[str, T]],
+              one: Callable[[sqlite3.Connection, dict[str, UnitSnap], T], Ack], now: float,
+              results: bool = False) -> list[Ack]:  # fmt: skip
+        """Apply one item after another in one transaction, their units loaded together first;
+        a refused item is its Ack. No result of a quarantined client is taken."""
         acks = []
         with self._tx() as db:
             record = self._touch(db, client_id, now)
             refused = self.policy.quarantined(record) if results else ""
             if refused:
                 return [Ack(attempt_id, False, f"result not taken: {refused}") for attempt_id, _ in items]
+            snaps = self._snaps_of(db, [attempt_id for attempt_id, _ in items])
             for attempt_id, item in items:
                 try:
-                    acks.append(one(db, item))
+                    acks.append(one(db, snaps, item))
                 except ServerError as exc:
                     acks.append(Ack(attempt_id, False, str(exc)))
         return acks
 
-    def _snap_of(self, db: sqlite3.Connection, attempt_id: str) -> UnitSnap:
-        """The unit of an attempt, found through it (the result and release paths), with its
-        attempts in the same query: a row per attempt of the unit, the unit's columns first."""
-        rows = db.execute(_SNAP_OF, (attempt_id,)).fetchall()
-        if not rows:
+    def _snaps_of(self, db: sqlite3.Connection, attempt_ids: list[str]) -> dict[str, UnitSnap]:
+        """The unit of each attempt, found through it (the result and release paths), with all
+        its attempts: a query per _IN_LIMIT attempts, a row per attempt of each unit."""
+        rows: dict[str, list[sqlite3.Row]] = {}
+        unique = list(dict.fromkeys(attempt_ids))
+        for low in range(0, len(unique), _IN_LIMIT):
+            ids = unique[low : low + _IN_LIMIT]
+            for row in db.execute(_SNAPS_OF.format(marks=", ".join("?" * len(ids))), ids):
+                rows.setdefault(row[0], []).append(row)
+        return {
+            attempt_id: UnitSnap(u[1], u[2], u[3], UnitState(u[4]), u[5], tuple(_attempt_snap(r, 6) for r in unit))
+            for attempt_id, unit in rows.items()
+            for u in unit[:1]
+        }
+
+    def _snap_in(self, db: sqlite3.Connection, snaps: dict[str, UnitSnap], attempt_id: str) -> UnitSnap:
+        """The unit of an attempt from ``snaps``, read again if an earlier item changed it."""
+        snap = snaps.get(attempt_id)
+        if snap is None:
             raise NotFound(f"attempt {attempt_id!r:.40} is unknown or was leased to another client")
-        u = rows[0]
-        return UnitSnap(u[0], u[1], u[2], UnitState(u[3]), u[4], tuple(_attempt_snap(r, 5) for r in rows))
+        return self._snap(db, snap.id) if snap.id in self._writes.changed else snap
 
     def _snap(self, db: sqlite3.Connection, unit_id: str) -> UnitSnap:
+        self._writes.flush(db)
         unit = db.execute(f"SELECT {_UNIT_SNAP} FROM units AS u WHERE u.id = ?", (unit_id,)).fetchone()
         return self._snapshot(db, unit)
 
@@ -598,23 +619,20 @@ class SQLiteStore(Catalog, Store):
 
     def _apply(self, db: sqlite3.Connection, change: UnitChange, now: float) -> None:
         """Write a change: the unit as a compare-and-set on its state, its attempts, the
-        clients' counters, and what follows for the job when the unit ended."""
-        written = db.execute(
-            "UPDATE units SET state = ?, wanted = ?, canonical_hash = ?, canonical_size = ? WHERE id = ? AND state = ?",
-            (change.state, change.wanted, change.canonical_hash, change.canonical_size, change.unit, change.old),
-        ).rowcount
-        if not written:  # the transaction holds the only writer: this is a bug, not a race
-            raise StoreUnavailable(f"unit {change.unit} changed under its own transaction")
+        clients' counters, and what follows for the job when the unit ended. The rows wait in
+        ``_writes`` for the end of the transaction (or a read that needs them)."""
+        writes = self._writes
+        writes.unit(change)
         for update in change.attempts:
-            _update_attempt(db, update)
-        counters = (
-            ("errors = errors + 1", change.errors),
-            ("valid = valid + 1, streak = streak + 1", change.valid),
-            ("valid = valid + 1, invalid = MAX(invalid - 1, 0)", change.cleared),
-        )
-        for set_, clients in counters:
-            if clients:
-                db.executemany(f"UPDATE clients SET {set_} WHERE id = ?", [(c,) for c in clients])
+            writes.attempt(update)
+        for client_id in change.errors:
+            writes.count(client_id, errors=1)
+        for client_id in change.valid:
+            writes.count(client_id, valid=1, streak=1)
+        for client_id in change.cleared:
+            writes.count(client_id, valid=1, cleared=1)
+        if change.invalid or change.contradicted:
+            writes.flush(db)  # the records below are read as they stand
         for client_id, invalid in [(c, True) for c in change.invalid] + [(c, False) for c in change.contradicted]:
             before = Record(*db.execute(_RECORD, (client_id,)).fetchone())
             after = before.judged(invalid)
@@ -631,13 +649,11 @@ class SQLiteStore(Catalog, Store):
             self._unit_reopened(db, change, now)
 
     def _unit_reopened(self, db: sqlite3.Connection, change: UnitChange, now: float) -> None:
-        counter = count_into_job(change)
-        if counter is not None:
-            db.execute(f"UPDATE jobs SET {counter} = {counter} - 1 WHERE id = ?", (change.job,))
-        job = self._job(db, change.job)
+        job = self._count_into(db, change, -1)
         step = on_unit_reopened(job_counts(job), change, now)
         self._pending += step.events
         if step.step == JobStep.REDO:
+            self._writes.flush(db)
             reduce = db.execute("SELECT id FROM units WHERE job_id = ? AND kind = 'reduce'", (job.id,)).fetchone()
             if reduce is not None:
                 self._charge(job.owner, on_dropped(self._snap(db, reduce["id"])), job.spec, now)
@@ -646,20 +662,14 @@ class SQLiteStore(Catalog, Store):
         if step.state is not None:
             db.execute("UPDATE jobs SET state = ?, finished_at = NULL WHERE id = ? AND state = ?",
                        (step.state, job.id, job.state))  # fmt: skip
+            job.state, job.finished_at = step.state, None
 
     def _unit_ended(self, db: sqlite3.Connection, change: UnitChange, now: float) -> None:
-        counter = count_into_job(change)
-        if counter is not None:  # RETURNING hands back the updated row, which would otherwise be read again
-            rows = db.execute(f"UPDATE jobs SET {counter} = {counter} + 1 WHERE id = ? RETURNING *", (change.job,))
-            row = rows.fetchone()
-            if row is None:
-                raise NotFound(f"no job {change.job!r:.40}")
-            job = self._job_from(row)
-        else:
-            job = self._job(db, change.job)
+        job = self._count_into(db, change, +1)
         step = on_unit_ended(job_counts(job), change, now)
         self._pending += step.events
         if step.step == JobStep.REDUCE:
+            self._writes.flush(db)
             maps = [_unit_from(r) for r in db.execute("SELECT * FROM units WHERE job_id = ? ORDER BY idx", (job.id,))]
             db.execute(
                 "INSERT INTO units (id, job_id, idx, kind, state, wanted, priority, job_created, inputs)"
@@ -675,6 +685,22 @@ class SQLiteStore(Catalog, Store):
                 "UPDATE jobs SET state = ?, finished_at = ? WHERE id = ? AND state = ?",
                 (step.state, now, job.id, job.state),
             )
+            job.state, job.finished_at = step.state, now
+
+    def _count_into(self, db: sqlite3.Connection, change: UnitChange, by: int) -> Job:
+        """The unit's job with the unit counted in (or out): read once per transaction, its
+        counters moved here and written with the rest of ``_writes``."""
+        job = self._counted.get(change.job)
+        if job is None:
+            job = self._counted[change.job] = self._job(db, change.job)
+        counter = count_into_job(change)
+        if counter == "done_map":
+            job.done_map += by
+            self._writes.job(job.id, done=by)
+        elif counter == "failed_map":
+            job.failed_map += by
+            self._writes.job(job.id, failed=by)
+        return job
 
     def _charge(self, owner: str, change: UnitChange, spec: JobSpec, now: float) -> None:
         running, usage = charge(change, spec)
@@ -706,6 +732,7 @@ class SQLiteStore(Catalog, Store):
         return Record(*row)
 
     def _job(self, db: sqlite3.Connection, job_id: str) -> Job:
+        self._writes.flush(db)  # its counters as they stand
         row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"no job {job_id!r:.40}")
@@ -744,11 +771,11 @@ UNION
 SELECT a.unit_id FROM clients AS c CROSS JOIN attempts AS a INDEXED BY attempts_by_client
 WHERE c.last_seen < ? AND a.client_id = c.id AND a.state = 'leased'
 """
-# a unit found through one of its attempts (x), and all its attempts (a): columns 0-4 are
-# _UNIT_SNAP's, 5-15 _ATTEMPT_SNAP's
-_SNAP_OF = f"""
-SELECT {_UNIT_SNAP}, {_ATTEMPT_SNAP} FROM attempts AS x JOIN units AS u ON u.id = x.unit_id
-JOIN attempts AS a ON a.unit_id = u.id WHERE x.id = ?
+# units found through some of their attempts (x), each with all its attempts (a): column 0 is
+# the attempt it was found through, 1-5 are _UNIT_SNAP's, 6-16 _ATTEMPT_SNAP's
+_SNAPS_OF = f"""
+SELECT x.id, {_UNIT_SNAP}, {_ATTEMPT_SNAP} FROM attempts AS x JOIN units AS u ON u.id = x.unit_id
+JOIN attempts AS a ON a.unit_id = u.id WHERE x.id IN ({{marks}})
 """
 _RECORD = "SELECT valid, invalid, streak, contradicted FROM clients WHERE id = ?"  # a lifecycle.Record
 # the units a found-out client voted on, holds alone or (quarantined) holds at all, from before it
@@ -784,27 +811,83 @@ def _attempt_snap(row: sqlite3.Row, at: int = 0) -> AttemptSnap:
     )  # fmt: skip
 
 
-def _update_attempt(db: sqlite3.Connection, update: AttemptUpdate) -> None:
-    """New values for one attempt in one statement; None keeps the old one (COALESCE)."""
-    keep = (
-        "state = COALESCE(?, state), finished_at = COALESCE(?, finished_at), validity = COALESCE(?, validity),"
-        " deadline = COALESCE(?, deadline), alone = COALESCE(?, alone)"
-    )
-    values: tuple[object, ...] = (update.state, update.finished_at, update.validity, update.deadline, update.alone)
-    result = update.result
-    if result is None:
-        db.execute(f"UPDATE attempts SET {keep} WHERE id = ?", (*values, update.id))
-        return
-    succeeded = result.status == ResultStatus.SUCCEEDED
-    db.execute(
-        f"UPDATE attempts SET {keep}, output_hash = ?, output_size = ?, exit_code = ?, error = ?, stderr_tail = ?,"
-        " runtime = ?, peak_memory = ? WHERE id = ?",
-        (
+class _Writes:
+    """The rows a transaction's unit changes write, held until the transaction ends or a read
+    needs them, so a batch of results costs one statement per kind of row, not one per result.
+    The transaction holds the database's only writer: no one reads them late."""
+
+    def __init__(self) -> None:
+        self.changed: set[str] = set()  # every unit changed in the transaction, written or not
+        self.clear()
+
+    def clear(self) -> None:
+        self.units: dict[str, list[tuple[object, ...]]] = {}  # per unit, its compare-and-sets in order
+        self.plain: list[tuple[object, ...]] = []  # attempt updates without a result
+        self.results: list[tuple[object, ...]] = []  # ... with one
+        self.clients: dict[str, list[int]] = {}  # per client: errors, valid, streak, cleared to add
+        self.jobs: dict[str, list[int]] = {}  # per job: done_map, failed_map to add
+
+    def unit(self, change: UnitChange) -> None:
+        cas = (change.state, change.wanted, change.canonical_hash, change.canonical_size, change.unit, change.old)
+        self.units.setdefault(change.unit, []).append(cas)
+        self.changed.add(change.unit)
+
+    def attempt(self, update: AttemptUpdate) -> None:
+        """New values for one attempt; None keeps the old one (COALESCE)."""
+        values = (update.state, update.finished_at, update.validity, update.deadline, update.alone)
+        result = update.result
+        if result is None:
+            self.plain.append((*values, update.id))
+            return
+        succeeded = result.status == ResultStatus.SUCCEEDED
+        self.results.append((
             *values, result.output_hash if succeeded else None, result.output_size if succeeded else None,
             result.exit_code, result.error, result.stderr_tail[-STDERR_TAIL:], result.runtime, result.peak_memory,
             update.id,
-        ),
-    )  # fmt: skip
+        ))  # fmt: skip
+
+    def count(self, client_id: str, errors: int = 0, valid: int = 0, streak: int = 0, cleared: int = 0) -> None:
+        counts = self.clients.setdefault(client_id, [0, 0, 0, 0])
+        for i, n in enumerate((errors, valid, streak, cleared)):
+            counts[i] += n
+
+    def job(self, job_id: str, done: int = 0, failed: int = 0) -> None:
+        counts = self.jobs.setdefault(job_id, [0, 0])
+        counts[0] += done
+        counts[1] += failed
+
+    def flush(self, db: sqlite3.Connection) -> None:
+        if self.units:
+            cas = [row for rows in self.units.values() for row in rows]
+            written = db.executemany(
+                "UPDATE units SET state = ?, wanted = ?, canonical_hash = ?, canonical_size = ?"
+                " WHERE id = ? AND state = ?", cas,
+            ).rowcount  # fmt: skip
+            if written != len(cas):  # the transaction holds the only writer: this is a bug, not a race
+                raise StoreUnavailable(f"a unit of {sorted(self.units)[:3]} changed under its own transaction")
+        keep = (
+            "state = COALESCE(?, state), finished_at = COALESCE(?, finished_at), validity = COALESCE(?, validity),"
+            " deadline = COALESCE(?, deadline), alone = COALESCE(?, alone)"
+        )
+        if self.plain:
+            db.executemany(f"UPDATE attempts SET {keep} WHERE id = ?", self.plain)
+        if self.results:
+            db.executemany(
+                f"UPDATE attempts SET {keep}, output_hash = ?, output_size = ?, exit_code = ?, error = ?,"
+                " stderr_tail = ?, runtime = ?, peak_memory = ? WHERE id = ?", self.results,
+            )  # fmt: skip
+        if self.clients:
+            db.executemany(
+                "UPDATE clients SET errors = errors + ?, valid = valid + ?, streak = streak + ?,"
+                " invalid = MAX(invalid - ?, 0) WHERE id = ?",
+                [(e, v, s, c, client_id) for client_id, (e, v, s, c) in self.clients.items()],
+            )
+        if self.jobs:
+            db.executemany(
+                "UPDATE jobs SET done_map = done_map + ?, failed_map = failed_map + ? WHERE id = ?",
+                [(done, failed, job_id) for job_id, (done, failed) in self.jobs.items()],
+            )
+        self.clear()
 
 
 class _Leasable:
