@@ -16,10 +16,10 @@ async def open_store(url: str, data_dir: str) -> tuple[Store, BlobStore]:
         from .sqlite import SQLiteBlobStore, SQLiteStore
 
         path = os.path.normpath(url.removeprefix("sqlite://") or os.path.join(data_dir, "dockercomp.db"))
-        store: Store = SQLiteStore(path)
-        await store.open()  # creates the database in WAL mode, which the blob store shares
+        sqlite = SQLiteStore(path)
+        await sqlite.open()  # creates the database in WAL mode, and the connection the blob store shares
         files = DirectoryBlobStore(os.path.join(os.path.dirname(os.path.abspath(path)), "blobs"))
-        return store, SQLiteBlobStore(path, files)
+        return sqlite, SQLiteBlobStore(path, files, sqlite.connection)
     from .mongo import open_mongodb
 
     store, blobs = open_mongodb(url)

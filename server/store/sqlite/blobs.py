@@ -21,13 +21,17 @@ class SQLiteBlobStore(BlobStore):
 
     SMALL = 64 << 10  # blobs up to this many bytes live in the database
 
-    def __init__(self, path: str, files: DirectoryBlobStore) -> None:
+    def __init__(self, path: str, files: DirectoryBlobStore, db: sqlite3.Connection | None = None) -> None:
+        """``db``: the SQLiteStore's connection to share (the master's: one page cache, which a
+        second connection would find stale after every write of the other), else one of its own."""
         self.files = files
-        self._db: sqlite3.Connection | None = sqlite3.connect(
+        self._own = db is None
+        self._db: sqlite3.Connection | None = db or sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=30
         )
-        self._db.execute("PRAGMA synchronous = NORMAL")  # the database is in WAL mode (SQLiteStore sets it)
-        self._db.execute("PRAGMA wal_autocheckpoint = 0")  # SQLiteStore's Checkpointer does them
+        if self._own:
+            self._db.execute("PRAGMA synchronous = NORMAL")  # the database is in WAL mode (SQLiteStore sets it)
+            self._db.execute("PRAGMA wal_autocheckpoint = 0")  # SQLiteStore's Checkpointer does them
         self._db.execute("CREATE TABLE IF NOT EXISTS blobs (hash TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID")
 
     @property
@@ -77,6 +81,6 @@ class SQLiteBlobStore(BlobStore):
         return row[0][start:end]
 
     async def close(self) -> None:
-        if self._db is not None:
+        if self._db is not None and self._own:
             self._db.close()
-            self._db = None
+        self._db = None
