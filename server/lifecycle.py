@@ -9,7 +9,7 @@ that happened (server/events.py hands them to logs and counters). Nothing else d
 """
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
@@ -348,11 +348,14 @@ class LeasePolicy:
         an account of its own (a stranger's trust would be as cheap to farm as its enrollment)."""
         return bool(self.trust_after) and not stranger and record.streak >= self.trust_after
 
-    def alone(self, redundancy: Redundancy, state: UnitState, wanted: int, trusted: bool, draw: float) -> bool:
+    def alone(
+        self, redundancy: Redundancy, state: UnitState, wanted: int, trusted: bool, draw: Callable[[], float]
+    ) -> bool:
         """Whether this lease decides its unit alone: a trusted client, a job that allows it, a
-        unit that has no replica yet, and a ``draw`` (uniform in [0, 1)) past the spot checks."""
+        unit that has no replica yet, and a ``draw()`` (uniform in [0, 1)) past the spot checks,
+        drawn only when all else holds (a draw the master cannot foresee costs a system call)."""
         fresh = state == UnitState.READY and wanted >= redundancy.replicas > 1
-        return trusted and redundancy.adaptive and fresh and draw >= self.spot_checks
+        return trusted and redundancy.adaptive and fresh and draw() >= self.spot_checks
 
     def found_out(self, before: Record, after: Record) -> bool:
         """Whether a client whose record went from ``before`` to ``after`` is found out: a result

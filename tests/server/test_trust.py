@@ -41,12 +41,16 @@ def test_who_decides_alone():
     assert trusted and not POLICY.trusted(Record(valid=10, streak=9), stranger=False)
     assert not POLICY.trusted(Record(valid=50, streak=50), stranger=True)  # a stranger's trust is cheap to farm
     assert not LeasePolicy(trust_after=0).trusted(Record(valid=50, streak=50), stranger=False)
-    assert POLICY.alone(PAIR, UnitState.READY, 2, trusted, draw=0.25)
-    assert not POLICY.alone(PAIR, UnitState.READY, 2, trusted, draw=0.24)  # a spot check
-    assert not POLICY.alone(PAIR, UnitState.RUNNING, 1, trusted, draw=0.9)  # it has a replica already
-    assert not POLICY.alone(Redundancy(2, 2, 4), UnitState.READY, 2, trusted, draw=0.9)  # its job did not allow it
-    assert not POLICY.alone(Redundancy(1, 1, 3, adaptive=True), UnitState.READY, 1, trusted, draw=0.9)  # moot
-    assert not POLICY.alone(PAIR, UnitState.READY, 2, False, draw=0.9)
+    assert POLICY.alone(PAIR, UnitState.READY, 2, trusted, draw=lambda: 0.25)
+    assert not POLICY.alone(PAIR, UnitState.READY, 2, trusted, draw=lambda: 0.24)  # a spot check
+    assert not POLICY.alone(PAIR, UnitState.RUNNING, 1, trusted, draw=lambda: 0.9)  # it has a replica already
+    assert not POLICY.alone(
+        Redundancy(2, 2, 4), UnitState.READY, 2, trusted, draw=lambda: 0.9
+    )  # its job did not allow it
+    assert not POLICY.alone(Redundancy(1, 1, 3, adaptive=True), UnitState.READY, 1, trusted, draw=lambda: 0.9)  # moot
+    assert not POLICY.alone(PAIR, UnitState.READY, 2, False, draw=lambda: 0.9)
+    unforeseen = iter(())  # drawn only when all else holds: a draw is a system call on every lease
+    assert not POLICY.alone(Redundancy(2, 2, 4), UnitState.READY, 2, trusted, draw=lambda: next(unforeseen))
 
 
 def test_found_out_and_quarantined():

@@ -378,7 +378,7 @@ class MongoStore(Catalog, Store):
             if doc is None:  # none left for this client, or too big for what is left (it only shrinks)
                 candidates.remove(job)
                 continue
-            alone = trusted and policy.alone(spec.redundancy, UnitState(doc["state"]), doc["wanted"], trusted, draw())
+            alone = policy.alone(spec.redundancy, UnitState(doc["state"]), doc["wanted"], trusted, draw)
             change = await self._lease_one(doc, holder, now, policy.deadline(now, spec.resources.timeout), alone)
             if change is None:  # another master got there first
                 continue

@@ -481,7 +481,7 @@ class SQLiteStore(Catalog, Store):
                     continue
                 unit = _unit_from(row)
                 snap = UnitSnap(unit.id, unit.job, unit.kind, unit.state, unit.wanted)
-                alone = trusted and policy.alone(spec.redundancy, unit.state, unit.wanted, trusted, draw())
+                alone = policy.alone(spec.redundancy, unit.state, unit.wanted, trusted, draw)
                 change = on_lease(snap, client_id, new_id(8), now, policy.deadline(now, spec.resources.timeout), alone)
                 changes.append(change)
                 room.take(spec)
