@@ -6,13 +6,16 @@ functions. A store loads a unit with its attempts (a ``UnitSnap``), hands it to 
 the ``UnitChange`` it gets back as one compare-and-set on the unit's state; when the change
 ends the unit, ``on_unit_ended`` says what follows for its job. The changes name the events
 that happened (server/events.py hands them to logs and counters). Nothing else decides a state.
+
+The values passed back and forth are named tuples: immutable like frozen dataclasses, and
+three times cheaper to make, which counts on the master's hot path (a dozen per unit).
 """
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from dockercomp.protocol.jobfile import Redundancy
 from dockercomp.protocol.messages import Action, ErrorKind, ResultReport, ResultStatus, UnitKind
@@ -67,8 +70,7 @@ UNIT_FAILURES = frozenset({ErrorKind.EXIT_NONZERO, ErrorKind.OOM, ErrorKind.TIME
 OPEN_ATTEMPT = (AttemptState.LEASED, AttemptState.TIMED_OUT)  # a result may still come
 
 
-@dataclass(frozen=True)
-class Holder:
+class Holder(NamedTuple):
     """Who a lease goes to, as replicas of a unit tell them apart: two attempts that share any
     of these are one voice, so a volunteer who runs many clients, or many accounts on one
     network, still holds one replica of a unit and cannot make a quorum alone."""
@@ -154,8 +156,7 @@ def transition(old: S, new: S) -> S:
 # -- the decision ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AttemptView:
+class AttemptView(NamedTuple):
     """What the decision needs to know about one attempt; ``voice`` is who it speaks for (its
     holder's account, else network, else client): one voice's failures count once."""
 
@@ -166,8 +167,7 @@ class AttemptView:
     alone: bool = False  # leased to a trusted client to decide the unit alone (LeasePolicy.alone)
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """Where a unit stands after an event, and what follows for its attempts."""
 
     state: UnitState
@@ -286,8 +286,7 @@ def job_step(n_map: int, done_map: int, failed_map: int, has_reduce: bool, reduc
     return JobStep.WAIT
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """A client's record as its results were judged: the counters a store keeps on it."""
 
     valid: int = 0  # results that agreed with the quorum
@@ -387,8 +386,7 @@ class EventKind(StrEnum):
     JOB_REOPENED = "job_reopened"  # a unit of a job that was done reopened: it runs again
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     kind: EventKind
     job: str
     unit: str = ""
@@ -401,8 +399,7 @@ class Event:
 # -- snapshots and changes -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AttemptSnap:
+class AttemptSnap(NamedTuple):
     """What the lifecycle reads of one attempt."""
 
     id: str
@@ -423,8 +420,7 @@ class AttemptSnap:
         return self.account or self.network or self.client
 
 
-@dataclass(frozen=True)
-class UnitSnap:
+class UnitSnap(NamedTuple):
     """A unit as a store loaded it, with its attempts."""
 
     id: str
@@ -442,8 +438,7 @@ class UnitSnap:
         return found
 
 
-@dataclass(frozen=True)
-class AttemptUpdate:
+class AttemptUpdate(NamedTuple):
     """New values for one attempt; None keeps what it has. ``result`` is the report whose
     outcome the attempt records (output hash and size only when it succeeded)."""
 
@@ -456,8 +451,7 @@ class AttemptUpdate:
     alone: bool | None = None
 
 
-@dataclass(frozen=True)
-class NewAttempt:
+class NewAttempt(NamedTuple):
     id: str
     client: str
     leased_at: float
@@ -465,8 +459,7 @@ class NewAttempt:
     alone: bool = False
 
 
-@dataclass(frozen=True)
-class UnitChange:
+class UnitChange(NamedTuple):
     """What one event does to a unit, for a store to write as one compare-and-set on ``old``:
     the unit's new state and counts, its attempts' updates (and a new attempt, for a lease),
     whose reliability counters move, and the events that happened."""
@@ -680,8 +673,7 @@ def on_found_out(
 # -- after a unit ended: its job -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class JobCounts:
+class JobCounts(NamedTuple):
     """A job as its counts stand once the ending unit was counted in."""
 
     id: str
@@ -692,11 +684,10 @@ class JobCounts:
     has_reduce: bool
 
 
-@dataclass(frozen=True)
-class JobChange:
+class JobChange(NamedTuple):
     step: JobStep
     state: JobState | None = None  # the job's final state, for DONE or FAILED
-    events: tuple[Event, ...] = field(default_factory=tuple)
+    events: tuple[Event, ...] = ()
 
 
 def count_into_job(change: UnitChange) -> str | None:
