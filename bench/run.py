@@ -10,7 +10,7 @@ keyed by name; a benchmark that fails is reported there as {"error": ...} and ma
 code 1. ``all --quick`` runs each benchmark that offers --quick so (a smoke run of a few
 seconds that writes nothing) and skips any other ({"skipped": ...}): a smoke run never
 overwrites a recorded result. Started with another Python, this re-executes itself under the
-checkout's .venv.
+checkout's .venv, which it makes first in a fresh clone (``./dev setup``).
 """
 
 import json
@@ -77,8 +77,12 @@ def _accepts(name: str, option: str) -> bool:
 
 
 def _in_venv() -> None:
-    """Re-execute under .venv/bin/python when started with another interpreter."""
-    if os.path.exists(VENV_PYTHON) and os.path.realpath(sys.prefix) != os.path.realpath(os.path.join(ROOT, ".venv")):
+    """Re-execute under .venv/bin/python when started with another interpreter, after making
+    it (``./dev setup``: the virtualenv and a Docker engine) in a fresh clone."""
+    if not os.path.exists(VENV_PYTHON):
+        print("== no .venv here: ./dev setup", file=sys.stderr, flush=True)
+        subprocess.run([os.path.join(ROOT, "dev"), "setup"], cwd=ROOT, check=True, stdout=sys.stderr)
+    if os.path.realpath(sys.prefix) != os.path.realpath(os.path.join(ROOT, ".venv")):
         os.execv(VENV_PYTHON, [VENV_PYTHON, os.path.abspath(__file__), *sys.argv[1:]])
 
 
