@@ -1,5 +1,6 @@
 """Wire encoding: msgpack for daemons, JSON for people and browsers, one decode path each."""
 
+import base64
 import json
 import re
 from typing import Any, cast
@@ -29,7 +30,15 @@ def unpack(data: bytes) -> Any:
 
 
 def dump_json(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    """JSON, with bytes (msgpack's bin: a sweep's params.json in a grant) as ``{"base64":
+    TEXT}``, which messages.py reads back into a bytes field; a plain string never is bytes."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=_base64).encode()
+
+
+def _base64(obj: Any) -> dict[str, str]:
+    if isinstance(obj, bytes):
+        return {"base64": base64.b64encode(obj).decode("ascii")}
+    raise TypeError(f"{type(obj).__name__} has no JSON form")
 
 
 def load_json(data: bytes) -> Any:
@@ -40,7 +49,7 @@ def load_json(data: bytes) -> Any:
     except RecursionError:  # deeply nested arrays or objects
         raise ProtocolError("body is not valid JSON: nested too deeply") from None
     if _SURROGATE_ESCAPE.search(data):
-        _refuse_lone_surrogates(obj)
+        refuse_lone_surrogates(obj)
     return obj
 
 
@@ -48,15 +57,16 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _refuse_lone_surrogates(obj: Any) -> None:
-    """JSON can escape half of a UTF-16 pair (\\ud800) on its own; that is not text: it could
-    be neither stored nor sent back as UTF-8. (Whole pairs decode to one character.)"""
+def refuse_lone_surrogates(obj: Any, what: str = "body is not valid JSON") -> None:
+    """JSON can escape half of a UTF-16 pair (\\ud800) on its own, and Python strings can hold
+    one; that is not text: it could be neither stored nor sent on as UTF-8. (Whole pairs decode
+    to one character.)"""
     stack = [obj]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             if _SURROGATE.search(item):
-                raise ProtocolError("body is not valid JSON: a string holds an unpaired surrogate (\\ud800-\\udfff)")
+                raise ProtocolError(f"{what}: a string holds an unpaired surrogate (\\ud800-\\udfff)")
         elif isinstance(item, dict):
             stack.extend(item)
             stack.extend(item.values())

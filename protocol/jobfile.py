@@ -21,6 +21,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .codec import refuse_lone_surrogates
 from .errors import ProtocolError
 from .limits import ENV_NAME_RE, INT64_MAX, INT64_MIN
 from .quantities import parse_duration, parse_size
@@ -241,6 +242,7 @@ _TOP_KEYS = {
 def parse_jobfile(data: object) -> JobSpec:
     """Validate a decoded job file; raise ProtocolError saying what to fix."""
     try:
+        refuse_lone_surrogates(data, "the job file is not text")  # given as Python objects, not decoded JSON
         return _parse_jobfile(data)
     except RecursionError:  # a refusal quoting a value nested a thousand levels deep (repr recurses)
         raise ProtocolError("the job file nests lists or objects too deeply (a field takes a few levels)") from None

@@ -7,6 +7,8 @@ string's length and every list's or map's entries, by the class's ``caps`` table
 field it does not name gets ``DEFAULT_CAP``), so no message a peer sends can grow without end.
 """
 
+import base64
+import binascii
 import dataclasses
 import functools
 import types
@@ -178,6 +180,11 @@ def _coerce(value: Any, hint: Any, path: str, cap: Cap = DEFAULT_CAP) -> Any:
     if hint in (bytes, bool):
         if type(value) is hint:
             return value
+        if hint is bytes and type(value) is dict and list(value) == ["base64"]:  # JSON's bytes (codec.dump_json)
+            try:
+                return base64.b64decode(value["base64"], validate=True)
+            except (binascii.Error, TypeError, ValueError):
+                raise ProtocolError(f"{path}.base64 must be base64 text") from None
         raise ProtocolError(f"{path} must be {hint.__name__}, got {_kind(value)}")
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):

@@ -2,6 +2,7 @@
 becomes one unit per parameter set, its parameters in the grant's env and as its params.json
 input, sent in the grant; a bad sweep is refused with 400 and creates nothing."""
 
+import base64
 import json
 
 import pytest
@@ -91,3 +92,17 @@ def test_a_sweep_with_chunks_or_chunking_is_400_and_creates_nothing(shared_maste
     assert_error(post_job(shared_master.url, body), 400, "no input files to chunk")
     assert_error(post_job(shared_master.url, {"job": job_file()}), 400, "chunks must be a non-empty list")
     assert jobs(shared_master.url) == before
+
+
+def test_a_client_speaking_json_gets_params_json_in_base64(master):
+    """JSON has no bytes: the grant's params.json travels as {"base64": TEXT} there (msgpack's
+    bin for the daemon), and its hash holds for the decoded bytes."""
+    job = post_job(master.url, {"job": job_file("json", sweep={"start": 0, "end": 2})}).json()["job"]
+    token = requests.post(f"{master.api}/clients/register", json={"name": "json-sweeper"}).json()["token"]
+    lease = requests.post(f"{master.api}/lease", json={"max_units": 1}, headers={"Authorization": f"Bearer {token}"})
+    assert lease.status_code == 200, lease.text
+    (grant,) = lease.json()["attempts"]
+    params = grant["inputs"][0]
+    data = base64.b64decode(params["data"]["base64"], validate=True)
+    assert (grant["unit"], digest(data), len(data)) == (f"{job}.0", params["hash"], params["size"])
+    assert json.loads(data) == {"START": 0, "END": 1}

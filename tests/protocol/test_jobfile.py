@@ -339,7 +339,7 @@ def jobfiles(draw):
         "reduce": st.none() | COMMANDS.map(lambda c: {"command": c}),
         "priority": st.integers(-1000, 1000),
         "mode": st.just("batch"),
-        "description": st.text(max_size=20),
+        "description": st.text(st.characters(codec="utf-8"), max_size=20),
         "containers": container_lists(),
     }
     for key, strategy in optional.items():
@@ -593,3 +593,8 @@ def test_service_mode_is_a_mode_of_its_own_and_round_trips():
 def test_service_mode_takes_a_unit_of_one_container_only():
     with pytest.raises(ProtocolError, match="several containers runs in batch mode only"):
         parse_jobfile(job(mode="service", containers=[MAIN, KV]))
+
+
+def test_a_lone_surrogate_is_refused_in_a_job_file_given_as_objects():
+    with pytest.raises(ProtocolError, match="unpaired surrogate"):
+        parse_jobfile(job(description="\ud800"))

@@ -485,3 +485,14 @@ def test_valid_result_reports():
     failed = ResultReport.from_wire({"attempt": "a", "status": "errored", "error": "timeout"})
     assert failed.error is ErrorKind.TIMEOUT and failed.output_hash is None
     assert failed.to_wire()["error"] == "timeout"
+
+
+def test_bytes_travel_as_base64_text_in_json():
+    ref = InputRef("params.json", "0" * 32, 3, "", b"{}\n")
+    wire = codec.load_json(codec.dump_json(ref.to_wire()))
+    assert wire["data"] == {"base64": "e30K"} and InputRef.from_wire(wire) == ref
+    for bad in ({"base64": "not base64!"}, {"base64": 3}):
+        with pytest.raises(ProtocolError, match=r"data\.base64 must be base64 text"):
+            InputRef.from_wire({**wire, "data": bad})
+    with pytest.raises(ProtocolError, match="data must be bytes, got str"):
+        InputRef.from_wire({**wire, "data": "e30K"})  # a string is text, never bytes
