@@ -13,7 +13,13 @@ creating a million units takes most of a minute. Each run then:
 5. counts again: every unit and attempt is still there, in the same state, but for the units
    the new lease took (ready -> running) and their new attempts.
 
-    .venv/bin/python bench/restart.py [--units 1000000] [--repeat 3] [--cache DIR] [--quick]
+Then each run once more **under writes**: a writer (a client in a thread of this process)
+leases 50 units and uploads their results in a loop, as fast as the master takes them, for
+``--write-s`` seconds; the master is killed in the middle of that, with whatever its
+write-ahead log holds (its size is recorded), and restarted. Nothing lost there means every
+result the master acknowledged before the kill is a succeeded attempt of a done unit after it.
+
+    .venv/bin/python bench/restart.py [--units 1000000] [--repeat 3] [--write-s 3] [--cache DIR] [--quick]
 
 Writes bench/results/restart.json; the last stdout line holds the medians (target: a lease
 served within 5 s of the kill) and whether anything was lost in any run.
@@ -22,9 +28,12 @@ served within 5 s of the kill) and whether anything was lost in any run.
 import argparse
 import glob
 import hashlib
+import http.client
 import os
 import shutil
+import sqlite3
 import tempfile
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -46,9 +55,12 @@ from common import (
     write_result,
 )
 
+from dockercomp.protocol.integrity import digest
+
 TARGET_S = 5.0
 LEASED_BEFORE = 10  # units the client holds when the master is killed
 LEASED_AFTER = 5  # units the first lease after the restart asks for
+WRITE_BATCH = 50  # units the writer leases and reports at a time
 
 
 def main() -> int:
@@ -58,15 +70,17 @@ def main() -> int:
     parser.add_argument(
         "--cache", default=os.path.expanduser("~/.cache/dockercomp-bench"), help="where the data dir is kept"
     )
+    parser.add_argument("--write-s", type=float, default=3.0, help="seconds of writes before the kill (default 3)")
     parser.add_argument("--output", default="", help="result file (default bench/results/restart.json)")
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 2,000 units, one run, nothing kept or written"
     )
     args = parser.parse_args()
     if args.quick:
-        args.units, args.repeat = 2_000, 1
+        args.units, args.repeat, args.write_s = 2_000, 1, 0.5
         args.cache = tempfile.mkdtemp(prefix="dockercomp-bench-restart-")
-    params = {"units": args.units, "repeat": args.repeat, "leased_before_kill": LEASED_BEFORE}
+    params = {"units": args.units, "repeat": args.repeat, "leased_before_kill": LEASED_BEFORE,
+              "write_s": args.write_s, "write_batch": WRITE_BATCH}  # fmt: skip
     try:
         template, made_in = _template(args.units, args.cache)
         runs = []
@@ -77,11 +91,17 @@ def main() -> int:
                 f"  run {i + 1}: health {run['health_s']} s, lease {run['lease_s']} s after kill -9,"
                 f" lost: {run['lost'] or 'nothing'}, load {run['load_average'][0]}"
             )
+            written = run["under_writes"] = run_under_writes(template, args.write_s)
+            say(
+                f"  run {i + 1} under writes: {written['acked']} results acknowledged, WAL {written['wal_mib']} MiB"
+                f" at the kill, lease {written['lease_s']} s after it, lost: {written['lost'] or 'nothing'}"
+            )
     finally:
         if args.quick:
             shutil.rmtree(args.cache, ignore_errors=True)
     median = medians(runs, ("health_s", "lease_s"))
-    median["lost_anything"] = any(run["lost"] for run in runs)
+    median["under_writes"] = medians([run["under_writes"] for run in runs], ("lease_s", "wal_mib", "acked"))
+    median["lost_anything"] = any(run["lost"] or run["under_writes"]["lost"] for run in runs)
     if not args.quick:
         content = record("restart", params, runs, median, target_s=TARGET_S, data_dir_made_in_s=made_in)
         write_result("restart", content, args.output)
@@ -153,6 +173,64 @@ def run_once(template: str) -> dict[str, Any]:
     }
 
 
+def run_under_writes(template: str, write_s: float) -> dict[str, Any]:
+    """Kill the master while a writer leases and reports as fast as it can; every result it
+    acknowledged must be there after the restart."""
+    data_dir = tempfile.mkdtemp(prefix="dockercomp-bench-restart-")
+    shutil.rmtree(data_dir)
+    shutil.copytree(template, data_dir)
+    db = os.path.join(data_dir, "dockercomp.db")
+    master = Master(data_dir, ["--open-enrollment"])
+    acked: list[str] = []
+    try:
+        master.start()
+        token = _register(master.port, WRITE_BATCH)
+        writer = threading.Thread(target=_write, args=(master.port, token, acked), daemon=True)
+        writer.start()
+        time.sleep(write_s)
+        wal_mib = os.path.getsize(db + "-wal") / (1 << 20) if os.path.exists(db + "-wal") else 0.0
+        killed = time.perf_counter()
+        master.kill()
+        writer.join(timeout=60)
+        master.start(wait=False)
+        _until(lambda: _lease(master.port, token, LEASED_AFTER) is not None)  # answered (the job may be done)
+        lease_s = time.perf_counter() - killed
+        found = _succeeded(db, acked)
+    finally:
+        master.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    missing = len(acked) - found
+    return {"acked": len(acked), "wal_mib": round(wal_mib, 1), "lease_s": round(lease_s, 3),
+            "lost": {"acknowledged_results": missing} if missing else {}}  # fmt: skip
+
+
+def _write(port: int, token: str, acked: list[str]) -> None:
+    """Lease and report WRITE_BATCH units at a time until the master goes away; the attempts
+    whose results it accepted go into ``acked``."""
+    output = b"0\n"
+    try:
+        while grants := _lease(port, token, WRITE_BATCH):
+            reports = [{"attempt": g["attempt"], "status": "succeeded", "exit_code": 0,
+                        "output_hash": digest(output), "output": output} for g in grants]  # fmt: skip
+            acks = _msgpack(port, "/results", {"results": reports}, token)["acks"]
+            acked.extend(a["attempt"] for a in acks if a["accepted"])
+    except (OSError, RuntimeError, http.client.HTTPException):
+        return  # killed
+
+
+def _succeeded(db: str, attempts: list[str]) -> int:
+    """How many of these attempts are succeeded attempts of done units in the SQLite file."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60) as conn:
+        found = 0
+        for low in range(0, len(attempts), 500):
+            ids = attempts[low : low + 500]
+            found += conn.execute(
+                "SELECT COUNT(*) FROM attempts AS a JOIN units AS u ON u.id = a.unit_id WHERE a.state = 'succeeded'"
+                f" AND u.state = 'done' AND a.id IN ({', '.join('?' * len(ids))})", ids,
+            ).fetchone()[0]  # fmt: skip
+    return found
+
+
 def _counts(db: str) -> dict[str, Counter]:
     return {"units": Counter(count_states(db, "units")), "attempts": Counter(count_states(db, "attempts"))}
 
@@ -169,8 +247,8 @@ def _difference(expected: Counter, actual: Counter) -> dict[str, int]:
     return {s: expected[s] - actual[s] for s in sorted(set(expected) | set(actual)) if expected[s] != actual[s]}
 
 
-def _register(port: int) -> str:
-    reply = _msgpack(port, "/clients/register", {"name": "bench-restart", "slots": LEASED_BEFORE}, "")
+def _register(port: int, slots: int = LEASED_BEFORE) -> str:
+    reply = _msgpack(port, "/clients/register", {"name": "bench-restart", "slots": slots}, "")
     return reply["token"]
 
 
