@@ -3,9 +3,10 @@
 Starts one real master (SQLite store, 127.0.0.1), stores a chunk of random bytes per size
 (default 1 MiB and 64 MiB; larger than 64 KiB, so each is a file in DATA_DIR/blobs), registers
 a client, and times, per chunk, the way a daemon gets an input: ``ChunkCache.acquire`` with
-``MasterSession.download`` (client/cache.py, client/master.py: stream the blob over HTTP into
-a temporary file in the cache, hash it with xxh3-128, compare with the chunk's name, rename it
-into place). Each run starts from an empty cache. Beside it, ``curl -o /dev/null`` fetches the
+``MasterSession.download`` (client/cache.py, client/master.py: stream the blob over HTTP in
+1 MiB pieces into a temporary file in the cache, hashing each piece with xxh3-128 as it is
+written, compare with the chunk's name, rename it into place). Each run starts from an empty
+cache. Beside it, ``curl -o /dev/null`` fetches the
 same blob from the same master with the same client token (its ``time_total``).
 
     .venv/bin/python bench/datapath.py [--sizes 1MiB 64MiB] [--repeat 5] [--quick]

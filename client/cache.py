@@ -2,11 +2,13 @@
 
 A chunk shared by several units (replicas across jobs, a reduce reading map outputs) is
 downloaded once. Every file is checked against its hash before it is handed out, after a
-download and again when it comes from the cache, so neither a bad transfer nor a damaged
-disk ever reaches a container. Files in use are pinned and never evicted; the least recently
-used of the others go first when the bound is passed.
+download (the bytes written, hashed as they are written) and again when it comes from the
+cache (read back), so neither a bad transfer nor a damaged disk ever reaches a container.
+Files in use are pinned and never evicted; the least recently used of the others go first
+when the bound is passed.
 """
 
+import io
 import logging
 import os
 import shutil
@@ -15,10 +17,15 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+import xxhash
 
 from dockercomp.protocol.errors import IntegrityError
 from dockercomp.protocol.integrity import HASH_RE, check_hash, digest_stream
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 log = logging.getLogger(__name__)
 READ = 1 << 20
@@ -105,32 +112,36 @@ class ChunkCache:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         actual = ""
         for attempt in range(1, tries + 1):
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".part-")
-            try:
-                with os.fdopen(fd, "w+b") as f:
-                    download(f)
-                    f.flush()
-                    self.downloads += 1
-                    f.seek(0)
-                    actual = digest_stream(iter(lambda: f.read(READ), b""))
-                    got = f.tell()
-                if actual == blob:
-                    os.chmod(tmp, 0o444)
-                    os.replace(tmp, path)
-                    with self._lock:
-                        self._entries[blob] = got
-                        self._entries.move_to_end(blob)
-                        self._evict(0)
-                    return path
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            actual = self._download(blob, download, path)
+            if actual == blob:
+                return path
             self.integrity_failures += 1
             log.warning(
                 "input %s: download %d of %d hashes to %s; %s",
                 blob, attempt, tries, actual, "downloading it again" if attempt < tries else "giving up",
             )  # fmt: skip
         raise IntegrityError(blob, actual, f"input {blob} (downloaded {tries} times)")
+
+    def _download(self, blob: str, download: Download, path: str) -> str:
+        """One download into a temporary file beside ``path``, renamed to ``path`` (and indexed)
+        only if the bytes written hash to ``blob``, else deleted; what they hash to."""
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".part-")
+        try:
+            with HashingFile(io.FileIO(fd, "r+")) as f:
+                download(f)
+                self.downloads += 1
+                actual, size = f.digest()
+            if actual == blob:
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, path)
+                with self._lock:
+                    self._entries[blob] = size
+                    self._entries.move_to_end(blob)
+                    self._evict(0)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return actual
 
     def _forget(self, blob: str) -> None:
         with self._lock:
@@ -173,10 +184,60 @@ class ChunkCache:
             self._evict(0)
 
 
+class HashingFile(io.BufferedRandom):
+    """The file a download writes, hashing the bytes as they are written, so that checking them
+    takes no second pass over the file. The running hash is of the file's bytes from its start
+    as long as it is written in order from there (as ``MasterSession.download`` writes it,
+    starting again from 0 when the master sends the whole blob again); written or truncated any
+    other way, ``digest`` reads the file back instead."""
+
+    def __init__(self, raw: io.FileIO) -> None:
+        super().__init__(raw)
+        self._restart()
+
+    def _restart(self) -> None:
+        self._hasher: xxhash.xxh3_128 | None = xxhash.xxh3_128()
+        self._hashed = 0  # bytes the hasher has seen, the first of the file
+
+    def write(self, data: "ReadableBuffer", /) -> int:
+        at = self.tell()
+        if at == 0:
+            self._restart()
+        elif at != self._hashed:  # a write elsewhere than after what was hashed: no running hash now
+            self._hasher = None
+        written = super().write(data)  # all of it, or an exception
+        if self._hasher is not None:
+            self._hasher.update(data)
+        self._hashed += written
+        return written
+
+    def truncate(self, pos: int | None = None, /) -> int:
+        size = super().truncate(pos)
+        if size == 0:
+            self._restart()
+        elif size < self._hashed:
+            self._hasher = None
+        return size
+
+    def digest(self) -> tuple[str, int]:
+        """The hash of the whole file and its size, as it is now."""
+        self.flush()
+        size = os.fstat(self.fileno()).st_size
+        if self._hasher is not None and size == self._hashed:
+            return self._hasher.hexdigest(), size
+        self.seek(0)
+        return _digest(self), size
+
+
+def _digest(f: BinaryIO) -> str:
+    """The hash of what is left to read of ``f``."""
+    return digest_stream(iter(lambda: f.read(READ), b""))
+
+
 def _hash_file(path: str) -> str:
     try:
         with open(path, "rb") as f:
-            return digest_stream(iter(lambda: f.read(READ), b""))
+            return _digest(f)
     except OSError as exc:
         return f"unreadable ({exc.strerror})"
 

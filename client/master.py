@@ -238,8 +238,7 @@ class MasterSession(Transport):
         """Stream a blob into ``dest``; a download cut off is resumed with a Range request.
         More than ``limit`` bytes is a MasterError (not retried): nothing past it is written."""
         where = self.blob_url(blob, url)
-        dest.seek(0)
-        dest.truncate()
+        _empty(dest)
 
         def fetch() -> requests.Response:
             offset = dest.tell()
@@ -248,8 +247,7 @@ class MasterSession(Transport):
                 headers["Range"] = f"bytes={offset}-"
             with self.request("GET", where, headers=headers, stream=True) as response:
                 if response.status_code == 200 and offset:  # the whole blob after all
-                    dest.seek(0)
-                    dest.truncate()
+                    _empty(dest)
                 if response.status_code in (200, 206):
                     for piece in response.iter_content(PIECE):
                         if cancel is not None and cancel.is_set():
@@ -355,6 +353,15 @@ class MasterSession(Transport):
 def _printable_reasons(acks: AckBatch) -> AckBatch:
     """The master's reasons for refusing are only ever logged: without its control characters."""
     return AckBatch([replace(ack, reason=printable(ack.reason)) for ack in acks.acks])
+
+
+def _empty(dest: BinaryIO) -> None:
+    """Make ``dest`` empty, for a download from the start. A file that is empty already is not
+    truncated: on ext4, truncating a file to 0 makes closing it start writing it to disk
+    (auto_da_alloc, meant for files rewritten in place), milliseconds for 64 MiB."""
+    if dest.seek(0, os.SEEK_END):
+        dest.seek(0)
+        dest.truncate()
 
 
 def _headers(content_type: str | None = None) -> dict[str, str]:
