@@ -104,6 +104,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 CAS_TRIES = 64  # a unit changes a handful of times in its life; this many misses means trouble
+_IN_LIMIT = 500  # attempt ids in one $in query
 OPEN = {"state": {"$in": [UnitState.READY.value, UnitState.RUNNING.value]}, "wanted": {"$gt": 0}}
 LEASE_ORDER = [("job_id", ASCENDING), ("idx", ASCENDING)]
 NO_HISTORY = {"attempts": 0, "clients": 0}  # what listing and leasing units do not need
@@ -399,12 +400,25 @@ class MongoStore(Catalog, Store):
         refused = self.policy.quarantined(await self._touch(client_id, now))
         if refused:
             return [Ack(report.attempt, False, f"result not taken: {refused}") for report in reports]
-        return [await _ack(report.attempt, self._record(client_id, report, now)) for report in reports]
+        docs = await self._units_of([report.attempt for report in reports])
+        return [await _ack(r.attempt, self._record(client_id, r, now, docs.get(r.attempt))) for r in reports]
 
     @guard
     async def release(self, client_id: str, attempt_ids: list[str], now: float) -> list[Ack]:
         await self._touch(client_id, now)
-        return [await _ack(attempt_id, self._release(client_id, attempt_id, now)) for attempt_id in attempt_ids]
+        docs = await self._units_of(attempt_ids)
+        return [await _ack(a, self._release(client_id, a, now, docs.get(a))) for a in attempt_ids]
+
+    async def _units_of(self, attempt_ids: list[str]) -> dict[str, Doc]:
+        """The unit of each attempt, read together (a round trip per _IN_LIMIT attempts, not one
+        each). A unit two of them share is changed by the first and, its version moved, read
+        again by the second (``_change``)."""
+        wanted, docs = list(dict.fromkeys(attempt_ids)), dict[str, Doc]()
+        for low in range(0, len(wanted), _IN_LIMIT):
+            ids = wanted[low : low + _IN_LIMIT]
+            for doc in await self._units.find({"attempts.id": {"$in": ids}}).to_list(None):
+                docs |= {a["id"]: doc for a in doc["attempts"] if a["id"] in ids}
+        return docs
 
     @guard
     async def expire(self, now: float, policy: LeasePolicy) -> int:
@@ -446,25 +460,26 @@ class MongoStore(Catalog, Store):
                 return None
         return None
 
-    async def _record(self, client_id: str, report: ResultReport, now: float) -> Ack:
+    async def _record(self, client_id: str, report: ResultReport, now: float, doc: Doc | None) -> Ack:
         async def event(doc: Doc) -> UnitChange | None:
             spec = await self._spec(doc["job_id"])
             return on_result(spec.redundancy, _snap(doc), client_id, report, now)
 
-        return await self._change(report.attempt, event, now, "duplicate")
+        return await self._change(report.attempt, doc, event, now, "duplicate")
 
-    async def _release(self, client_id: str, attempt_id: str, now: float) -> Ack:
+    async def _release(self, client_id: str, attempt_id: str, now: float, doc: Doc | None) -> Ack:
         async def event(doc: Doc) -> UnitChange | None:
             spec = await self._spec(doc["job_id"])
             return on_release(spec.redundancy, _snap(doc), client_id, attempt_id, now)
 
-        return await self._change(attempt_id, event, now, "already released")
+        return await self._change(attempt_id, doc, event, now, "already released")
 
     async def _change(
-        self, attempt_id: str, event: Callable[[Doc], Awaitable[UnitChange | None]], now: float, unchanged: str
-    ) -> Ack:
-        """Load the unit of an attempt, ask the lifecycle, write the answer; again on a miss."""
-        doc = await self._units.find_one({"attempts.id": attempt_id})
+        self, attempt_id: str, doc: Doc | None, event: Callable[[Doc], Awaitable[UnitChange | None]], now: float,
+        unchanged: str,
+    ) -> Ack:  # fmt: skip
+        """Ask the lifecycle about the unit of an attempt (``doc``, as loaded), write the answer
+        as a compare-and-set on its version; read it again and ask again on a miss."""
         for _ in range(CAS_TRIES):
             if doc is None:
                 raise NotFound(f"attempt {attempt_id!r:.40} is unknown or was leased to another client")
