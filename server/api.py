@@ -5,6 +5,7 @@ import dataclasses
 import math
 import os
 import re
+from typing import Any
 
 from dockercomp.protocol.errors import IntegrityError, ProtocolError
 from dockercomp.protocol.integrity import check_hash, verify
@@ -26,10 +27,10 @@ from dockercomp.protocol.messages import (
     ResultStatus,
 )
 
-from .auth import STRANGER, Role, network_of, new_token, token_hash
+from .auth import STRANGER, Caller, Role, network_of, new_token, token_hash
 from .blobs import Upload
 from .errors import BadRequest, Forbidden, NotFound, RangeNotSatisfiable, TooLarge, Unauthorized
-from .handlers import BaseHandler, too_many
+from .handlers import BaseHandler, Master, client_of, too_many
 from .models import Client
 from .store.base import new_id
 
@@ -67,28 +68,34 @@ class RegisterHandler(BaseHandler):
         self.reply(RegisterReply(client.id, token, settings.heartbeat_interval))
 
 
+async def heartbeat(master: Master, caller: Caller, payload: Any) -> HeartbeatReply:
+    """A client's heartbeat: what it runs recorded, the commands for it (cancel, pause) in the
+    reply. Answered as a plain request (handlers.PlainRequests) or through HeartbeatHandler."""
+    client_id = client_of(caller)
+    beat = Heartbeat.from_wire(payload)
+    if not 0 <= beat.slots <= MAX_SLOTS:
+        raise BadRequest(f"slots must be from 0 to {MAX_SLOTS}")
+    if len(beat.containers) > max(beat.slots, 1) * MAX_CONTAINERS:  # each unit may have several containers
+        raise BadRequest(
+            f"{len(beat.containers)} containers listed, more than {MAX_CONTAINERS} for each of its "
+            f"{beat.slots} slots; list only the containers this client runs for the master"
+        )
+    if not 0 <= beat.busy <= MAX_SLOTS:
+        raise BadRequest(f"busy must be from 0 to {MAX_SLOTS}")
+    if not all(x >= 0 for x in (beat.memory, beat.gpus, beat.disk)):
+        raise BadRequest("memory, gpus and disk must not be negative (0: not said)")
+    for i, c in enumerate(beat.containers):
+        # shown to operators as JSON, which has no infinity
+        if not all(math.isfinite(x) and x >= 0 for x in (c.cpus, c.started_at, c.cpu_percent or 0.0)):
+            raise BadRequest(f"containers[{i}]: cpus, started_at and cpu_percent must be finite, not negative")
+    orders = await master.store.heartbeat(client_id, beat, master.now())
+    commands = [Command(action.value, attempt) for action, attempt in orders]
+    return HeartbeatReply(commands, master.settings.heartbeat_interval)
+
+
 class HeartbeatHandler(BaseHandler):
     async def post(self) -> None:
-        client_id = self.client_id()
-        beat = self.decode(Heartbeat)
-        if not 0 <= beat.slots <= MAX_SLOTS:
-            raise BadRequest(f"slots must be from 0 to {MAX_SLOTS}")
-        if len(beat.containers) > max(beat.slots, 1) * MAX_CONTAINERS:  # each unit may have several containers
-            raise BadRequest(
-                f"{len(beat.containers)} containers listed, more than {MAX_CONTAINERS} for each of its "
-                f"{beat.slots} slots; list only the containers this client runs for the master"
-            )
-        if not 0 <= beat.busy <= MAX_SLOTS:
-            raise BadRequest(f"busy must be from 0 to {MAX_SLOTS}")
-        if not all(x >= 0 for x in (beat.memory, beat.gpus, beat.disk)):
-            raise BadRequest("memory, gpus and disk must not be negative (0: not said)")
-        for i, c in enumerate(beat.containers):
-            # shown to operators as JSON, which has no infinity
-            if not all(math.isfinite(x) and x >= 0 for x in (c.cpus, c.started_at, c.cpu_percent or 0.0)):
-                raise BadRequest(f"containers[{i}]: cpus, started_at and cpu_percent must be finite, not negative")
-        orders = await self.master.store.heartbeat(client_id, beat, self.master.now())
-        commands = [Command(action.value, attempt) for action, attempt in orders]
-        self.reply(HeartbeatReply(commands, self.master.settings.heartbeat_interval))
+        self.reply(await heartbeat(self.master, self.caller, self.payload()))
 
 
 class LeaseHandler(BaseHandler):

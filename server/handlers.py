@@ -1,18 +1,21 @@
 """The base handler every endpoint derives from: body limits, decoding, replies, client
 authentication, and the one place where exceptions become HTTP statuses."""
 
+import asyncio
 import ipaddress
 import logging
 import math
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection
-from tornado.web import HTTPError, RequestHandler, stream_request_body
+from tornado.iostream import StreamClosedError
+from tornado.log import access_log
+from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
 
 from dockercomp.protocol import codec
 from dockercomp.protocol.errors import IntegrityError, ProtocolError
@@ -132,6 +135,18 @@ class Master:
             raise Unauthorized("malformed token; send 'Authorization: Bearer TOKEN' with the token you were given")
         return caller_of(await self.store.find_key(token_hash(token)), token, self.now())
 
+    async def authenticate(self, token: str | None, address: str) -> Caller:
+        """The caller; an address that presented too many bad tokens gets 429 for each further
+        bad one (a good token still works: a neighbour behind the same NAT cannot lock the
+        operator out, and a token is 256 random bits, too many to guess)."""
+        try:
+            return await self.caller(token)
+        except Unauthorized:
+            wait = self.auth_failures.take(address, self.now())
+            if wait:
+                raise too_many("failed sign-ins", wait) from None
+            raise
+
     @staticmethod
     def now() -> float:
         return time.time()
@@ -203,6 +218,59 @@ def status_of(exc: BaseException) -> int:
     return 500
 
 
+def error_message(exc: BaseException, status: int) -> str:
+    """What an error reply says: never a traceback, nor anything of an internal error."""
+    if status >= 500:
+        return "internal error; the master's log has the details"
+    if isinstance(exc, HTTPError):
+        return exc.log_message or httputil.responses.get(status, "error")
+    return str(exc)
+
+
+def log_error(request: str, exc: BaseException) -> None:
+    """A refusal is an info line; an internal error is logged with its traceback."""
+    if status_of(exc) < 500:
+        log.info("%s -> %s: %s", request, status_of(exc), exc)
+    else:
+        log.error("Uncaught exception %s", request, exc_info=(type(exc), exc, exc.__traceback__))
+
+
+def wants_msgpack(headers: httputil.HTTPHeaders) -> bool:
+    """Whether the reply goes as msgpack: asked for, or the request was msgpack and JSON not asked for."""
+    accept = headers.get("Accept", "")
+    ctype = headers.get("Content-Type", "")
+    return codec.MSGPACK in accept or (ctype.startswith(codec.MSGPACK) and "json" not in accept)
+
+
+def decode_body(body: bytes, headers: httputil.HTTPHeaders) -> Any:
+    """A body, decoded as its Content-Type says: only JSON and msgpack are read, so a browser's
+    cross-site form post (text/plain, form encodings) can never make a job."""
+    ctype = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if ctype not in (codec.JSON, codec.MSGPACK):
+        raise UnsupportedMediaType(f"send the body as {codec.JSON} or {codec.MSGPACK}, not {ctype or 'untyped'}")
+    if not body:
+        raise ProtocolError("request body is empty")
+    return codec.decode(body, ctype)
+
+
+def bearer_token(headers: httputil.HTTPHeaders) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header; None without one."""
+    header = headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthorized("send the token as 'Authorization: Bearer TOKEN'")
+    return token.strip()
+
+
+def client_of(caller: Caller) -> str:
+    """The id of the client daemon calling: only a client token has one."""
+    if caller.client is None:
+        raise Unauthorized("this call needs a client token; register first")
+    return caller.client
+
+
 @stream_request_body
 class BaseHandler(RequestHandler):
     master: Master
@@ -267,16 +335,7 @@ class BaseHandler(RequestHandler):
             raise TooLarge(over_quota(self.caller.name, used, size, quota))
 
     async def _authenticate(self, method: str) -> Caller:
-        """The caller; an address that presented too many bad tokens gets 429 for each further
-        bad one (a good token still works: a neighbour behind the same NAT cannot lock the
-        operator out, and a token is 256 random bits, too many to guess)."""
-        try:
-            return await self.master.caller(self._token(method))
-        except Unauthorized:
-            wait = self.master.auth_failures.take(self.request.remote_ip or "", self.master.now())
-            if wait:
-                raise too_many("failed sign-ins", wait) from None
-            raise
+        return await self.master.authenticate(self._token(method), self.request.remote_ip or "")
 
     def data_received(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
@@ -291,14 +350,7 @@ class BaseHandler(RequestHandler):
         return cls.from_wire(self.payload())
 
     def payload(self) -> Any:
-        """The body, decoded as its Content-Type says: only JSON and msgpack are read, so a
-        browser's cross-site form post (text/plain, form encodings) can never make a job."""
-        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype not in (codec.JSON, codec.MSGPACK):
-            raise UnsupportedMediaType(f"send the body as {codec.JSON} or {codec.MSGPACK}, not {ctype or 'untyped'}")
-        if not self.body:
-            raise ProtocolError("request body is empty")
-        return codec.decode(self.body, ctype)
+        return decode_body(self.body, self.request.headers)
 
     def int_arg(self, name: str, default: int, low: int, high: int) -> int:
         """An integer query argument within [low, high], or a 400 naming it."""
@@ -306,9 +358,7 @@ class BaseHandler(RequestHandler):
 
     # -- replies --------------------------------------------------------------------------
     def wants_msgpack(self) -> bool:
-        accept = self.request.headers.get("Accept", "")
-        ctype = self.request.headers.get("Content-Type", "")
-        return codec.MSGPACK in accept or (ctype.startswith(codec.MSGPACK) and "json" not in accept)
+        return wants_msgpack(self.request.headers)
 
     def reply(self, obj: Any, status: int = 200) -> None:
         if isinstance(obj, Message):
@@ -326,12 +376,8 @@ class BaseHandler(RequestHandler):
         send it; and a custom header is something no cross-site form can send, and no
         cross-origin script without a CORS preflight, which the master never grants: a request
         carrying both comes from the dashboard's own page."""
-        header = self.request.headers.get("Authorization")
-        if header is not None:
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer":
-                raise Unauthorized("send the token as 'Authorization: Bearer TOKEN'")
-            return token.strip()
+        if "Authorization" in self.request.headers:
+            return bearer_token(self.request.headers)
         if method in ("GET", "HEAD"):
             return self.get_cookie(COOKIE)
         cookie = self.get_cookie(COOKIE)
@@ -345,21 +391,13 @@ class BaseHandler(RequestHandler):
         return cookie
 
     def client_id(self) -> str:
-        """The id of the client daemon calling: only a client token has one."""
-        if self.caller.client is None:
-            raise Unauthorized("this call needs a client token; register first")
-        return self.caller.client
+        return client_of(self.caller)
 
     # -- errors ---------------------------------------------------------------------------
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         status = status_of(exc) if exc is not None else status_code
-        if status >= 500:
-            message = "internal error; the master's log has the details"
-        elif isinstance(exc, HTTPError):
-            message = exc.log_message or httputil.responses.get(status, "error")
-        else:
-            message = str(exc) if exc is not None else httputil.responses.get(status, "error")
+        message = error_message(exc, status) if exc is not None else httputil.responses.get(status, "error")
         self._chunks = []
         self.clear()
         self.set_status(status)
@@ -374,7 +412,7 @@ class BaseHandler(RequestHandler):
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
         if value is not None and status_of(value) < 500:
-            log.info("%s %s -> %s: %s", self.request.method, self.request.path, status_of(value), value)
+            log_error(f"{self.request.method} {self.request.path}", value)
         else:
             super().log_exception(typ, value, tb)
 
@@ -391,3 +429,104 @@ def check_host(request: httputil.HTTPServerRequest, master: Master) -> None:
             f"this master does not answer to the host {host[:80]!r}; open it by its own name or address, "
             "or start it with --allowed-host NAME"
         )
+
+
+Answer = Callable[[Master, Caller, Any], Awaitable[Message]]
+"""A POST answered from the caller and the decoded body alone (api.heartbeat)."""
+
+
+class PlainRequests(httputil.HTTPServerConnectionDelegate):
+    """What the HTTP server hands its requests to: the application, but for a few routes'
+    plain requests, answered here without Tornado's RequestHandler.
+
+    A heartbeat comes from every client every 10 seconds: 1,000 a second from 10,000 clients,
+    each a few dozen bytes each way. Through a RequestHandler the master's CPU per heartbeat
+    was a fifth to a quarter more (routing over the table, the request's and the handler's
+    objects, header bookkeeping, the handler's coroutine: bench/README.md, "scale"). A plain
+    request is a POST to one of ``routes``' exact paths with its Content-Length within the
+    body limit; anything else (a query string, a chunked or too long body, another method)
+    goes to the application, whose handlers give every refusal its usual reply. A plain one is
+    authorised exactly as a handler's prepare does (``Master.authenticate``, one store lookup
+    per request, so a revoked token is refused at once; the route's roles from the table in
+    server/app.py), and its errors are answered and logged as ``BaseHandler.write_error`` and
+    ``log_exception`` do, with the same headers."""
+
+    def __init__(self, app: Application, master: Master, routes: Mapping[str, tuple[Answer, frozenset[Role]]]) -> None:
+        self.app, self.master, self.routes = app, master, routes
+
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        return _PlainRequest(self, server_conn, request_conn)
+
+
+class _PlainRequest(httputil.HTTPMessageDelegate):
+    def __init__(self, plain: PlainRequests, server_conn: object, connection: httputil.HTTPConnection) -> None:
+        self.plain, self.server_conn, self.connection = plain, server_conn, connection
+        self.full: httputil.HTTPMessageDelegate | None = None  # the application's, for a request not plain
+        self.chunks: list[bytes] = []
+        self.task: asyncio.Task[None] | None = None  # kept here: the event loop holds its tasks weakly
+
+    def headers_received(
+        self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders
+    ) -> Awaitable[None] | None:
+        assert isinstance(start_line, httputil.RequestStartLine)
+        route = self.plain.routes.get(start_line.path) if start_line.method == "POST" else None
+        length = headers.get("Content-Length", "")
+        if (
+            route is None
+            or not isinstance(self.connection, HTTP1Connection)
+            or "Transfer-Encoding" in headers
+            or not (length.isascii() and length.isdigit() and len(length) <= MAX_INT_DIGITS)
+            or int(length) > self.plain.master.settings.max_body
+        ):
+            self.full = self.plain.app.start_request(self.server_conn, self.connection)
+            return self.full.headers_received(start_line, headers)
+        self.route, self.path, self.headers = route, start_line.path, headers
+        self.remote_ip: str = getattr(self.connection.context, "remote_ip", None) or ""  # as HTTPServerRequest's
+        return None
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if self.full is not None:
+            return self.full.data_received(chunk)
+        self.chunks.append(chunk)
+        return None
+
+    def finish(self) -> None:
+        if self.full is not None:
+            self.full.finish()
+        else:
+            self.task = asyncio.ensure_future(self._answer())
+
+    def on_connection_close(self) -> None:
+        if self.full is not None:
+            self.full.on_connection_close()
+
+    async def _answer(self) -> None:
+        assert isinstance(self.connection, HTTP1Connection)
+        started = time.perf_counter()
+        master, (answer, allowed) = self.plain.master, self.route
+        headers = httputil.HTTPHeaders(SECURITY_HEADERS)
+        ctype = codec.MSGPACK if wants_msgpack(self.headers) else codec.JSON
+        try:
+            caller = await master.authenticate(bearer_token(self.headers), self.remote_ip)
+            admit(caller, allowed, f"POST {self.path}")
+            reply = await answer(master, caller, decode_body(b"".join(self.chunks), self.headers))
+            status, body = 200, codec.encode(reply.to_wire(), ctype)
+        except Exception as exc:
+            status = status_of(exc)
+            log_error(f"POST {self.path}", exc)
+            body = codec.encode({"error": error_message(exc, status), "status": status}, ctype)
+            if isinstance(exc, ServerError):
+                headers.update(exc.headers)
+        headers["Content-Type"] = ctype
+        headers["Content-Length"] = str(len(body))
+        headers["Date"] = httputil.format_timestamp(time.time())
+        reason = httputil.responses.get(status, "Unknown")
+        try:
+            self.connection.write_headers(httputil.ResponseStartLine("HTTP/1.1", status, reason), headers, body)
+            self.connection.finish()
+        except StreamClosedError:  # the client went away: nothing to answer
+            return
+        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+        if access_log.isEnabledFor(level):  # as Tornado's Application.log_request writes it
+            summary = f"POST {self.path} ({self.remote_ip})"
+            access_log.log(level, "%d %s %.2fms", status, summary, 1000 * (time.perf_counter() - started))
