@@ -68,7 +68,7 @@ class RegisterHandler(BaseHandler):
         self.reply(RegisterReply(client.id, token, settings.heartbeat_interval))
 
 
-async def heartbeat(master: Master, caller: Caller, payload: Any) -> HeartbeatReply:
+async def heartbeat(master: Master, caller: Caller, payload: Any, address: str) -> HeartbeatReply:
     """A client's heartbeat: what it runs recorded, the commands for it (cancel, pause) in the
     reply. Answered as a plain request (handlers.PlainRequests) or through HeartbeatHandler."""
     client_id = client_of(caller)
@@ -95,22 +95,27 @@ async def heartbeat(master: Master, caller: Caller, payload: Any) -> HeartbeatRe
 
 class HeartbeatHandler(BaseHandler):
     async def post(self) -> None:
-        self.reply(await heartbeat(self.master, self.caller, self.payload()))
+        self.reply(await heartbeat(self.master, self.caller, self.payload(), self.request.remote_ip or ""))
+
+
+async def lease(master: Master, caller: Caller, payload: Any, address: str) -> LeaseReply:
+    """Units for a client, as many as it asks for and its machine can run (``clamp``), from
+    jobs in the scheduler's order. Answered as a plain request or through LeaseHandler."""
+    client_id = client_of(caller)
+    req = LeaseRequest.from_wire(payload)
+    if not 0 <= req.max_units <= MAX_LEASE:
+        raise BadRequest(f"max_units must be from 0 to {MAX_LEASE}")
+    if not (req.cpus >= 0 and req.memory >= 0 and req.gpus >= 0 and req.disk >= 0):
+        raise BadRequest("cpus, memory, gpus and disk must not be negative")
+    req = clamp(req, await master.store.get_client(client_id))
+    policy, network = master.settings.lease_policy, network_of(address)
+    grants = await master.store.lease(client_id, req, master.now(), policy, network)
+    return LeaseReply(grants, 0.0 if grants else master.settings.heartbeat_interval)
 
 
 class LeaseHandler(BaseHandler):
     async def post(self) -> None:
-        client_id = self.client_id()
-        req = self.decode(LeaseRequest)
-        if not 0 <= req.max_units <= MAX_LEASE:
-            raise BadRequest(f"max_units must be from 0 to {MAX_LEASE}")
-        if not (req.cpus >= 0 and req.memory >= 0 and req.gpus >= 0 and req.disk >= 0):
-            raise BadRequest("cpus, memory, gpus and disk must not be negative")
-        master = self.master
-        req = clamp(req, await master.store.get_client(client_id))
-        policy, network = master.settings.lease_policy, network_of(self.request.remote_ip)
-        grants = await master.store.lease(client_id, req, master.now(), policy, network)
-        self.reply(LeaseReply(grants, 0.0 if grants else master.settings.heartbeat_interval))
+        self.reply(await lease(self.master, self.caller, self.payload(), self.request.remote_ip or ""))
 
 
 def clamp(req: LeaseRequest, client: Client) -> LeaseRequest:
@@ -126,42 +131,50 @@ def clamp(req: LeaseRequest, client: Client) -> LeaseRequest:
     return dataclasses.replace(req, cpus=cpus, memory=memory)
 
 
+async def results(master: Master, caller: Caller, payload: Any, address: str) -> AckBatch:
+    """A client's results, each acknowledged: checked (an inline output against its hash, an
+    uploaded one for being there), the outputs stored, then the results recorded. Answered as a
+    plain request or through ResultsHandler."""
+    client_id = client_of(caller)
+    batch = ResultBatch.from_wire(payload)
+    if len(batch.results) > MAX_BATCH:
+        raise BadRequest(f"at most {MAX_BATCH} results per request")
+    refused: dict[int, Ack] = {}
+    accepted: list[ResultReport] = []
+    outputs: list[bytes] = []
+    for i, report in enumerate(batch.results):
+        try:
+            accepted.append(await _check_output(master, report, outputs))
+        except ProtocolError as exc:  # IntegrityError: damaged on the way, so worth sending again
+            refused[i] = Ack(report.attempt, False, str(exc), again=isinstance(exc, IntegrityError))
+    # the checked inline outputs go to the blob store together; the store sees hash and size only
+    await master.blobs.put_many(outputs)
+    acks = iter(await master.store.record_results(client_id, accepted, master.now()))
+    return AckBatch([refused[i] if i in refused else next(acks) for i in range(len(batch.results))])
+
+
+async def _check_output(master: Master, report: ResultReport, outputs: list[bytes]) -> ResultReport:
+    """Check an inline output against its hash, or that an output uploaded beforehand is
+    there: the report as checked, without its bytes (appended to ``outputs`` once checked)
+    and its output_size taken from the bytes themselves."""
+    if not (math.isfinite(report.runtime) and report.runtime >= 0):  # shown as JSON, which has no infinity
+        raise ProtocolError(f"runtime of attempt {report.attempt!r:.40} must be finite seconds, not negative")
+    if report.status != ResultStatus.SUCCEEDED:
+        return dataclasses.replace(report, output=None)
+    output_hash = check_hash(report.output_hash, "output_hash")
+    if report.output is not None:
+        verify(report.output, output_hash, f"output of attempt {report.attempt}")
+        outputs.append(report.output)
+        return dataclasses.replace(report, output=None, output_size=len(report.output))
+    stored = await master.blobs.size(output_hash)
+    if stored is None:
+        raise ProtocolError(f"output {output_hash} was not uploaded; PUT it to /api/v1/blobs/{output_hash}")
+    return dataclasses.replace(report, output_size=stored)
+
+
 class ResultsHandler(BaseHandler):
     async def post(self) -> None:
-        client_id = self.client_id()
-        batch = self.decode(ResultBatch)
-        if len(batch.results) > MAX_BATCH:
-            raise BadRequest(f"at most {MAX_BATCH} results per request")
-        refused: dict[int, Ack] = {}
-        accepted: list[ResultReport] = []
-        outputs: list[bytes] = []
-        for i, report in enumerate(batch.results):
-            try:
-                accepted.append(await self._check_output(report, outputs))
-            except ProtocolError as exc:  # IntegrityError: damaged on the way, so worth sending again
-                refused[i] = Ack(report.attempt, False, str(exc), again=isinstance(exc, IntegrityError))
-        # the checked inline outputs go to the blob store together; the store sees hash and size only
-        await self.master.blobs.put_many(outputs)
-        acks = iter(await self.master.store.record_results(client_id, accepted, self.master.now()))
-        self.reply(AckBatch([refused[i] if i in refused else next(acks) for i in range(len(batch.results))]))
-
-    async def _check_output(self, report: ResultReport, outputs: list[bytes]) -> ResultReport:
-        """Check an inline output against its hash, or that an output uploaded beforehand is
-        there: the report as checked, without its bytes (appended to ``outputs`` once checked)
-        and its output_size taken from the bytes themselves."""
-        if not (math.isfinite(report.runtime) and report.runtime >= 0):  # shown as JSON, which has no infinity
-            raise ProtocolError(f"runtime of attempt {report.attempt!r:.40} must be finite seconds, not negative")
-        if report.status != ResultStatus.SUCCEEDED:
-            return dataclasses.replace(report, output=None)
-        output_hash = check_hash(report.output_hash, "output_hash")
-        if report.output is not None:
-            verify(report.output, output_hash, f"output of attempt {report.attempt}")
-            outputs.append(report.output)
-            return dataclasses.replace(report, output=None, output_size=len(report.output))
-        stored = await self.master.blobs.size(output_hash)
-        if stored is None:
-            raise ProtocolError(f"output {output_hash} was not uploaded; PUT it to /api/v1/blobs/{output_hash}")
-        return dataclasses.replace(report, output_size=stored)
+        self.reply(await results(self.master, self.caller, self.payload(), self.request.remote_ip or ""))
 
 
 class ReleaseHandler(BaseHandler):

@@ -90,7 +90,11 @@ ROUTES: list[tuple[str, type[BaseHandler], dict[str, frozenset[Role]]]] = [
 
 
 # the POSTs answered from the caller and the body alone, as plain requests (handlers.PlainRequests)
-PLAIN: dict[type[BaseHandler], Answer] = {api.HeartbeatHandler: api.heartbeat}
+PLAIN: dict[type[BaseHandler], Answer] = {
+    api.HeartbeatHandler: api.heartbeat,
+    api.LeaseHandler: api.lease,
+    api.ResultsHandler: api.results,
+}
 
 
 def plain_routes() -> dict[str, tuple[Answer, frozenset[Role]]]:

@@ -431,8 +431,8 @@ def check_host(request: httputil.HTTPServerRequest, master: Master) -> None:
         )
 
 
-Answer = Callable[[Master, Caller, Any], Awaitable[Message]]
-"""A POST answered from the caller and the decoded body alone (api.heartbeat)."""
+Answer = Callable[[Master, Caller, Any, str], Awaitable[Message]]
+"""A POST answered from the caller, the decoded body and the caller's address alone (api.heartbeat)."""
 
 
 class PlainRequests(httputil.HTTPServerConnectionDelegate):
@@ -440,16 +440,17 @@ class PlainRequests(httputil.HTTPServerConnectionDelegate):
     plain requests, answered here without Tornado's RequestHandler.
 
     A heartbeat comes from every client every 10 seconds: 1,000 a second from 10,000 clients,
-    each a few dozen bytes each way. Through a RequestHandler the master's CPU per heartbeat
-    was a fifth to a quarter more (routing over the table, the request's and the handler's
-    objects, header bookkeeping, the handler's coroutine: bench/README.md, "scale"). A plain
-    request is a POST to one of ``routes``' exact paths with its Content-Length within the
-    body limit; anything else (a query string, a chunked or too long body, another method)
-    goes to the application, whose handlers give every refusal its usual reply. A plain one is
-    authorised exactly as a handler's prepare does (``Master.authenticate``, one store lookup
-    per request, so a revoked token is refused at once; the route's roles from the table in
-    server/app.py), and its errors are answered and logged as ``BaseHandler.write_error`` and
-    ``log_exception`` do, with the same headers."""
+    each a few dozen bytes each way, and leases and results are the rest of a working client's
+    traffic. Through a RequestHandler the master's CPU per heartbeat was a fifth to a quarter
+    more (routing over the table, the request's and the handler's objects, header
+    bookkeeping, the handler's coroutine: bench/README.md, "scale"). A plain request is a POST
+    to one of ``routes``' exact paths with its Content-Length within the body limit; anything
+    else (a query string, a chunked or too long body, another method) goes to the application,
+    whose handlers give every refusal its usual reply. A plain one is authorised before its
+    body is read, exactly as a handler's prepare does (``Master.authenticate``, one store
+    lookup per request, so a revoked token is refused at once; the route's roles from the
+    table in server/app.py), and its errors are answered and logged as
+    ``BaseHandler.write_error`` and ``log_exception`` do, with the same headers."""
 
     def __init__(self, app: Application, master: Master, routes: Mapping[str, tuple[Answer, frozenset[Role]]]) -> None:
         self.app, self.master, self.routes = app, master, routes
@@ -464,6 +465,8 @@ class _PlainRequest(httputil.HTTPMessageDelegate):
         self.full: httputil.HTTPMessageDelegate | None = None  # the application's, for a request not plain
         self.chunks: list[bytes] = []
         self.task: asyncio.Task[None] | None = None  # kept here: the event loop holds its tasks weakly
+        self.caller: Caller | None = None  # once authorised (_admit), or
+        self.refusal: Exception | None = None  # why not
 
     def headers_received(
         self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders
@@ -482,12 +485,22 @@ class _PlainRequest(httputil.HTTPMessageDelegate):
             return self.full.headers_received(start_line, headers)
         self.route, self.path, self.headers = route, start_line.path, headers
         self.remote_ip: str = getattr(self.connection.context, "remote_ip", None) or ""  # as HTTPServerRequest's
-        return None
+        return self._admit()  # the body is read once this is done
+
+    async def _admit(self) -> None:
+        """Authorise the caller before its body is read, as a handler's prepare does: a body
+        that is refused is read and dropped, never kept."""
+        try:
+            self.caller = await self.plain.master.authenticate(bearer_token(self.headers), self.remote_ip)
+            admit(self.caller, self.route[1], f"POST {self.path}")
+        except Exception as exc:
+            self.refusal = exc
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         if self.full is not None:
             return self.full.data_received(chunk)
-        self.chunks.append(chunk)
+        if self.refusal is None:
+            self.chunks.append(chunk)
         return None
 
     def finish(self) -> None:
@@ -503,13 +516,14 @@ class _PlainRequest(httputil.HTTPMessageDelegate):
     async def _answer(self) -> None:
         assert isinstance(self.connection, HTTP1Connection)
         started = time.perf_counter()
-        master, (answer, allowed) = self.plain.master, self.route
+        master, answer = self.plain.master, self.route[0]
         headers = httputil.HTTPHeaders(SECURITY_HEADERS)
         ctype = codec.MSGPACK if wants_msgpack(self.headers) else codec.JSON
         try:
-            caller = await master.authenticate(bearer_token(self.headers), self.remote_ip)
-            admit(caller, allowed, f"POST {self.path}")
-            reply = await answer(master, caller, decode_body(b"".join(self.chunks), self.headers))
+            if self.refusal is not None:
+                raise self.refusal
+            assert self.caller is not None
+            reply = await answer(master, self.caller, decode_body(b"".join(self.chunks), self.headers), self.remote_ip)
             status, body = 200, codec.encode(reply.to_wire(), ctype)
         except Exception as exc:
             status = status_of(exc)

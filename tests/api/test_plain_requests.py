@@ -1,5 +1,6 @@
-"""A heartbeat is answered as a plain request (server/handlers.py PlainRequests), past Tornado's
-RequestHandler; the same request with a query string goes through HeartbeatHandler. Both ways
+"""A heartbeat, a lease and results are answered as plain requests (server/handlers.py
+PlainRequests), past Tornado's RequestHandler; the same request with a query string goes
+through the route's handler. Both ways
 must authorise and answer alike: the same statuses, messages and headers for every refusal
 (no token, a bad one, a revoked one at once, a role the route does not admit, a bad body),
 and the same reply to a good heartbeat."""
@@ -14,18 +15,19 @@ from tests.sim import MSGPACK, pack
 
 from .helpers import assert_error, decoded, registered
 
-PLAIN = "/api/v1/clients/heartbeat"
-THROUGH_HANDLER = PLAIN + "?via=handler"  # not an exact path: the application's handler answers
+PLAIN = "/api/v1/clients/heartbeat"  # with ?via=handler, not an exact path: the application's handler answers
 HEADERS = ("Content-Type", "Retry-After", *(
     "X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options", "Content-Security-Policy", "Cache-Control",
 ))  # fmt: skip
 
 
-def both(master: MasterProcess, body: bytes, headers: dict[str, str]) -> tuple[requests.Response, requests.Response]:
+def both(
+    master: MasterProcess, body: bytes, headers: dict[str, str], path: str = PLAIN
+) -> tuple[requests.Response, requests.Response]:
     """The same request sent the plain way and through the handler; their replies, checked alike."""
     replies = tuple(
-        requests.post(f"{master.url}{path}", data=body, headers=headers, timeout=10)
-        for path in (PLAIN, THROUGH_HANDLER)
+        requests.post(f"{master.url}{url}", data=body, headers=headers, timeout=10)
+        for url in (path, f"{path}?via=handler")
     )
     plain, handled = replies
     assert plain.status_code == handled.status_code, (plain.text, handled.text)
@@ -109,3 +111,28 @@ def test_bad_tokens_from_one_address_are_limited_the_plain_way_too(master_factor
     assert requests.post(
         f"{master.url}{PLAIN}", data=good[0], headers=good[1], timeout=10
     ).ok  # a good token still works
+
+
+@pytest.mark.parametrize("path", ["/api/v1/lease", "/api/v1/results"])
+def test_leases_and_results_are_refused_alike_both_ways(shared_master: MasterProcess, path: str) -> None:
+    master = shared_master
+    client = registered(master.url, f"refused-{path.rsplit('/', 1)[1]}")
+    good, bad = {
+        "/api/v1/lease": ({"max_units": 0}, {"max_units": "many"}),
+        "/api/v1/results": ({"results": []}, {"results": 3}),
+    }[path]
+    for token, body, status, fragment in [
+        (None, good, 401, "needs a token"),
+        (master.key("volunteer"), good, 403, "a volunteer token may not"),
+        (client.token, bad, 400, "must be"),
+    ]:
+        for reply in both(master, *heartbeat(token, body), path=path):
+            assert_error(reply, status, fragment)
+    assert all(reply.ok for reply in both(master, *heartbeat(client.token, good), path=path))
+
+
+def test_a_refused_plain_body_is_not_kept(shared_master: MasterProcess) -> None:
+    """A caller without a token is refused before its body is read: a large one is dropped."""
+    body = pack({"results": [{"attempt": "a", "status": "succeeded", "output": b"x" * (4 << 20)}]})
+    reply = requests.post(f"{shared_master.url}/api/v1/results", data=body, headers={"Content-Type": MSGPACK})
+    assert_error(reply, 401, "needs a token")
