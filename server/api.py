@@ -31,6 +31,7 @@ from .auth import STRANGER, Caller, Role, network_of, new_token, token_hash
 from .blobs import Upload
 from .errors import BadRequest, Forbidden, NotFound, RangeNotSatisfiable, TooLarge, Unauthorized
 from .handlers import BaseHandler, Master, client_of, too_many
+from .metrics import timed
 from .models import Client
 from .store.base import new_id
 
@@ -68,6 +69,7 @@ class RegisterHandler(BaseHandler):
         self.reply(RegisterReply(client.id, token, settings.heartbeat_interval))
 
 
+@timed("heartbeat")
 async def heartbeat(master: Master, caller: Caller, payload: Any, address: str) -> HeartbeatReply:
     """A client's heartbeat: what it runs recorded, the commands for it (cancel, pause) in the
     reply. Answered as a plain request (handlers.PlainRequests) or through HeartbeatHandler."""
@@ -98,6 +100,7 @@ class HeartbeatHandler(BaseHandler):
         self.reply(await heartbeat(self.master, self.caller, self.payload(), self.request.remote_ip or ""))
 
 
+@timed("lease")
 async def lease(master: Master, caller: Caller, payload: Any, address: str) -> LeaseReply:
     """Units for a client, as many as it asks for and its machine can run (``clamp``), from
     jobs in the scheduler's order. Answered as a plain request or through LeaseHandler."""
@@ -131,6 +134,7 @@ def clamp(req: LeaseRequest, client: Client) -> LeaseRequest:
     return dataclasses.replace(req, cpus=cpus, memory=memory)
 
 
+@timed("results")
 async def results(master: Master, caller: Caller, payload: Any, address: str) -> AckBatch:
     """A client's results, each acknowledged: checked (an inline output against its hash, an
     uploaded one for being there), the outputs stored, then the results recorded. Answered as a
@@ -217,7 +221,9 @@ class BlobHandler(BaseHandler):
             self.finish()
             return
         for offset in range(start, end, SLICE):
-            self.write(await self.master.blobs.read(blob, offset, min(end, offset + SLICE)))
+            piece = await self.master.blobs.read(blob, offset, min(end, offset + SLICE))
+            self.write(piece)
+            self.master.meters.blob_bytes.inc(len(piece))
             await self.flush()
         self.finish()
 

@@ -14,7 +14,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from . import api, dashboard, events, images, install, keys, openapi, scientist
+from . import api, dashboard, events, images, install, keys, metrics, openapi, scientist
 from .auth import OPERATOR_KEY, Key, Role, new_token, token_hash
 from .errors import Conflict, NotFound
 from .handlers import Answer, BaseHandler, Master, PlainRequests, RedactingFilter
@@ -55,6 +55,8 @@ ENROLLING = frozenset({Role.VOLUNTEER, Role.ANONYMOUS})  # anonymous only with -
 ROUTES: list[tuple[str, type[BaseHandler], dict[str, frozenset[Role]]]] = [
     (rf"{V1}/health", HealthHandler, {"GET": ANYONE}),
     (rf"{V1}/openapi\.json", openapi.OpenAPIHandler, {"GET": ANYONE}),  # this table as OpenAPI 3.1
+    # Prometheus scrapes, outside /api/v1 (its convention): the operator, or --metrics-token-file's token
+    (r"/metrics", metrics.MetricsHandler, {"GET": OPERATOR}),
     # the client protocol: registration by a volunteer account (anyone, with open enrollment)
     (rf"{V1}/clients/register", api.RegisterHandler, {"POST": ENROLLING}),
     (rf"{V1}/clients/heartbeat", api.HeartbeatHandler, {"POST": MACHINES}),

@@ -372,6 +372,9 @@ M = messages
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("HealthHandler", "GET"): Operation("Whether the master answers", reply=ref("Health")),
     ("OpenAPIHandler", "GET"): Operation("This document", reply_type=codec.JSON),
+    ("MetricsHandler", "GET"): Operation(
+        "Prometheus metrics, for the operator or --metrics-token-file's token", reply_type="text/plain"
+    ),
     ("RegisterHandler", "POST"): Operation(
         "Register a machine: a client id and its token", body=M.RegisterRequest, reply=M.RegisterReply
     ),

@@ -110,6 +110,12 @@ class ServerSettings(Settings):
         flag="--max-bytes-per-owner", parse=parse_size,
     )  # fmt: skip
 
+    # a file holding a secret that may scrape /metrics besides the operator's token (never on the command line)
+    metrics_token_file: str = setting(
+        "", "a file holding a token that may read /metrics (besides the operator's)", flag="--metrics-token-file",
+        metavar="PATH",
+    )  # fmt: skip
+
     @property
     def data_path(self) -> str:
         return self.data_dir or default_data_dir()
@@ -131,6 +137,19 @@ class ServerSettings(Settings):
         from .scheduler import SCHEDULERS
 
         return SCHEDULERS[self.scheduler](self.max_running_per_owner, self.fairshare_half_life)
+
+    def metrics_token(self) -> str:
+        """The secret of --metrics-token-file ("" without one): SettingsError when it cannot be read or is empty."""
+        if not self.metrics_token_file:
+            return ""
+        try:
+            with open(self.metrics_token_file) as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read metrics_token_file {self.metrics_token_file}: {exc}") from None
+        if not token:
+            raise SettingsError(f"metrics_token_file {self.metrics_token_file} is empty; put the scraper's token in it")
+        return token
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -176,3 +195,4 @@ class ServerSettings(Settings):
             path = getattr(self, name)
             if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
                 raise SettingsError(f"{name} {path} is not a readable file")
+        self.metrics_token()
