@@ -34,6 +34,7 @@ from .errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from .meters import Meters
 from .models import Client
 from .settings import ServerSettings
 from .store import Store
@@ -118,9 +119,7 @@ class Master:
         self.registrations = TokenBucket(settings.register_rate, settings.register_burst)
         self.auth_failures = TokenBucket(settings.auth_failure_rate, settings.auth_failure_burst)
         self.allowed_hosts = allowed_hosts(settings)
-        from .metrics import Meters  # here: server/metrics.py imports this module
-
-        self.meters: Meters = Meters(settings.metrics_token())
+        self.meters = Meters(settings.metrics_token())
 
     async def online_clients(self) -> list[Client]:
         """The clients heard from within the online window, read at most once a second."""

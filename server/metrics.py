@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Concatenate, ParamSpec, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -35,23 +35,6 @@ SETTLED = 2 * MINUTE  # activity minutes older than this are final: summed once,
 P = ParamSpec("P")
 R = TypeVar("R")
 Answering = Callable[Concatenate[Master, P], Awaitable[R]]
-
-
-class Meters:
-    """This master process's own instruments, and the running sums of its scrapes."""
-
-    def __init__(self, token: str = "") -> None:
-        self.token = token  # --metrics-token-file's secret ("" without one)
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.request_seconds = Histogram(
-            "dockercomp_request_seconds", "Time this master process took to answer a client's authorised "
-            "lease, results or heartbeat request (per process)", ["route"], registry=self.registry,
-        )  # fmt: skip
-        self.blob_bytes = Counter(
-            "dockercomp_blob_bytes_served", "Blob bytes this master process sent (per process)", registry=self.registry
-        )
-        self.settled: dict[str, int] = dict.fromkeys(COUNTERS, 0)  # activity of the minutes before settled_until
-        self.settled_until = 0
 
 
 def timed(route: str) -> Callable[[Answering[P, R]], Answering[P, R]]:

@@ -416,8 +416,9 @@ class MongoStore(Catalog, Store):
         wanted, docs = list(dict.fromkeys(attempt_ids)), dict[str, Doc]()
         for low in range(0, len(wanted), _IN_LIMIT):
             ids = wanted[low : low + _IN_LIMIT]
+            asked = set(ids)
             for doc in await self._units.find({"attempts.id": {"$in": ids}}).to_list(None):
-                docs |= {a["id"]: doc for a in doc["attempts"] if a["id"] in ids}
+                docs |= {a["id"]: doc for a in doc["attempts"] if a["id"] in asked}
         return docs
 
     @guard

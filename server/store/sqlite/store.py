@@ -694,12 +694,9 @@ class SQLiteStore(Catalog, Store):
         if job is None:
             job = self._counted[change.job] = self._job(db, change.job)
         counter = count_into_job(change)
-        if counter == "done_map":
-            job.done_map += by
-            self._writes.job(job.id, done=by)
-        elif counter == "failed_map":
-            job.failed_map += by
-            self._writes.job(job.id, failed=by)
+        if counter is not None:
+            setattr(job, counter, getattr(job, counter) + by)
+            self._writes.job(job.id, counter, by)
         return job
 
     def _charge(self, owner: str, change: UnitChange, spec: JobSpec, now: float) -> None:
@@ -821,15 +818,16 @@ class _Writes:
         self.clear()
 
     def clear(self) -> None:
-        self.units: dict[str, list[tuple[object, ...]]] = {}  # per unit, its compare-and-sets in order
+        self.units: list[tuple[object, ...]] = []  # the units' compare-and-sets, in order
         self.plain: list[tuple[object, ...]] = []  # attempt updates without a result
         self.results: list[tuple[object, ...]] = []  # ... with one
         self.clients: dict[str, list[int]] = {}  # per client: errors, valid, streak, cleared to add
-        self.jobs: dict[str, list[int]] = {}  # per job: done_map, failed_map to add
+        self.jobs: dict[tuple[str, str], int] = {}  # (job, counter): what to add to it
 
     def unit(self, change: UnitChange) -> None:
-        cas = (change.state, change.wanted, change.canonical_hash, change.canonical_size, change.unit, change.old)
-        self.units.setdefault(change.unit, []).append(cas)
+        self.units.append(
+            (change.state, change.wanted, change.canonical_hash, change.canonical_size, change.unit, change.old)
+        )
         self.changed.add(change.unit)
 
     def attempt(self, update: AttemptUpdate) -> None:
@@ -851,20 +849,19 @@ class _Writes:
         for i, n in enumerate((errors, valid, streak, cleared)):
             counts[i] += n
 
-    def job(self, job_id: str, done: int = 0, failed: int = 0) -> None:
-        counts = self.jobs.setdefault(job_id, [0, 0])
-        counts[0] += done
-        counts[1] += failed
+    def job(self, job_id: str, counter: str, by: int) -> None:
+        self.jobs[(job_id, counter)] = self.jobs.get((job_id, counter), 0) + by
 
     def flush(self, db: sqlite3.Connection) -> None:
         if self.units:
-            cas = [row for rows in self.units.values() for row in rows]
             written = db.executemany(
                 "UPDATE units SET state = ?, wanted = ?, canonical_hash = ?, canonical_size = ?"
-                " WHERE id = ? AND state = ?", cas,
+                " WHERE id = ? AND state = ?", self.units,
             ).rowcount  # fmt: skip
-            if written != len(cas):  # the transaction holds the only writer: this is a bug, not a race
-                raise StoreUnavailable(f"a unit of {sorted(self.units)[:3]} changed under its own transaction")
+            if written != len(self.units):  # the transaction holds the only writer: this is a bug, not a race
+                raise StoreUnavailable(
+                    f"a unit of {[row[4] for row in self.units[:3]]} changed under its own transaction"
+                )
         keep = (
             "state = COALESCE(?, state), finished_at = COALESCE(?, finished_at), validity = COALESCE(?, validity),"
             " deadline = COALESCE(?, deadline), alone = COALESCE(?, alone)"
@@ -882,10 +879,10 @@ class _Writes:
                 " invalid = MAX(invalid - ?, 0) WHERE id = ?",
                 [(e, v, s, c, client_id) for client_id, (e, v, s, c) in self.clients.items()],
             )
-        if self.jobs:
+        for counter in sorted({counter for _, counter in self.jobs}):  # done_map, failed_map
             db.executemany(
-                "UPDATE jobs SET done_map = done_map + ?, failed_map = failed_map + ? WHERE id = ?",
-                [(done, failed, job_id) for job_id, (done, failed) in self.jobs.items()],
+                f"UPDATE jobs SET {counter} = {counter} + ? WHERE id = ?",
+                [(by, job_id) for (job_id, name), by in self.jobs.items() if name == counter],
             )
         self.clear()
 
