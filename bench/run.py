@@ -3,7 +3,7 @@
     .venv/bin/python bench/run.py NAME [OPTIONS...]     # one benchmark; OPTIONS go to it (e.g. --quick)
     .venv/bin/python bench/run.py all [--quick]         # every one, each as a subprocess
 
-Names: dispatch, container_overhead, datapath, scale, restart, create. Each benchmark is
+Names: dispatch, container_overhead, datapath, scale, restart, create, dashboard. Each benchmark is
 bench/NAME.py, prints its progress on stderr and its figures as one JSON object on its last
 stdout line, and writes bench/results/NAME*.json. ``all`` collects the figures into one object
 keyed by name; a benchmark that fails is reported there as {"error": ...} and makes the exit
@@ -23,7 +23,7 @@ from typing import Any
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 VENV_PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
-NAMES = ("dispatch", "container_overhead", "datapath", "scale", "restart", "create")
+NAMES = ("dispatch", "container_overhead", "datapath", "scale", "restart", "create", "dashboard")
 
 
 def main(argv: list[str]) -> int:

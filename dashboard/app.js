@@ -8,8 +8,6 @@
   const STATES = ["done", "running", "ready", "suspended", "failed", "cancelled"];
   const PAGE_SIZE = 50;
   let snap = null;
-  let sortKey = "name";
-  let pageNo = 0;
   let plots = {};
   let viewer = null; // who is signed in: {role, name}
   const SESSION_HEADER = { "X-Dockercomp-Session": "1" }; // lets the session cookie authorise a job control
@@ -84,36 +82,71 @@
     }, data, $(sel));
   }
 
-  function clientRows() {
-    const state = $("#client-state").value;
-    const filter = $("#client-filter").value.trim().toLowerCase();
-    let rows = snap.clients.filter((c) => state === "all" || c.online === (state === "online"));
-    if (filter) rows = rows.filter((c) => c.name.toLowerCase().includes(filter) || c.id.includes(filter));
-    const num = { last_seen: 1, reliability: 1, valid: 1, errors: 1, busy: 1, online: 1 };
-    rows.sort((a, b) => (num[sortKey] ? (b[sortKey] > a[sortKey] ? 1 : b[sortKey] < a[sortKey] ? -1 : 0) : a.name.localeCompare(b.name) || a.id.localeCompare(b.id)));
-    return rows;
+  // The clients are the master's to page, sort and filter (10,000 of them would not fit in
+  // every update): the view goes into the events URL, and a change reconnects with the new one.
+  const DEFAULT_VIEW = { offset: 0, limit: PAGE_SIZE, sort: "name", order: "asc", state: "all", q: "", expand: [] };
+  const view = { ...DEFAULT_VIEW, expand: [] };
+  const eventsUrl = () => {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(view)) {
+      const s = Array.isArray(v) ? v.join(",") : String(v);
+      if (s !== (Array.isArray(DEFAULT_VIEW[k]) ? DEFAULT_VIEW[k].join(",") : String(DEFAULT_VIEW[k]))) q.set(k, s);
+    }
+    return "/api/v1/events" + (q.toString() ? "?" + q : "");
+  };
+  const changeView = (changes) => { Object.assign(view, changes); if (source) { source.close(); connect(); } };
+
+  // A patch (server/dashboard.py's diff): "set" top-level keys, "unset" gone ones, and for the
+  // lists of rows with an id, "rows" new or changed and "order" the ids when that changed.
+  const KEYED = ["clients", "jobs"];
+  function applyPatch(old, patch) {
+    const next = {};
+    for (const k of Object.keys(old)) if (!(patch.unset || []).includes(k)) next[k] = old[k];
+    Object.assign(next, patch.set || {});
+    for (const k of KEYED) {
+      if (!patch[k]) continue;
+      const rows = new Map((old[k] || []).map((r) => [r.id, r]));
+      for (const r of patch[k].rows || []) rows.set(r.id, r);
+      const order = patch[k].order || (old[k] || []).map((r) => r.id);
+      next[k] = order.map((id) => rows.get(id));
+    }
+    return next;
   }
 
+  const STATE_NAMES = { online: "online", offline: "offline" };
+  function containerRows(c) {
+    if (!c.containers) return `<tr class="containers-row"><td colspan="9" class="muted">loading its containers…</td></tr>`;
+    const rows = c.containers.length
+      ? c.containers.map((k) => `<tr class="container" data-container="${esc(k.container)}"><td>${esc(k.container) || "–"}</td><td>job ${esc(k.job)}<br>unit ${esc(k.unit)}</td><td class="image">${esc(k.image)}</td><td class="cstate">${esc(k.state)}</td><td class="limits">${esc(k.cpus)} cpu / ${bytes(k.memory)}</td><td class="use"><span class="cpu">${k.cpu_percent == null ? "–" : k.cpu_percent.toFixed(1) + "%"}</span> / <span class="mem">${bytes(k.memory_usage)}</span></td><td>${k.started_at ? dur(snap.now - k.started_at) : "–"}</td></tr>`).join("")
+      : `<tr><td colspan="7" class="muted">no container runs on it</td></tr>`;
+    return `<tr class="containers-row" data-client="${esc(c.id)}"><td colspan="9"><table class="containers"><thead><tr><th>Container</th><th>Job / unit</th><th>Image</th><th>State</th><th>Limits</th><th>CPU / memory used</th><th>Running</th></tr></thead><tbody>${rows}</tbody></table></td></tr>`;
+  }
+
+  let drawn = false;
   function renderClients() {
-    const rows = clientRows();
-    const pages = Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
-    pageNo = Math.min(pageNo, pages - 1);
-    $("#client-count").textContent = rows.length + " client(s)";
+    const pages = Math.max(1, Math.ceil(snap.total / view.limit));
+    const pageNo = Math.floor(view.offset / view.limit);
+    if (snap.total && !snap.clients.length && view.offset) { changeView({ offset: (pages - 1) * view.limit }); return; }
+    $("#client-count").textContent = snap.total + " client(s)";
     $("#page-no").textContent = `page ${pageNo + 1} / ${pages}`;
-    document.querySelectorAll("#clients th").forEach((th) => th.classList.toggle("sorted", th.dataset.sort === sortKey));
-    $("#clients tbody").innerHTML = rows.slice(pageNo * PAGE_SIZE, (pageNo + 1) * PAGE_SIZE).map((c) => {
+    $("#prev").disabled = pageNo === 0;
+    $("#next").disabled = pageNo >= pages - 1;
+    document.querySelectorAll("#clients th[data-sort]").forEach((th) => {
+      th.classList.toggle("sorted", th.dataset.sort === view.sort);
+      th.classList.toggle("desc", th.dataset.sort === view.sort && view.order === "desc");
+    });
+    $("#clients > tbody").innerHTML = snap.clients.map((c) => {
       const h = c.host || {};
-      const containers = c.containers.length
-        ? `<table class="containers">${c.containers.map((k) => `<tr class="container" data-container="${esc(k.container)}"><td>${esc(k.container)}</td><td>job ${esc(k.job)}</td><td>unit ${esc(k.unit)}</td><td>${esc(k.image)}</td><td class="limits">${esc(k.cpus)} cpu / ${bytes(k.memory)}</td><td class="use">${k.cpu_percent == null ? "–" : k.cpu_percent.toFixed(0) + "%"} / ${bytes(k.memory_usage)}</td><td>${k.started_at ? dur(snap.now - k.started_at) : "–"}</td></tr>`).join("")}</table>`
-        : `<span class="muted">none</span>`;
-      return `<tr class="client" data-client="${esc(c.id)}" data-name="${esc(c.name)}">
+      const open = view.expand.includes(c.id);
+      return `<tr class="client${open ? " open" : ""}" data-client="${esc(c.id)}" data-name="${esc(c.name)}" title="click to ${open ? "close" : "show its containers"}">
         <td><b>${esc(c.name)}</b><br><span class="muted">${esc(c.id)}</span></td>
-        <td class="state ${c.online ? "online" : "offline"}">${c.online ? "online" : "offline"}${c.quarantined ? `<br><span class="quarantined" title="${esc(c.quarantined)}">quarantined</span>` : ""}${c.trusted ? `<br><span class="trusted" title="decides units of adaptive jobs alone (spot-checked)">trusted</span>` : ""}</td>
+        <td class="state ${c.online ? "online" : "offline"}">${STATE_NAMES[c.online ? "online" : "offline"]}${c.quarantined ? `<br><span class="quarantined" title="${esc(c.quarantined)}">quarantined</span>` : ""}${c.trusted ? `<br><span class="trusted" title="decides units of adaptive jobs alone (spot-checked)">trusted</span>` : ""}</td>
         <td>${esc(h.cores)} cores, ${bytes(h.memory)}<br>${esc(h.os)} ${esc(h.arch)}, Docker ${esc(h.docker)}</td>
         <td>${ago(c.last_seen)}</td><td>${(c.reliability * 100).toFixed(1)}%</td>
         <td>${c.valid}</td><td>${c.errors}${c.invalid ? ` <span class="muted">(${c.invalid} invalid)</span>` : ""}</td>
-        <td>${c.busy} / ${c.slots}</td><td>${containers}</td></tr>`;
+        <td>${c.busy} / ${c.slots}</td><td class="running"><span class="toggle">${open ? "▾" : "▸"}</span> ${c.running}</td></tr>${open ? containerRows(c) : ""}`;
     }).join("");
+    if (!drawn && snap.clients.length) { drawn = true; performance.mark("clients-drawn"); }
   }
 
   function bar(counts, total) {
@@ -281,29 +314,64 @@
     connect();
   }
 
+  // What the stream brought, for whoever watches the page (the browser tests, the benchmark).
+  const feed = { snapshots: 0, patches: 0, bytes: 0, maxBytes: 0, lastBytes: 0 };
+  window.dockercomp = { snap: () => snap, view: () => ({ ...view }), apply: applyPatch, feed };
+  function received(e, next) {
+    const n = new Blob([e.data]).size;
+    feed.bytes += n;
+    feed.lastBytes = n;
+    feed.maxBytes = Math.max(feed.maxBytes, n);
+    snap = next;
+    $("#conn").textContent = "live";
+    $("#conn").className = "conn on";
+    render();
+  }
+
   function connect() {
-    source = new EventSource("/api/v1/events");
-    source.addEventListener("snapshot", (e) => {
-      snap = JSON.parse(e.data);
-      $("#conn").textContent = "live";
-      $("#conn").className = "conn on";
-      render();
+    const me = (source = new EventSource(eventsUrl()));
+    let whole = false; // a patch applies to this connection's snapshot only
+    me.addEventListener("snapshot", (e) => { whole = true; feed.snapshots++; received(e, JSON.parse(e.data)); });
+    me.addEventListener("patch", (e) => {
+      if (!whole) return;
+      feed.patches++;
+      received(e, applyPatch(snap, JSON.parse(e.data)));
     });
-    source.onerror = () => {
+    me.onerror = () => {
+      if (me !== source) return;
+      whole = false; // EventSource reconnects by itself: the master sends a snapshot first again
       $("#conn").textContent = "reconnecting…";
       $("#conn").className = "conn off";
-      if (source.readyState === EventSource.CLOSED) {
-        source.close();
+      if (me.readyState === EventSource.CLOSED) {
+        me.close();
         setTimeout(async () => ((await signedIn()) ? connect() : showSignIn("the token is no longer valid")), 1000);
       }
     };
   }
 
-  document.querySelectorAll("#clients th[data-sort]").forEach((th) => th.addEventListener("click", () => { sortKey = th.dataset.sort; renderClients(); }));
-  $("#client-state").addEventListener("change", () => { pageNo = 0; renderClients(); });
-  $("#client-filter").addEventListener("input", () => { pageNo = 0; renderClients(); });
-  $("#prev").addEventListener("click", () => { pageNo = Math.max(0, pageNo - 1); renderClients(); });
-  $("#next").addEventListener("click", () => { pageNo++; renderClients(); });
+  const FIRST_ORDER = { name: "asc", state: "asc" }; // a header's first click: A to Z, online first; numbers highest first
+  document.querySelectorAll("#clients th[data-sort]").forEach((th) => th.addEventListener("click", () => {
+    const sort = th.dataset.sort;
+    const order = sort === view.sort ? (view.order === "asc" ? "desc" : "asc") : FIRST_ORDER[sort] || "desc";
+    changeView({ sort, order, offset: 0 });
+  }));
+  $("#client-state").addEventListener("change", () => changeView({ state: $("#client-state").value, offset: 0 }));
+  let typing = null;
+  $("#client-filter").addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => changeView({ q: $("#client-filter").value.trim().slice(0, 64), offset: 0 }), 250);
+  });
+  $("#prev").addEventListener("click", () => changeView({ offset: Math.max(0, view.offset - view.limit) }));
+  $("#next").addEventListener("click", () => changeView({ offset: view.offset + view.limit }));
+  $("#clients > tbody").addEventListener("click", (e) => {
+    const row = e.target.closest("tr.client");
+    if (!row) return;
+    const id = row.dataset.client;
+    const open = view.expand.includes(id);
+    const expand = open ? view.expand.filter((x) => x !== id) : [...view.expand, id].slice(-20);
+    changeView({ expand });
+    if (!open) renderClients(); // shows it opening until the master sends its containers
+  });
   window.addEventListener("hashchange", route);
   start();
 })();

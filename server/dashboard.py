@@ -8,15 +8,20 @@ the page sends them to ``POST /api/v1/jobs/ID/VERB`` (server/scientist.py).
 
 Everything comes from the store, so any master of several serves the same page. Each master
 polls its store once a second for all of its connected browsers together (one ``Feed``) and
-pushes a fresh snapshot to each when its view changed; nothing here is state another master needs.
+pages, sorts and filters the clients for each in memory (``ClientView``): a browser gets the
+counts, its page of clients and their total, never all 10,000; first a whole snapshot, then a
+patch of what changed (``diff``/``apply``). Nothing here is state another master needs.
 """
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tornado.iostream import StreamClosedError
@@ -26,7 +31,7 @@ from dockercomp import resources
 
 from .auth import Caller, Role
 from .errors import BadRequest, MisdirectedRequest, NotFound
-from .handlers import COOKIE, SECURITY_HEADERS, Access, BaseHandler, Master, check_host
+from .handlers import COOKIE, SECURITY_HEADERS, Access, BaseHandler, Master, check_host, parse_int
 from .lifecycle import VERBS, JobState, Verb, drmaa2_state, started
 from .models import Job, Tally
 from .store.base import ZERO_COUNTS
@@ -77,21 +82,147 @@ def job_json(job: Job, counts: Mapping[str, int]) -> dict[str, Any]:
     }
 
 
-async def snapshot(master: Master, caller: Caller) -> dict[str, Any]:
-    """Everything the page shows this caller (see ``snapshots``)."""
-    view = view_of(caller)
-    return (await snapshots(master, [view]))[view]
+PAGE_SIZE, MAX_PAGE, MAX_OFFSET, MAX_QUERY, MAX_EXPAND = 50, 200, 10**6, 64, 20
+VIEW_PARAMS = ("offset", "limit", "sort", "order", "state", "q", "expand")
+ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+CLIENT_STATES = ("all", "online", "offline", "quarantined")
+CLIENT_ORDER: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "name": lambda c: (c["name"].lower(), c["id"]),
+    "state": lambda c: (not c["online"], bool(c["quarantined"])),  # online first, quarantined after the rest
+    "busy": lambda c: c["busy"],
+    "valid": lambda c: c["valid"],
+    "errors": lambda c: c["errors"],
+    "reliability": lambda c: c["reliability"],
+    "last_seen": lambda c: c["last_seen"],
+}
+"""Ascending; ties (and ``desc`` ties too) go by name, then id."""
+CONTAINER_FIELDS = ("container", "unit", "job", "image", "state", "cpus", "memory", "started_at", "cpu_percent",
+                    "memory_usage")  # fmt: skip
+HOST_FIELDS = ("cores", "memory", "os", "arch", "docker")
 
 
-async def snapshots(master: Master, views: Iterable[View]) -> dict[View, dict[str, Any]]:
-    """Everything the page shows, computed from the store once for several views: overview,
+@dataclass(frozen=True)
+class ClientView:
+    """Which clients one browser shows: a page of them, in an order, filtered by state and by
+    a substring of the name or id; ``expand`` names the rows opened to their containers (only
+    those carry them). Set with the query of /api/v1/events (the page reconnects on a change)
+    or of /api/v1/dashboard; ``parse`` refuses anything else with a 400 that says what to fix."""
+
+    offset: int = 0
+    limit: int = PAGE_SIZE
+    sort: str = "name"
+    order: str = "asc"
+    state: str = "all"
+    q: str = ""
+    expand: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, args: Mapping[str, list[str]]) -> "ClientView":
+        """From query arguments (name -> values, decoded)."""
+        unknown = sorted(set(args) - set(VIEW_PARAMS))
+        if unknown:
+            raise BadRequest(f"unknown parameter {unknown[0]!r:.40}; the client view takes {', '.join(VIEW_PARAMS)}")
+        one: dict[str, str] = {}
+        for name, values in args.items():
+            if len(values) != 1:
+                raise BadRequest(f"give {name} once, not {len(values)} times")
+            one[name] = values[0]
+        view = cls()
+        offset = parse_int(one["offset"], "offset", 0, MAX_OFFSET) if "offset" in one else view.offset
+        limit = parse_int(one["limit"], "limit", 1, MAX_PAGE) if "limit" in one else view.limit
+        sort, order, state = one.get("sort", view.sort), one.get("order", view.order), one.get("state", view.state)
+        if sort not in CLIENT_ORDER:
+            raise BadRequest(f"sort must be one of {', '.join(CLIENT_ORDER)}, got {sort!r:.40}")
+        if order not in ("asc", "desc"):
+            raise BadRequest(f"order must be asc or desc, got {order!r:.40}")
+        if state not in CLIENT_STATES:
+            raise BadRequest(f"state must be one of {', '.join(CLIENT_STATES)}, got {state!r:.40}")
+        q = one.get("q", "")
+        if len(q) > MAX_QUERY or not q.isprintable():
+            raise BadRequest(f"q must be at most {MAX_QUERY} printable characters (a part of a name or id)")
+        expand = tuple(dict.fromkeys(x for x in one.get("expand", "").split(",") if x))
+        if len(expand) > MAX_EXPAND or not all(ID_RE.fullmatch(x) for x in expand):
+            raise BadRequest(f"expand must be at most {MAX_EXPAND} client ids separated by commas")
+        return cls(offset, limit, sort, order, state, q.strip(), expand)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"expand": list(self.expand)}
+
+
+def matches(c: Mapping[str, Any], state: str, q: str) -> bool:
+    wanted = {"all": True, "online": c["online"], "offline": not c["online"], "quarantined": bool(c["quarantined"])}
+    return bool(wanted[state]) and (not q or q in c["name"].lower() or q in c["id"].lower())
+
+
+def row_json(c: Mapping[str, Any], expanded: bool) -> dict[str, Any]:
+    """A client as its row shows it: counts, and its containers only when the row is open."""
+    row = {k: c[k] for k in ROW_FIELDS} | {"host": {k: c["host"].get(k) for k in HOST_FIELDS}}
+    row["running"] = len(c["containers"])
+    if expanded:
+        row["containers"] = [{k: box.get(k) for k in CONTAINER_FIELDS} for box in c["containers"]]
+    return row
+
+
+ROW_FIELDS = ("id", "name", "online", "quarantined", "trusted", "last_seen", "slots", "busy", "valid", "invalid",
+              "errors", "reliability")  # fmt: skip
+
+
+@dataclass
+class Reading:
+    """One read of the store, shared by every view of it: the overview and series (``common``),
+    the jobs per viewer, and every client (as ``Client.to_json``) in name order."""
+
+    common: dict[str, Any]
+    jobs: dict[View, list[dict[str, Any]]]
+    clients: list[dict[str, Any]]
+    listing: float = 0.0  # seconds the store took to list the clients, of the whole read
+    pages: dict[tuple[str, str, str, str], list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+
+    def matching(self, view: ClientView) -> list[dict[str, Any]]:
+        """The clients the view's filter passes, in its order; computed once per reading for
+        all the views that share the filter and order."""
+        key = (view.sort, view.order, view.state, view.q.lower())
+        rows = self.pages.get(key)
+        if rows is None:
+            rows = [c for c in self.clients if matches(c, view.state, key[3])]
+            if view.sort != "name":  # stable: ties stay in name order, either way round
+                rows.sort(key=CLIENT_ORDER[view.sort], reverse=view.order == "desc")
+            elif view.order == "desc":
+                rows.reverse()
+            self.pages[key] = rows
+        return rows
+
+    def snapshot(self, who: View, view: ClientView) -> dict[str, Any]:
+        """What one browser shows: the counts, the jobs, and its page of clients with the
+        total that matched (a scientist sees no client)."""
+        if who is None:
+            rows = self.matching(view)
+            total, page = len(rows), rows[view.offset : view.offset + view.limit]
+        else:
+            total, page = 0, []
+        clients = [row_json(c, c["id"] in view.expand) for c in page]
+        return self.common | {"jobs": self.jobs[who], "total": total, "clients": clients, "view": view.to_json()}
+
+
+async def snapshot(master: Master, caller: Caller, view: ClientView | None = None) -> dict[str, Any]:
+    """Everything the page shows this caller, read now (see ``read``)."""
+    who = view_of(caller)
+    return (await read(master, [who])).snapshot(who, view or ClientView())
+
+
+async def read(master: Master, views: Iterable[View]) -> Reading:
+    """Everything the page shows, computed from the store once for several viewers: overview,
     clients, jobs, series. The activity of the last hour comes from the store's per-minute
     counters, a few rows a minute. A scientist's view has their jobs only and no clients; the
     overview and the series are the whole master's (counts that name no one)."""
     store = master.store
     now = master.now()
     online_after, policy = now - master.settings.online_window, master.settings.lease_policy
-    clients = [c.to_json(online_after, policy) for c in await store.list_clients()]
+    started = time.monotonic()
+    listed = await store.list_clients()
+    listing = time.monotonic() - started
+    clients = [c.to_json(online_after, policy) for c in listed]
+    clients.sort(key=CLIENT_ORDER["name"])
     tallies = await store.activity(now - HOUR)
     totals = dict(ZERO_COUNTS)
     recent: dict[str, int] = {}
@@ -118,6 +249,7 @@ async def snapshots(master: Master, views: Iterable[View]) -> dict[View, dict[st
         "overview": {
             "clients_online": len(online),
             "clients_offline": len(clients) - len(online),
+            "clients_quarantined": sum(1 for c in clients if c["quarantined"]),
             "slots": sum(c["slots"] for c in online),
             "busy": sum(c["busy"] for c in online),
             "containers": sum(len(c["containers"]) for c in online),
@@ -130,14 +262,52 @@ async def snapshots(master: Master, views: Iterable[View]) -> dict[View, dict[st
         "series": series(tallies, now),
     }
     rows = {j["id"]: j for j in jobs}
-    result: dict[View, dict[str, Any]] = {}
+    per_view: dict[View, list[dict[str, Any]]] = {}
     for view in set(views):
         if view is None:
-            result[view] = common | {"clients": clients, "jobs": jobs}
+            per_view[view] = jobs
         else:  # their own jobs, even those older than the newest MAX_JOBS of everyone's
-            own = [rows.get(job.id) or await row(job) for job in await store.list_jobs(MAX_JOBS, view)]
-            result[view] = common | {"clients": [], "jobs": own}
-    return result
+            per_view[view] = [rows.get(job.id) or await row(job) for job in await store.list_jobs(MAX_JOBS, view)]
+    return Reading(common, per_view, clients, listing)
+
+
+KEYED = ("clients", "jobs")
+"""The snapshot's lists of rows with an ``id``: a patch carries only their rows that changed."""
+
+
+def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A patch that turns snapshot ``old`` into ``new`` (``apply``); {} when they are equal.
+    ``set``: the top-level keys whose value changed, whole; ``unset``: keys gone; for each
+    KEYED list, ``rows``: its rows that are new or changed, and ``order``: its ids in order,
+    when that changed (a row whose id is no longer there is removed)."""
+    patch: dict[str, Any] = {}
+    changed = {k: v for k, v in new.items() if k not in KEYED and (k not in old or old[k] != v)}
+    if changed:
+        patch["set"] = changed
+    if gone := [k for k in old if k not in new]:
+        patch["unset"] = gone
+    for key in KEYED:
+        before, after = old.get(key, []), new.get(key, [])
+        by_id = {r["id"]: r for r in before}
+        part: dict[str, Any] = {}
+        if rows := [r for r in after if by_id.get(r["id"]) != r]:
+            part["rows"] = rows
+        if (order := [r["id"] for r in after]) != [r["id"] for r in before]:
+            part["order"] = order
+        if part:
+            patch[key] = part
+    return patch
+
+
+def apply(snap: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """The snapshot ``patch`` (from ``diff``) makes of ``snap``; dashboard/app.js does the same."""
+    new = {k: v for k, v in snap.items() if k not in patch.get("unset", ())} | patch.get("set", {})
+    for key in KEYED:
+        if key in patch:
+            rows = {r["id"]: r for r in snap.get(key, [])} | {r["id"]: r for r in patch[key].get("rows", [])}
+            order = patch[key]["order"] if "order" in patch[key] else [r["id"] for r in snap.get(key, [])]
+            new[key] = [rows[i] for i in order]
+    return new
 
 
 def last_minute(tallies: list[Tally], counter: str, now: float) -> float:
@@ -164,53 +334,93 @@ def series(tallies: list[Tally], now: float) -> dict[str, list[float]]:
     return {"t": [start + i * MINUTE for i in range(60)], "completed": completed, "active_clients": active}
 
 
+@dataclass(eq=False)
+class Subscriber:
+    """One browser on the feed: whose picture (``who``), which clients (``view``), its queue of
+    SSE messages, and the snapshot it will have once it read them all (what a patch is made against)."""
+
+    who: View
+    view: ClientView
+    queue: "asyncio.Queue[str | None]" = dataclasses.field(default_factory=lambda: asyncio.Queue(maxsize=4))
+    sent: dict[str, Any] | None = None
+
+
 class Feed:
-    """One poller per master for all its browsers: every second it reads the store once and
-    hands each subscriber its view's snapshot when that changed. It stops when nobody listens."""
+    """One poller per master for all its browsers: every second it reads the store once
+    (``read``) and hands each subscriber its view of it: a full ``snapshot`` first, then a
+    ``patch`` of what changed (nothing when nothing did), or a full one again where that is
+    smaller, or where the browser fell behind (its queue was full: the backlog is dropped).
+    A newcomer gets its snapshot at once from the last reading. It stops when nobody listens.
+    ``timings`` says how long the last read (and the store's ``list_clients`` within it) and
+    the paging for every subscriber took; the snapshots carry them as ``feed``, in ms."""
 
     def __init__(self, master: Master) -> None:
         self.master = master
-        self.subscribers: dict[asyncio.Queue[str | None], View] = {}
-        self.last: dict[View, str] = {}
+        self.subscribers: list[Subscriber] = []
+        self.reading: Reading | None = None
+        self.timings: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def subscribe(self, view: View = None) -> "asyncio.Queue[str | None]":
-        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=4)
-        if view in self.last:
-            queue.put_nowait(self.last[view])
-        self.subscribers[queue] = view
+    def subscribe(self, who: View = None, view: ClientView | None = None) -> Subscriber:
+        sub = Subscriber(who, view or ClientView())
+        if self.reading is not None and who in self.reading.jobs:
+            self._send(sub, self.reading.snapshot(who, sub.view))
+        self.subscribers.append(sub)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
-        return queue
+        return sub
 
-    def unsubscribe(self, queue: "asyncio.Queue[str | None]") -> None:
-        self.subscribers.pop(queue, None)
+    def unsubscribe(self, sub: Subscriber) -> None:
+        if sub in self.subscribers:
+            self.subscribers.remove(sub)
         with contextlib.suppress(asyncio.QueueFull):
-            queue.put_nowait(None)
+            sub.queue.put_nowait(None)
+
+    @staticmethod
+    def _send(sub: Subscriber, snap: dict[str, Any]) -> None:
+        """Queue for ``sub`` what turns the snapshot it has into ``snap``."""
+        full = "event: snapshot\ndata: " + json.dumps(snap, separators=(",", ":"))
+        message = full
+        if sub.sent is not None:
+            patch = diff(sub.sent, snap)
+            if not patch:
+                return
+            if sub.queue.full():  # a slow browser: drop its backlog, send the whole picture
+                while not sub.queue.empty():
+                    sub.queue.get_nowait()
+            else:
+                text = "event: patch\ndata: " + json.dumps(patch, separators=(",", ":"))
+                message = text if len(text) < len(full) else full
+        sub.queue.put_nowait(message)
+        sub.sent = snap
 
     async def _run(self) -> None:
         while self.subscribers:
             started = time.monotonic()
-            views = set(self.subscribers.values())
-            for gone in set(self.last) - views:  # nobody watches it: a newcomer waits for a fresh one
-                del self.last[gone]
             try:
-                snaps = await snapshots(self.master, views)
-                data = {view: json.dumps(snap, separators=(",", ":")) for view, snap in snaps.items()}
+                reading = await read(self.master, {s.who for s in self.subscribers})
             except Exception:
                 log.exception("dashboard: reading the store failed; trying again")
-                data = dict(self.last)
-            changed = {view for view, text in data.items() if text != self.last.get(view)}
-            self.last.update(data)
-            for queue, view in list(self.subscribers.items()):
-                if view not in changed:
-                    continue
-                if queue.full():  # a slow browser gets the newest snapshot, not a backlog
-                    with contextlib.suppress(asyncio.QueueEmpty):
-                        queue.get_nowait()
-                queue.put_nowait(data[view])
+            else:
+                read_s = time.monotonic() - started
+                reading.common["feed"] = {k: round(v * 1000, 1) for k, v in self.timings.items()}
+                self.reading = reading
+                for sub in list(self.subscribers):
+                    if sub.who in reading.jobs:  # else it came during the read: next time
+                        self._send(sub, reading.snapshot(sub.who, sub.view))
+                page_s = time.monotonic() - started - read_s
+                self.timings = {"read": read_s, "list_clients": reading.listing, "page": page_s}
             await asyncio.sleep(max(0.05, POLL_INTERVAL - (time.monotonic() - started)))
-        self.last = {}
+        self.reading = None
+
+
+def query_of(handler: BaseHandler) -> dict[str, list[str]]:
+    """The query arguments as sent (Tornado's own accessors turn control characters into
+    spaces, which would hide them from ``ClientView.parse``)."""
+    try:
+        return {k: [v.decode() for v in vs] for k, vs in handler.request.query_arguments.items()}
+    except UnicodeDecodeError:
+        raise BadRequest("the query is not UTF-8") from None
 
 
 class DashboardHandler(BaseHandler):
@@ -222,8 +432,11 @@ class DashboardHandler(BaseHandler):
 
 
 class SnapshotHandler(DashboardHandler):
+    """The page's snapshot, once: the query chooses the clients as for /api/v1/events."""
+
     async def get(self) -> None:
-        self.reply(await snapshot(self.master, self.caller))
+        view = ClientView.parse(query_of(self))
+        self.reply(await snapshot(self.master, self.caller, view))
 
 
 class OverviewHandler(DashboardHandler):
@@ -312,39 +525,42 @@ def _attempt_json(a: Any) -> dict[str, Any]:
 
 
 class EventsHandler(DashboardHandler):
-    """Server-sent events: a ``snapshot`` event whenever the store's picture changed (at most
-    once a second), a comment now and then so proxies keep the stream open. Browsers'
+    """Server-sent events: a ``snapshot`` event first, then a ``patch`` event whenever the
+    store's picture changed (at most once a second; ``apply`` says how a patch is applied),
+    and a comment now and then so proxies keep the stream open. The query chooses the page of
+    clients (``ClientView``); the page reconnects with another to change it. Browsers'
     EventSource reconnects by itself (``retry``) when the master restarts."""
 
     async def get(self) -> None:
         assert self.feed is not None
+        view = ClientView.parse(query_of(self))
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
-        self.queue = self.feed.subscribe(view_of(self.caller))
+        self.sub = self.feed.subscribe(view_of(self.caller), view)
         try:
             self.write("retry: 1000\n\n")
             await self.flush()
             while True:
                 try:
-                    data = await asyncio.wait_for(self.queue.get(), KEEPALIVE)
+                    data = await asyncio.wait_for(self.sub.queue.get(), KEEPALIVE)
                 except TimeoutError:
                     self.write(": keepalive\n\n")
                 else:
                     if data is None:
                         break
-                    self.write(f"event: snapshot\ndata: {data}\n\n")
+                    self.write(data + "\n\n")
                 await self.flush()
         except StreamClosedError:
             pass
         finally:
-            self.feed.unsubscribe(self.queue)
+            self.feed.unsubscribe(self.sub)
         if not self.request.connection.stream.closed():  # type: ignore[union-attr]
             self.finish()
 
     def on_connection_close(self) -> None:
-        if self.feed is not None and hasattr(self, "queue"):
-            self.feed.unsubscribe(self.queue)
+        if self.feed is not None and hasattr(self, "sub"):
+            self.feed.unsubscribe(self.sub)
 
 
 class PageHandler(StaticFileHandler):

@@ -367,6 +367,15 @@ PAGE = {
     "offset": {"type": "integer", "minimum": 0, "maximum": 10**9},
     "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
 }
+CLIENT_VIEW: dict[str, Schema] = {  # server/dashboard.py's ClientView: which clients the dashboard's page shows
+    "offset": {"type": "integer", "minimum": 0, "maximum": 10**6},
+    "limit": {"type": "integer", "minimum": 1, "maximum": 200},
+    "sort": {"enum": ["name", "state", "busy", "valid", "errors", "reliability", "last_seen"]},
+    "order": {"enum": ["asc", "desc"]},
+    "state": {"enum": ["all", "online", "offline", "quarantined"]},
+    "q": {"type": "string", "maxLength": 64, "pattern": "^[^\\x00-\\x1f\\x7f]*$"},
+    "expand": {"type": "string", "maxLength": 1300, "pattern": "^[A-Za-z0-9_.,-]*$"},
+}
 BLOB_READ = {206: "a Range of the blob (Content-Range says which)", 304: "the blob is as the If-None-Match said"}
 M = messages
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -434,7 +443,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("SessionHandler", "GET"): Operation("Who is signed in", reply=ref("Session")),
     ("SessionHandler", "POST"): Operation("Sign in to the dashboard: sets the session cookie", reply=ref("Session")),
     ("SessionHandler", "DELETE"): Operation("Sign out", reply=ref("SignedOut")),
-    ("SnapshotHandler", "GET"): Operation("Everything the dashboard shows", reply=OBJECT),
+    ("SnapshotHandler", "GET"): Operation(
+        "Everything the dashboard shows: the counts, the jobs, one page of clients and their total",
+        reply=obj(["overview", "jobs", "clients", "total", "view"]),
+        query=CLIENT_VIEW,
+    ),
     ("OverviewHandler", "GET"): Operation("The dashboard's overview and series", reply=obj(["overview", "series"])),
     ("DashboardJobsHandler", "GET"): Operation("The dashboard's jobs", reply=obj(["jobs"], jobs=array(OBJECT))),
     ("DashboardJobHandler", "GET"): Operation(
@@ -443,7 +456,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         query={"offset": PAGE["offset"], "limit": PAGE["limit"]},
     ),
     ("EventsHandler", "GET"): Operation(
-        "The dashboard's live feed (server-sent events)", reply_type="text/event-stream"
+        "The dashboard's live feed (server-sent events): a snapshot, then patches of what changed",
+        reply_type="text/event-stream",
+        query=CLIENT_VIEW,
     ),
     ("DashboardClientsHandler", "GET"): Operation(
         "One page of clients",

@@ -35,6 +35,22 @@ def _dispatch_results() -> dict[str, int]:
     return {n: os.stat(os.path.join(results, n)).st_mtime_ns for n in os.listdir(results) if n.startswith("dispatch")}
 
 
+def test_dashboard_quick_measures_the_stream_and_the_first_paint():
+    before = _results("dashboard")
+    code, figures = run_bench("dashboard", "--quick")
+    assert code == 0, figures
+    assert figures["full_bytes"] > figures["update_max_bytes"] > 0  # patches, smaller than the snapshot
+    assert figures["updates"] >= 2 and figures["feed_read_median_ms"] > 0
+    if os.path.exists("/usr/bin/chromium") or os.environ.get("CI"):  # the browser tests' rule (tests/needs.py)
+        assert figures["first_paint_median_ms"] > 0
+    assert _results("dashboard") == before  # a quick run records nothing
+
+
+def _results(prefix: str) -> dict[str, int]:
+    results = os.path.join(ROOT, "bench", "results")
+    return {n: os.stat(os.path.join(results, n)).st_mtime_ns for n in os.listdir(results) if n.startswith(prefix)}
+
+
 def test_an_unknown_benchmark_is_refused():
     proc = subprocess.run([sys.executable, RUN, "nonesuch"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2

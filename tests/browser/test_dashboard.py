@@ -71,16 +71,29 @@ def test_the_dashboard_follows_two_daemons_live(
     for daemon in (one, two):  # a new client shows up without a reload
         page.wait_for_selector(f'tr.client[data-name="{daemon.name}"] td.state.online', timeout=3000)
 
-    chunks = [b"sleep 2 unit %d\n" % i for i in range(8)]
+    chunks = [b"sleep 4 unit %d\n" % i for i in range(8)]
     job_spec = {"name": "dashboard-probe", "image": probe_image}
     job_spec["resources"] = {"cpus": 1, "memory": "64MiB", "timeout": "30s"}
     job, _ = submit(master, job_spec, chunks)
-    for daemon in (one, two):  # their containers, with cpu and memory limits (a unit still fetching has none yet)
-        row = f'tr.client[data-name="{daemon.name}"] tr.container:not([data-container=""])'
+    for daemon in (one, two):  # a click opens a client's row to its containers
+        client = page.get_attribute(f'tr.client[data-name="{daemon.name}"]', "data-client")
+        page.click(f'tr.client[data-name="{daemon.name}"]')
+        # its containers, with cpu and memory limits (a unit still fetching has none yet)
+        row = f'tr.containers-row[data-client="{client}"] tr.container:not([data-container=""])'
+        row += ':has(td.cstate:text-is("running"))'
         page.wait_for_selector(row, timeout=20000)
-        limits = page.inner_text(f"{row} td.limits")
+        limits = page.inner_text(f"{row} >> nth=0 >> td.limits")
         assert "1 cpu" in limits and "64 MiB" in limits, limits
         assert len(page.get_attribute(row, "data-container")) == 12
+        assert page.inner_text(f'tr.client[data-name="{daemon.name}"] td.running').split()[-1] != "0"
+    # and their use, as docker stats measures it on the volunteer's machine, live
+    unknown = "\N{EN DASH}"  # what the page shows for a figure not measured yet
+    use = f'tr.containers-row tr.container td.use:has(span.cpu:not(:text-is("{unknown}")))'
+    use += f':has(span.mem:not(:text-is("{unknown}")))'
+    page.wait_for_selector(use, timeout=15000)
+    cpu, memory = page.inner_text(f"{use} >> nth=0").split(" / ")
+    assert cpu.endswith("%") and float(cpu[:-1]) >= 0 and memory.endswith(("KiB", "MiB")), (cpu, memory)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard.png"))  # the README's picture: clients and their containers
     shot(page, out, "clients")
     shot(page, out, "dashboard-clients")
 
@@ -96,7 +109,6 @@ def test_the_dashboard_follows_two_daemons_live(
     wait_for(lambda: card(page, "units-done") == len(chunks), 5, "every unit done on the page")
     page.wait_for_selector("#plot-completed canvas", timeout=3000)
     shot(page, out, "overview")
-    page.screenshot(path=str(SCREENSHOTS / "dashboard.png"))
     page.goto(f"{master.url}/#/jobs/{job}")
     page.wait_for_selector("#units tr.unit", timeout=3000)
     assert page.locator("#units tr.unit").count() == len(chunks)
