@@ -18,6 +18,7 @@ Blobs live in GridFS (gridfs.py); the package's ``open_mongodb`` opens both on o
 import contextlib
 import inspect
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
@@ -96,7 +97,9 @@ from ..base import (
     running_of,
     unit_slices,
 )
+from ..migrate import META_ID, SCHEMA_VERSION, refuse_newer
 from .catalog import Catalog, guard
+from .deployment import check_deployment
 
 log = logging.getLogger(__name__)
 Doc = dict[str, Any]
@@ -111,12 +114,25 @@ NO_HISTORY = {"attempts": 0, "clients": 0}  # what listing and leasing units do 
 RECORD = {"valid": 1, "invalid": 1, "streak": 1, "contradicted": 1}  # a client's lifecycle.Record
 
 
+def durable_writes(url: str) -> dict[str, Any]:
+    """The client options a master sets unless the URL says otherwise: writes acknowledged by a
+    majority of the replica set (so a failover cannot roll them back) and retried once across a
+    failover. The URL's own ``w=`` or ``retryWrites=`` win (the start-up check warns about them)."""
+    given = {part.split("=", 1)[0].lower() for part in urllib.parse.urlsplit(url).query.split("&") if part}
+    options: dict[str, Any] = {}
+    if "w" not in given:
+        options["w"] = "majority"
+    if "retrywrites" not in given:
+        options["retryWrites"] = True
+    return options
+
+
 def _database(target: Any, name: str) -> tuple[Any, AsyncMongoClient[Doc] | None]:
     """The database for a URL, a client or a database (returned as is), and the client this
     store opened itself (and must close). Classes, not instances, are asked about
     ``get_collection``, because clients answer any attribute with a database of that name."""
     if isinstance(target, str):
-        client: AsyncMongoClient[Doc] = AsyncMongoClient(target)
+        client: AsyncMongoClient[Doc] = AsyncMongoClient(target, **durable_writes(target))
         return client.get_default_database(name), client
     if callable(getattr(type(target), "get_collection", None)):
         return target, None
@@ -146,6 +162,14 @@ class MongoStore(Catalog, Store):
     # -- life ---------------------------------------------------------------------------
     @guard
     async def open(self) -> None:
+        """Check the deployment (when this store opened the client itself), refuse a schema newer
+        than this master's, create the indexes every query uses (docs/mongodb.md lists them and
+        the queries they serve; tests/server/test_mongo_indexes.py holds the store to it) and
+        record the schema version (migrate.py)."""
+        if self._client is not None:
+            await check_deployment(self._client.admin, self._client)
+        meta = await self.db["meta"].find_one({"_id": META_ID})
+        refuse_newer(int((meta or {}).get("version", 0)), "MongoDB")
         units = self._units
         try:  # only units that want attempts are in the leasing index
             await units.create_index(LEASE_ORDER, name="units_leasable", partialFilterExpression={"wanted": {"$gt": 0}})
@@ -164,7 +188,13 @@ class MongoStore(Catalog, Store):
         await self._keys.create_index("token_hash", name="keys_by_token", unique=True)
         await self._keys.create_index("account", name="keys_by_account")
         await self._images.create_index("tags", name="images_by_tag")
-        await self._images.create_index([("pushed_at", DESCENDING)], name="images_by_age")
+        await self._images.create_index([("pushed_at", DESCENDING), ("_id", ASCENDING)], name="images_newest")
+        await self._images.create_index(
+            [("owner", ASCENDING), ("pushed_at", DESCENDING), ("_id", ASCENDING)], name="images_by_owner"
+        )
+        await self._keys.create_index([("created_at", ASCENDING), ("_id", ASCENDING)], name="keys_by_age")
+        await self._clients.create_index("found_out", name="clients_found_out")  # revalidation's $ne: None
+        await self.db["meta"].update_one({"_id": META_ID}, {"$max": {"version": SCHEMA_VERSION}}, upsert=True)
 
     async def close(self) -> None:
         if self._client is not None:

@@ -86,6 +86,7 @@ from ..base import (
     running_of,
     unit_slices,
 )
+from ..migrate import SCHEMA_VERSION, refuse_newer
 from .catalog import Catalog, insert_key
 from .checkpoint import Checkpointer
 
@@ -201,14 +202,19 @@ class SQLiteStore(Catalog, Store):
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA busy_timeout = 30000")
+        if (found := db.execute("PRAGMA user_version").fetchone()[0]) > SCHEMA_VERSION:  # migrate.py
+            db.close()
+            refuse_newer(found, self.path)
         if self.path != ":memory:":  # checkpoints run on a thread of their own (checkpoint.py)
             db.execute("PRAGMA wal_autocheckpoint = 0")
             self._checkpointer = Checkpointer(self.path)
         db.executescript(SCHEMA)  # idempotent; a master racing another one waits on busy_timeout
-        with _transaction(db):
+        with _transaction(db):  # schema version 1 (migrate.py's STEPS): the columns added since
             for table, column, definition in ADDED_COLUMNS:
                 if column not in {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._db = db
 
     @property
