@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dockercomp import resources
+from dockercomp import resources, terminal
 from dockercomp.client.settings import ClientSettings
 from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.transport import printable
-from dockercomp.scientist import MasterError, Scientist, default_server, read_jobfile
+from dockercomp.scientist import Master, MasterError, default_server, read_jobfile
+from dockercomp.server.errors import ServerError
 from dockercomp.server.settings import ServerSettings
 from dockercomp.settings import SettingsError, add_flags, flag_values, load_settings
 
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtra as exc:
         print(f"dockercomp: {exc}", file=sys.stderr)
         return 1
+    except ServerError as exc:  # the master's refusals at start: its store's URL, schema, server version
+        print(f"dockercomp: {exc}", file=sys.stderr)
+        return 2 if 400 <= exc.status < 500 else 1
     except KeyboardInterrupt:
         return 130
 
@@ -100,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, ServerSettings)
     p.add_argument("--config", help="settings file (TOML, a [server] table)")
 
+    p = command("store", cmd_store, "the master's store: bring its schema up to this version")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{migrate}")
+    about = "apply the schema steps the store lacks (safe beside running masters)"
+    m = actions.add_parser("migrate", help=about, description=about)
+    m.add_argument("--store", default="", help="sqlite:///PATH (default: the data directory's) or mongodb://HOST/DB")
+    m.add_argument("--data-dir", default="", help="the master's data directory (for the default SQLite store)")
+    m.add_argument("--config", help="settings file (TOML, a [server] table): its store and data_dir")
+    m.add_argument("--dry-run", action="store_true", help="say which steps would be applied; change nothing")
+    m.add_argument("--json", action="store_true")
+
     p = command("submit", cmd_submit, "submit a job: chunk and upload the input, create the job")
     p.add_argument("jobfile")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="input files (none for a job with a sweep)")
@@ -119,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("job")
         _server_arg(p)
         p.add_argument("--json", action="store_true")
+
+    p = command("units", cmd_units, "a job's units: state, attempts, and what went wrong (error, exit code, stderr)")
+    p.add_argument("job")
+    p.add_argument("--failed", action="store_true", help="only units that failed or that an attempt went wrong on")
+    _server_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = command("logs", cmd_logs, "one unit's attempts: where each ran, how it ended, the end of its stderr")
+    p.add_argument("job")
+    p.add_argument("unit", help="the unit's number (as `dockercomp units` shows it) or its id, JOB.NUMBER")
+    _server_arg(p)
+    p.add_argument("--json", action="store_true")
 
     p = command("results", cmd_results, "download a job's result")
     p.add_argument("job")
@@ -225,9 +251,9 @@ def _server_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", help="your token (default $DOCKERCOMP_TOKEN, else the local master's operator.token)")
 
 
-def _scientist(args: argparse.Namespace) -> Scientist:
+def _master(args: argparse.Namespace) -> Master:
     server = args.server or default_server()
-    return Scientist(server, ca=args.ca, insecure=args.insecure, token=_token(args.token, server))
+    return Master(server, ca=args.ca, insecure=args.insecure, token=_token(args.token, server))
 
 
 def _token(given: str | None, server: str) -> str:
@@ -268,38 +294,44 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    _require("server")
+    from dockercomp.server.store import migrate
+
+    flags = {key: value for key, value in (("store", args.store), ("data_dir", args.data_dir)) if value}
+    settings = load_settings(ServerSettings, "server", args.config, flags)
+    report = asyncio.run(migrate(settings.store_url, settings.data_path, dry_run=args.dry_run))
+    steps = ", ".join(report.steps) or "none"
+    if args.dry_run:
+        text = f"{report.backend} store at schema version {report.from_version}; steps to apply: {steps}"
+    elif report.steps:
+        text = f"{report.backend} store migrated from version {report.from_version} to {report.to_version}: {steps}"
+    else:
+        text = f"{report.backend} store is at schema version {report.to_version}: nothing to do"
+    _print(args, report.as_dict(), text)
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     spec = read_jobfile(args.jobfile)
     if spec.sweep is not None and args.inputs:
         raise UsageError(f"{args.jobfile} is a sweep: its units take their parameters from the sweep, not INPUT files")
     if spec.sweep is None and not args.inputs:
         raise UsageError("give the INPUT files to compute on (only a job file with a sweep needs none)")
-    for path in args.inputs:
-        if not os.path.isfile(path):
-            raise UsageError(f"input {path} is not a readable file")
-    scientist = _scientist(args)
-    show = sys.stderr.isatty()
-    if spec.sweep is not None:
-        chunks: list[str] = []
-    elif args.chunk_on_master:
-        chunks = scientist.chunk_on_master(spec, args.inputs)
-    else:
-        chunks = scientist.upload_chunks(spec, args.inputs, progress=show)
-    job_id = scientist.create_job(spec, chunks, hold=args.hold)
-    units = len(spec.sweep) if spec.sweep is not None else len(chunks)
+    job = _master(args).submit(spec, args.inputs, hold=args.hold, chunk_on_master=args.chunk_on_master, progress=True)
     if not args.wait or args.hold:
         held = ", held until `dockercomp release`" if args.hold else ""
-        _print(args, {"job": job_id}, f"job {job_id}: {units} units{held}")
+        _print(args, {"job": job.id}, f"job {job.id}: {job.size} units{held}")
         return 0
     if not args.json:
-        print(f"job {job_id}: {units} units", file=sys.stderr)
-    status = scientist.wait(job_id, progress=show)
-    _print(args, {"job": job_id, "state": status["state"], "units": status["units"]}, _status_line(status))
-    return 0 if status["state"] == "done" else 1
+        print(f"job {job.id}: {job.size} units", file=sys.stderr)
+    status = job.wait(progress=True)
+    _print(args, {"job": job.id, "state": status.state, "units": status.units}, str(status))
+    return 0 if status.state == "done" else 1
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    scientist = _scientist(args)
+    scientist = _master(args)
     if args.action == "create":
         key = scientist.create_key(args.name, args.role, args.expires)
         expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(key["expires_at"])) if key["expires_at"] else "never"
@@ -311,7 +343,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             (k["name"], k["role"], k["account"], k["state"], _day(k["expires_at"]) if k["expires_at"] else "-")
             for k in keys
         ]
-        _print(args, {"keys": keys}, _table(("NAME", "ROLE", "ACCOUNT", "STATE", "EXPIRES"), rows))
+        _table(args, {"keys": keys}, ("NAME", "ROLE", "ACCOUNT", "STATE", "EXPIRES"), rows)
     else:
         revoked = scientist.revoke_key(args.name)
         print(f"revoked {revoked} key(s)" + (f" of {args.name}" if revoked else f"; {args.name} was revoked already"))
@@ -323,12 +355,12 @@ def _day(timestamp: float) -> str:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    scientist = _scientist(args)
+    scientist = _master(args)
     if args.action == "list":
         found = scientist.images()
         rows = [(i["id"][7:19], ", ".join(i["tags"]) or "-", str(len(i["layers"])), i["owner"],
                  ", ".join(s["key"][:12] for s in i["signatures"]) or "unsigned") for i in found]  # fmt: skip
-        _print(args, {"images": found}, _table(("IMAGE", "TAGS", "LAYERS", "OWNER", "SIGNED BY"), rows))
+        _table(args, {"images": found}, ("IMAGE", "TAGS", "LAYERS", "OWNER", "SIGNED BY"), rows)
         return 0
     if args.action == "sign":
         _sign(scientist, scientist.image(args.image)["id"], _signing_key(args.key))
@@ -346,7 +378,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
-def _push(scientist: Scientist, ref: str, key: Any, quiet: bool) -> tuple[dict[str, Any], int, int]:
+def _push(scientist: Master, ref: str, key: Any, quiet: bool) -> tuple[dict[str, Any], int, int]:
     """Export ``ref`` from the local engine and push what the master lacks (signed with
     ``key`` when given): the master's record, the bytes sent, the image's size."""
     import tempfile
@@ -372,7 +404,7 @@ def _signing_key(path: str) -> Any:
     return signing.load_private(path)  # SigningError is bad input: exit 2
 
 
-def _sign(scientist: Scientist, image_id: str, key: Any) -> None:
+def _sign(scientist: Master, image_id: str, key: Any) -> None:
     from dockercomp.protocol import signing
 
     signed = signing.sign(key, image_id)
@@ -399,19 +431,65 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _scientist(args).status(args.job)
-    _print(args, _status_json(status), _status_line(status))
+    status = _master(args).job(args.job).status()
+    _print(args, status.to_json(), str(status))
     return 0
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    status = _scientist(args).control(args.job, args.command)
-    _print(args, _status_json(status), _status_line(status))
+    status = _master(args).job(args.job).control(args.command)
+    _print(args, status.to_json(), str(status))
     return 0
 
 
+def cmd_units(args: argparse.Namespace) -> int:
+    units = _master(args).job(args.job).units(failed=args.failed)
+    if args.json:
+        print(json.dumps({"units": units}))
+        return 0
+    rows = []
+    for u in units:
+        wrong = [a for a in u["attempts"] if a["error"] or a["state"] in ("errored", "timed_out")]
+        last = wrong[-1] if wrong else (u["attempts"][-1] if u["attempts"] else None)
+        tail = ((last or {}).get("stderr_tail") or "").strip().splitlines()
+        rows.append((
+            str(u["index"]), u["kind"], u["state"], str(len(u["attempts"])),
+            (last or {}).get("error") or "-", _or_dash((last or {}).get("exit_code")),
+            (last or {}).get("client") or "-", tail[-1][:60] if tail else "",
+        ))  # fmt: skip
+    header = ("UNIT", "KIND", "STATE", "ATTEMPTS", "ERROR", "EXIT", "CLIENT", "STDERR (LAST LINE)")
+    terminal.show(terminal.table(header, rows, styled=("STATE",)))
+    if not rows:
+        print(f"no {'failed ' * args.failed}unit in job {printable(args.job)}", file=sys.stderr)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    unit = _master(args).unit(args.job, args.unit)
+    if args.json:
+        print(json.dumps(unit))
+        return 0
+    print(printable(f"unit {unit['index']} of job {args.job} ({unit['kind']}): {unit['state']}, "
+                    f"{len(unit['attempts'])} attempt(s)"))  # fmt: skip
+    for a in unit["attempts"]:
+        facts = [a["state"]] + [f"{name} {value}" for name, value in (
+            ("error", a["error"]), ("exit code", a["exit_code"]), ("validity", a["validity"]),
+            ("runtime", f"{a['runtime']:.1f} s" if a["runtime"] is not None else None),
+            ("peak memory", terminal.size(a["peak_memory"]) if a["peak_memory"] else None),
+        ) if value is not None]  # fmt: skip
+        print()
+        print(printable(f"attempt {a['id']} on client {a['client']}: " + ", ".join(facts)))
+        tail = (a.get("stderr_tail") or "").rstrip()
+        print(printable(tail, lines=True) if tail else "(nothing on stderr)")
+    return 0
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
 def cmd_results(args: argparse.Namespace) -> int:
-    chunks = _scientist(args).results(args.job, args.partial)
+    chunks = _master(args).results(args.job, args.partial)
     first = next(chunks, b"")  # the request runs (and may fail) before anything is written
     try:
         out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
@@ -428,14 +506,20 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    jobs = _scientist(args).jobs()
-    rows = [(j["id"], j["name"], j["state"], str(j["units"])) for j in jobs]
-    _print(args, {"jobs": jobs}, _table(("JOB", "NAME", "STATE", "UNITS"), rows))
+    jobs = _master(args).jobs()
+    rows = [
+        (j["id"], j["name"], j["state"], str(j["units"]), j.get("owner", "-"), _when(j.get("created_at"))) for j in jobs
+    ]
+    _table(args, {"jobs": jobs}, ("JOB", "NAME", "STATE", "UNITS", "OWNER", "CREATED"), rows)
     return 0
 
 
+def _when(timestamp: object) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(timestamp)) if isinstance(timestamp, int | float) else "-"
+
+
 def cmd_clients(args: argparse.Namespace) -> int:
-    clients = _scientist(args).clients()
+    clients = _master(args).clients()
     rows = [
         (c["id"], c["name"], "quarantined" if c.get("quarantined") else "online" if c["online"] else "offline",
          f"{c['busy']}/{c['slots']}", str(c["valid"]), str(c["errors"]), f"{c['reliability']:.2f}",
@@ -443,7 +527,7 @@ def cmd_clients(args: argparse.Namespace) -> int:
         for c in clients
     ]  # fmt: skip
     header = ("CLIENT", "NAME", "STATE", "BUSY", "VALID", "ERRORS", "RELIABILITY", "TRUSTED")
-    _print(args, {"clients": clients}, _table(header, rows))
+    _table(args, {"clients": clients}, header, rows)
     return 0
 
 
@@ -566,7 +650,7 @@ def cmd_workloads(args: argparse.Namespace) -> int:
     if args.sign and not args.push:
         raise UsageError("--sign signs what --push pushes: give both")
     key = _signing_key(args.sign) if args.sign else None
-    scientist = _scientist(args) if args.push else None
+    scientist = _master(args) if args.push else None
     try:
         docker_client = images.connect()
         for name in args.names or names:
@@ -634,25 +718,12 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data) if getattr(args, "json", False) else printable(text, lines=True))
 
 
-def _status_json(status: dict[str, Any]) -> dict[str, Any]:
-    return {key: status.get(key) for key in ("job", "state", "drmaa2", "units", "unrunnable")}
-
-
-def _status_line(status: dict[str, Any]) -> str:
-    units = ", ".join(f"{n} {state}" for state, n in status["units"].items() if n)
-    drmaa2 = f" (DRMAA2 {status['drmaa2']})" if status.get("drmaa2") else ""
-    line = f"job {status['job']} ({status.get('name', '')}): {status['state']}{drmaa2}; units: {units or 'none'}"
-    why = status.get("unrunnable")
-    line = printable(line)  # each line on its own: the master's newlines forge none
-    return f"{line}\nwaiting: {printable(why['message'])}" if why else line
-
-
-def _table(header: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> str:
-    rows = [tuple(printable(c) for c in r) for r in rows]  # cells from the master, one line each
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
-    )
+def _table(args: argparse.Namespace, data: Any, header: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> None:
+    """``data`` as JSON with --json, else the rows as a table (a state coloured on a terminal)."""
+    if args.json:
+        print(json.dumps(data))
+    else:
+        terminal.show(terminal.table(header, rows, styled=("STATE",)))
 
 
 if __name__ == "__main__":

@@ -37,10 +37,11 @@ from typing import Any
 
 import requests
 
+from dockercomp import terminal
 from dockercomp.protocol.errors import ProtocolError
 from dockercomp.protocol.jobfile import parse_jobfile
 from dockercomp.protocol.quantities import format_size, parse_size
-from dockercomp.scientist import TERMINAL_JOB, MasterError, Progress, Scientist
+from dockercomp.scientist import TERMINAL_JOB, Master, MasterError
 
 WORKLOAD = "wordfreq"
 LISTENING = re.compile(r"master listening on (https?://[0-9.]+:\d+)")
@@ -115,7 +116,7 @@ class Service:
 
 
 class Demo:
-    scientist: Scientist  # a session with the master, once it answers
+    scientist: Master  # a session with the master, once it answers
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -193,7 +194,7 @@ class Demo:
                 time.sleep(0.05)
         wait_until(lambda: (data / "operator.token").exists(), START_TIMEOUT, "the master's operator token")
         token = (data / "operator.token").read_text().strip()
-        self.scientist = Scientist(self.url, timeout=30, token=token)
+        self.scientist = Master(self.url, timeout=30, token=token)
         wait_until(lambda: self._answers(), START_TIMEOUT, "the master to answer")
         say(f"master at {self.url} (data in {data}); the operator's token is in {data / 'operator.token'}")
 
@@ -287,28 +288,26 @@ class Demo:
         step("computing")
         deadline = time.monotonic() + self.args.timeout
         status = self.scientist.status(job)
-        bar = Progress("    units", sum(status["units"].values()), stream=sys.stdout)
         shown = ""
-        while True:
-            units = status["units"]
-            total = sum(units.values())
-            line = f"{units['done']}/{total} units done, {units['running']} running, {units['failed']} failed"
-            if bar.enabled:
-                bar.total = max(total, 1)
-                bar.update(units["done"], f"running {units['running']}")
-            elif line != shown:
-                say(line)
-            shown = line
-            if status["state"] in TERMINAL_JOB:
-                break
-            for service in [self.master, *self.daemons]:
-                if service is not None and not service.alive:
-                    raise DemoError(f"{service.name} exited with {service.proc.returncode} while the job ran")
-            if time.monotonic() > deadline:
-                raise DemoError(f"the job did not end within {self.args.timeout:.0f}s ({line})")
-            time.sleep(0.5)
-            status = self.scientist.status(job)
-        bar.close()
+        with terminal.Bar("    units", sum(status["units"].values()), where=terminal.console(sys.stdout)) as bar:
+            while True:
+                units = status["units"]
+                total = sum(units.values())
+                line = f"{units['done']}/{total} units done, {units['running']} running, {units['failed']} failed"
+                if terminal.drawn(bar.where):
+                    bar.update(units["done"], total, f"running {units['running']}")
+                elif line != shown:
+                    say(line)
+                shown = line
+                if status["state"] in TERMINAL_JOB:
+                    break
+                for service in [self.master, *self.daemons]:
+                    if service is not None and not service.alive:
+                        raise DemoError(f"{service.name} exited with {service.proc.returncode} while the job ran")
+                if time.monotonic() > deadline:
+                    raise DemoError(f"the job did not end within {self.args.timeout:.0f}s ({line})")
+                time.sleep(0.5)
+                status = self.scientist.status(job)
         if status["state"] != "done":
             raise DemoError(f"job {job} ended {status['state']}: {self._errors(job)}")
         say(f"job {job} done: {shown}")

@@ -4,7 +4,7 @@ a result never crosses a network in the clear by mistake; and the words for a ce
 that was refused, which no retry would change.
 
 ``Transport`` is the HTTP both Python callers share (the daemon's ``MasterSession``, the
-scientist's ``Scientist``): the master's URL, the bearer token, the certificate check and a
+scientist's ``Master``): the master's URL, the bearer token, the certificate check and a
 connection pool per thread. Each caller keeps its own policy on top: the daemon retries, the
 scientist's CLI reports at once; both read a refusal's reason with ``error_message``.
 """

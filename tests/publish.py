@@ -10,7 +10,7 @@ from typing import Any
 
 from dockercomp.client import delivery, images
 from dockercomp.protocol import signing
-from dockercomp.scientist import Scientist
+from dockercomp.scientist import Master
 
 _SIGNING: list[str] = []
 _PUBLISHED: dict[tuple[str, str], str] = {}
@@ -31,9 +31,7 @@ def publish(master: Any, ref: str, *, sign: bool = True) -> str:
     """Push the local engine's image ``ref`` to ``master`` (only what it lacks) and sign it
     with the tests' key, once per master; its image id."""
     if (master.url, ref) not in _PUBLISHED:
-        scientist = Scientist(
-            master.url, token=master.token, ca=master.verify if isinstance(master.verify, str) else None
-        )
+        scientist = Master(master.url, token=master.token, ca=master.verify if isinstance(master.verify, str) else None)
         docker_client = images.connect()
         try:
             with tempfile.TemporaryDirectory(prefix="push-") as tmp:

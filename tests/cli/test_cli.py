@@ -5,6 +5,7 @@ bad input."""
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -117,7 +118,7 @@ def test_status_json_shape(master, files):
     result = dockercomp("status", job, "--server", master.url, "--json")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
-    assert set(status) == {"job", "state", "drmaa2", "units", "unrunnable"}
+    assert set(status) == {"job", "name", "state", "drmaa2", "units", "unrunnable"}
     assert (status["job"], status["state"], status["drmaa2"], status["unrunnable"]) == (job, "done", "Done", None)
     assert status["units"] == {**dict.fromkeys(UNIT_STATES, 0), "done": 2}
     text = dockercomp("status", job, "--server", master.url)
@@ -161,7 +162,7 @@ def test_jobs_and_clients_are_listed(master, files):
     jobs = dockercomp("jobs", "--server", master.url)
     assert jobs.returncode == 0, jobs.stderr
     header, *rows = jobs.stdout.splitlines()
-    assert header.split() == ["JOB", "NAME", "STATE", "UNITS"]
+    assert header.split() == ["JOB", "NAME", "STATE", "UNITS", "OWNER", "CREATED"]
     assert rows[0].split()[:2] == [job, "cli"]  # newest first
     listed = json.loads(dockercomp("jobs", "--server", master.url, "--json").stdout)["jobs"]
     assert listed[0]["id"] == job
@@ -353,3 +354,25 @@ def test_submit_refuses_an_image_not_pushed_to_the_master_and_creates_nothing(ma
     assert [
         j for j in requests.get(f"{master.api}/jobs", headers=master.headers).json()["jobs"] if j["name"] == "nosuch"
     ] == []
+
+
+def test_store_migrate_brings_a_new_store_up_says_so_and_refuses_a_newer_one(tmp_path):
+    data = tmp_path / "data"
+    dry = dockercomp("store", "migrate", "--data-dir", str(data), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout) | {"steps": []} == {
+        "backend": "sqlite", "from_version": 0, "to_version": 0, "steps": [], "dry_run": True,
+    }  # fmt: skip
+    assert not (data / "dockercomp.db").exists(), "a dry run made the database"
+    done = dockercomp("store", "migrate", "--data-dir", str(data))
+    assert done.returncode == 0 and "migrated from version 0 to 1" in done.stdout, done.stderr
+    again = dockercomp("store", "migrate", "--store", f"sqlite:///{data}/dockercomp.db", "--json")
+    assert json.loads(again.stdout)["steps"] == [] and json.loads(again.stdout)["to_version"] == 1
+    db = sqlite3.connect(data / "dockercomp.db")
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    newer = dockercomp("store", "migrate", "--data-dir", str(data))
+    assert newer.returncode == 1 and "schema version 99, newer than" in newer.stderr and "Traceback" not in newer.stderr
+    wrong = dockercomp("store", "migrate", "--store", "redis://x")
+    assert wrong.returncode == 2 and "sqlite:///PATH" in wrong.stderr

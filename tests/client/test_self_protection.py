@@ -29,8 +29,8 @@ from dockercomp.client.settings import ClientSettings
 from dockercomp.client.spool import Spool
 from dockercomp.protocol.images import ImageInfo, LayerInfo
 from dockercomp.protocol.messages import ErrorKind, Grant, LeaseRequest, ResultReport, ResultStatus
+from dockercomp.scientist import Master
 from dockercomp.scientist import MasterError as ScientistError
-from dockercomp.scientist import Scientist
 from dockercomp.settings import SettingsError
 
 MIB = 1 << 20
@@ -206,7 +206,7 @@ def test_the_daemon_never_follows_a_redirect(redirecting: tuple[Recorder, Record
 
 def test_the_scientist_cli_never_follows_a_redirect(redirecting: tuple[Recorder, Recorder]) -> None:
     master, target = redirecting
-    scientist = Scientist(master.url, timeout=5, token="t0ken")
+    scientist = Master(master.url, timeout=5, token="t0ken")
     with pytest.raises(ScientistError, match=r"redirected GET /jobs to .*redirects are not followed") as exc:
         scientist.jobs()
     assert "\x1b" not in str(exc.value)

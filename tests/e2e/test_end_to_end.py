@@ -14,7 +14,7 @@ from dockercomp.client import images
 from dockercomp.protocol.chunking import chunk_inputs
 from dockercomp.protocol.integrity import digest
 from dockercomp.protocol.jobfile import parse_jobfile
-from dockercomp.scientist import Scientist
+from dockercomp.scientist import Master
 
 from .cluster import (
     Daemons,
@@ -146,7 +146,7 @@ def test_a_corrupted_chunk_is_reported_as_an_integrity_failure_and_never_compute
         )
     )
     publish(master, spec.image)
-    scientist = Scientist(master.url, token=master.token)
+    scientist = Master(master.url, token=master.token)
     hashes = scientist.upload_chunks(spec, [str(text)], progress=False)
     job = scientist.create_job(spec, hashes)
     assert len(hashes) == 3

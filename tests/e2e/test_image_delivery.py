@@ -15,7 +15,7 @@ import pytest
 
 from dockercomp.client import images
 from dockercomp.protocol import signing
-from dockercomp.scientist import Scientist
+from dockercomp.scientist import Master
 
 from .cluster import Daemons, job_units, publish, submit, wait_for, wait_job
 
@@ -62,7 +62,7 @@ def received(daemon: Any) -> int:
 
 
 def output_of(master: Any, job_id: str) -> bytes:
-    scientist = Scientist(master.url, token=master.token)
+    scientist = Master(master.url, token=master.token)
     return b"".join(scientist.results(job_id))
 
 
@@ -75,7 +75,7 @@ def test_an_empty_engine_gets_images_from_the_master_and_shares_their_base(
 ) -> None:
     first, second = two_images
     first_id, second_id = publish(master, first), publish(master, second)
-    scientist = Scientist(master.url, token=master.token)
+    scientist = Master(master.url, token=master.token)
     records = [scientist.image(ref) for ref in (first_id, second_id)]
     layers = {layer["digest"]: layer["size"] for record in records for layer in record["layers"]}
     assert records[0]["layers"][0] == records[1]["layers"][0] and len(records[1]["layers"]) == 2  # one base
@@ -124,7 +124,7 @@ def test_a_tampered_layer_is_refused_and_nothing_runs(
     two_images: tuple[str, str],
 ) -> None:
     image_id = publish(master, two_images[0])
-    base = Scientist(master.url, token=master.token).image(image_id)["layers"][0]
+    base = Master(master.url, token=master.token).image(image_id)["layers"][0]
     piece = base["pieces"][0]
     path = master.data_dir / "blobs" / piece[:2] / piece[2:4] / piece  # pieces of 8 MiB are files
     data = bytearray(path.read_bytes())
@@ -152,7 +152,7 @@ def test_unsigned_and_foreign_signed_images_are_refused_and_nothing_runs(
     foreign_id = publish(master, foreign, sign=False)
     stranger = tmp_path / "stranger.key"
     signing.keygen(str(stranger), f"{stranger}.pub")
-    scientist = Scientist(master.url, token=master.token)
+    scientist = Master(master.url, token=master.token)
     scientist.add_signature(foreign_id, signing.sign(signing.load_private(str(stranger)), foreign_id))
 
     volunteer = daemons.start(master, "careful", slots=1)  # trusts only the tests' project key

@@ -16,7 +16,7 @@ import requests
 
 from dockercomp.client import images
 from dockercomp.client.runner import LABEL_CLIENT
-from dockercomp.scientist import Scientist
+from dockercomp.scientist import Master
 from tests import kv
 
 from .cluster import Daemons, job_units, publish, submit, wait_job
@@ -74,7 +74,7 @@ def test_a_key_value_service_and_its_client_finish_as_one_unit(
 
     status = wait_job(master, job_id, JOB_WAIT)
     assert status["state"] == "done", [u["attempts"] for u in job_units(master, job_id)]
-    output = b"".join(Scientist(master.url, token=master.token).results(job_id))
+    output = b"".join(Master(master.url, token=master.token).results(job_id))
     assert output == b"colour=blue\nshape=round\nanswer=42\nsize=large\nanswer=42\n"
 
     log = volunteer.log()

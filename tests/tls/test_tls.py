@@ -20,7 +20,7 @@ from dockercomp.client.errors import MasterRefused, MasterUntrusted
 from dockercomp.client.master import Backoff, MasterSession
 from dockercomp.client.settings import ClientSettings
 from dockercomp.protocol.messages import RegisterRequest
-from dockercomp.scientist import MasterError, Scientist
+from dockercomp.scientist import Master, MasterError
 from dockercomp.server.settings import ServerSettings
 from dockercomp.settings import SettingsError
 from tests.client.daemon_stub import StubRunner
@@ -194,12 +194,12 @@ def test_the_client_command_refuses_plain_http_off_loopback(tmp_path: Path) -> N
 
 def test_the_scientist_refuses_plain_http_off_loopback(no_network: list[object], tmp_path: Path) -> None:
     with pytest.raises(MasterError, match=REFUSAL) as refused:
-        Scientist(LAN)
+        Master(LAN)
     assert refused.value.bad_input
-    Scientist(LAN, insecure=True)  # nothing is sent until a call
-    Scientist("http://127.0.0.1:8080")
+    Master(LAN, insecure=True)  # nothing is sent until a call
+    Master("http://127.0.0.1:8080")
     with pytest.raises(MasterError, match="is not a readable file") as refused:
-        Scientist("https://master.example", ca=str(tmp_path / "none.pem"))
+        Master("https://master.example", ca=str(tmp_path / "none.pem"))
     assert refused.value.bad_input
     assert no_network == []
     done = dockercomp("jobs", "--server", LAN)
@@ -209,7 +209,7 @@ def test_the_scientist_refuses_plain_http_off_loopback(no_network: list[object],
 def test_the_scientists_cli_verifies_the_masters_certificate(tls_master: MasterProcess, pki: Pki) -> None:
     token = tls_master.token
     assert token
-    assert Scientist(tls_master.url, ca=str(pki.ca), token=token).jobs() == []
+    assert Master(tls_master.url, ca=str(pki.ca), token=token).jobs() == []
     for args, env in ((["--ca", str(pki.ca)], {}), ([], {"DOCKERCOMP_CA": str(pki.ca)})):
         done = dockercomp("jobs", "--server", tls_master.url, "--token", token, *args, env=env)
         assert done.returncode == 0, done.stderr
