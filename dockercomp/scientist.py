@@ -138,7 +138,7 @@ class Master(Transport):
     # -- jobs -----------------------------------------------------------------------------------
     def submit(
         self,
-        job: "JobFile",
+        job: JobFile,
         inputs: Sequence[Input] = (),
         *,
         wait: bool = False,
@@ -151,8 +151,7 @@ class Master(Transport):
         says and uploaded (only the chunks the master lacks), or sent whole when
         ``chunk_on_master``. With ``wait``, returns once the job ended; ``progress`` draws the
         upload's bar and the wait's (on a terminal or in Jupyter)."""
-        spec = job if isinstance(job, JobSpec) else read_jobfile(job) if isinstance(job, str | os.PathLike) else (
-            parse_jobfile(job))  # fmt: skip
+        spec = _spec(job)
         if spec.sweep is not None and inputs:
             raise ProtocolError(f"job {spec.name} is a sweep: its units take their parameters from it, not inputs")
         if spec.sweep is None and not inputs:
@@ -506,6 +505,12 @@ def attempt_summary(unit: dict[str, Any]) -> str:
     if tail:
         said.append(f"stderr: {tail[-1][:200]}")
     return printable(", ".join(said)) + f" ({len(unit['attempts'])} attempts)"
+
+
+def _spec(job: JobFile) -> JobSpec:
+    if isinstance(job, JobSpec):
+        return job
+    return read_jobfile(job) if isinstance(job, str | os.PathLike) else parse_jobfile(job)
 
 
 def _source(item: object, i: int) -> str | bytes:
